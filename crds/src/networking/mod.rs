@@ -1,0 +1,1 @@
+//! `networking.istio.io`: traffic routing and service registry resources.

@@ -1,0 +1,1 @@
+//! `rollouts.mizzen.io`: Mizzen's progressive delivery resources.

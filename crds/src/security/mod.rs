@@ -1,0 +1,1 @@
+//! `security.istio.io`: mutual TLS, authorization and request authentication.

@@ -1,0 +1,1 @@
+//! Checks across objects: references that must resolve within the input.
