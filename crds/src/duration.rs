@@ -118,7 +118,7 @@ impl fmt::Display for Duration {
         if nanos == 0 {
             return f.write_str("0s");
         }
-        let exact = |scale: u128| nanos % scale == 0;
+        let exact = |scale: u128| nanos.is_multiple_of(scale);
         for (unit, scale) in [
             ("h", 3_600_000_000_000u128),
             ("m", 60_000_000_000),

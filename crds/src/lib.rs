@@ -6,9 +6,13 @@
 //! kinds use ([`duration`], [`percent`], [`string_match`], [`selector`], [`status`]) beside them;
 //! [`validate`] for checks.
 
+pub mod document;
 pub mod duration;
+pub mod inventory;
 pub mod networking;
 pub mod percent;
+pub mod resource;
+
 pub mod rollouts;
 pub mod security;
 pub mod selector;

@@ -113,7 +113,7 @@ impl Checker {
                 Code::InvalidRegex,
                 format!(
                     "invalid regular expression {pattern:?}: {}",
-                    first_line(&e.to_string())
+                    last_line(&e.to_string())
                 ),
             );
         }
@@ -195,10 +195,10 @@ pub fn compile_full_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
-fn first_line(s: &str) -> String {
+/// The regex crate's message ends with the reason (`error: unclosed group`); keep that line.
+fn last_line(s: &str) -> String {
     s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or(s)
         .trim()
         .to_string()

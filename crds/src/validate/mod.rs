@@ -22,3 +22,37 @@ pub fn validate_spec<T: Validate>(spec: &T) -> Vec<Problem> {
     spec.validate(&mut c);
     c.into_problems()
 }
+
+/// A problem found in one object of an input set.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub object: crate::resource::ObjectRef,
+    pub origin: String,
+    #[serde(flatten)]
+    pub problem: Problem,
+}
+
+impl Finding {
+    pub fn new(entry: &crate::inventory::Entry, problem: Problem) -> Self {
+        Self {
+            object: entry.object.clone(),
+            origin: entry.origin.clone(),
+            problem,
+        }
+    }
+}
+
+/// Everything wrong with an input set: each object alone, then the references between them.
+pub fn analyze(inv: &crate::inventory::Inventory) -> Vec<Finding> {
+    let mut out: Vec<Finding> = inv
+        .mesh()
+        .flat_map(|e| {
+            e.resource
+                .validate()
+                .into_iter()
+                .map(move |p| Finding::new(e, p))
+        })
+        .collect();
+    out.extend(references::check(inv));
+    out
+}
