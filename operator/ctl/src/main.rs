@@ -1,1 +1,38 @@
-fn main() {}
+//! `mizzenctl`: Mizzen's command-line tool.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mizzen_crds::resource;
+
+mod analyze;
+mod install;
+
+#[derive(Parser)]
+#[command(
+    name = "mizzenctl",
+    version,
+    about = "Mizzen service mesh command-line tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate Istio and Mizzen YAML offline, like `istioctl analyze`.
+    Analyze(analyze::Args),
+    /// Print or write the install manifests.
+    Install(install::Args),
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze(args) => analyze::run(args),
+        Command::Install(args) => {
+            install::run(args, &resource::crds_yaml(&resource::crds())).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
