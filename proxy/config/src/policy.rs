@@ -1,0 +1,201 @@
+//! Traffic policy towards a service or subset: what a DestinationRule becomes.
+
+use serde::{Deserialize, Serialize};
+
+/// Policies for calls to a service, a subset, or one of their ports. A subset's policy is
+/// already merged over its service's by the operator; `ports` entries override the rest for
+/// one port.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortPolicy>,
+}
+
+impl TrafficPolicy {
+    /// The effective policy for `port`: the port's entries where set, the rest from `self`.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        let mut out = TrafficPolicy {
+            ports: Vec::new(),
+            ..self.clone()
+        };
+        if let Some(p) = self.ports.iter().find(|p| p.port == port) {
+            if p.load_balancer.is_some() {
+                out.load_balancer = p.load_balancer.clone();
+            }
+            if p.connection_pool.is_some() {
+                out.connection_pool = p.connection_pool.clone();
+            }
+            if p.outlier_detection.is_some() {
+                out.outlier_detection = p.outlier_detection.clone();
+            }
+            if p.tls.is_some() {
+                out.tls = p.tls.clone();
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortPolicy {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum LoadBalancer {
+    RoundRobin,
+    /// Power of two random choices, fewer active requests wins (Istio's default).
+    #[default]
+    LeastRequest,
+    Random,
+    /// Forward to the connection's original destination address.
+    Passthrough,
+    ConsistentHash(ConsistentHash),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHash {
+    pub key: HashKey,
+    pub algorithm: HashAlgorithm,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HashKey {
+    Header(String),
+    /// A cookie; when `ttl_ms` is set and the request lacks it, the proxy sets it.
+    Cookie {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HashAlgorithm {
+    RingHash { minimum_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+impl Default for HashAlgorithm {
+    fn default() -> Self {
+        Self::RingHash {
+            minimum_ring_size: 1024,
+        }
+    }
+}
+
+/// Limits per upstream service (circuit breaking). Unset fields are unlimited, as in Istio.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Requests waiting for a connection; beyond it requests fail at once with 503 UO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<u32>,
+    /// Requests in flight to the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// Retries in flight to the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Speak HTTP/2 to the upstream even when the caller spoke HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2_upgrade: bool,
+}
+
+/// Ejecting endpoints that keep failing. Counters are off when unset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// 502, 503, 504 and connection failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval_ms: u64,
+    /// Ejection lasts this times the number of times the endpoint was ejected.
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, nothing is ejected.
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    /// Istio's defaults for the fields a DestinationRule leaves unset.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx_errors: Some(5),
+            consecutive_gateway_errors: None,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        }
+    }
+}
+
+/// TLS towards the upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Accepted server identities (SANs); empty: the destination's own identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Files (as mounted in the proxy) for SIMPLE and MUTUAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    /// Mutual TLS when the destination runs a Mizzen proxy, plaintext otherwise (auto mTLS).
+    #[default]
+    Auto,
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}

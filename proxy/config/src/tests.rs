@@ -1,0 +1,114 @@
+use super::*;
+
+fn sample() -> ProxyConfig {
+    let mut cfg = ProxyConfig::new("default");
+    cfg.services.push(Service {
+        host: "serviceb.default.svc.cluster.local".into(),
+        aliases: vec!["serviceb".into(), "serviceb.default".into()],
+        namespace: "default".into(),
+        ports: vec![ServicePort {
+            number: 8080,
+            name: "http".into(),
+            protocol: Protocol::Http,
+            target_port: None,
+        }],
+        subsets: vec![Subset {
+            name: "v1".into(),
+            labels: [("version".into(), "v1".into())].into(),
+            policy: None,
+        }],
+        http_routes: vec![HttpRoute {
+            name: "default/serviceb/0".into(),
+            matches: vec![HttpMatch {
+                uri: Some(StringMatcher::Prefix("/api".into())),
+                ..HttpMatch::default()
+            }],
+            action: HttpAction::Route(vec![WeightedDestination {
+                destination: Destination {
+                    host: "serviceb.default.svc.cluster.local".into(),
+                    subset: Some("v1".into()),
+                    port: None,
+                },
+                weight: 100,
+                headers: HeaderOps::default(),
+            }]),
+            fault: Some(Fault {
+                delay: None,
+                abort: Some(FaultAbort {
+                    status: AbortStatus::Http(500),
+                    percentage: 50.0,
+                }),
+            }),
+            ..HttpRoute::default()
+        }],
+        ..Service::default()
+    });
+    cfg
+}
+
+#[test]
+fn round_trips_through_json() {
+    let cfg = sample();
+    let json = cfg.to_json();
+    assert_eq!(ProxyConfig::from_json(json.as_bytes()).unwrap(), cfg);
+    assert!(
+        json.contains("\"format\": \"mizzen.io/proxy-config/v1\""),
+        "{json}"
+    );
+    assert!(json.contains("\"prefix\": \"/api\""), "{json}");
+}
+
+#[test]
+fn refuses_other_formats_and_unknown_fields_by_name() {
+    let err = ProxyConfig::from_json(br#"{"format":"mizzen.io/proxy-config/v2","namespace":"x"}"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("proxy-config/v2"), "{err}");
+    let err = ProxyConfig::from_json(
+        br#"{"format":"mizzen.io/proxy-config/v1","namespace":"x","servces":[]}"#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("servces"), "{err}");
+    assert!(ProxyConfig::from_json(b"not json").is_err());
+}
+
+#[test]
+fn finds_services_by_host() {
+    let cfg = sample();
+    assert!(cfg.service("serviceb.default.svc.cluster.local").is_some());
+    assert!(cfg.service("nope").is_none());
+}
+
+#[test]
+fn port_policy_overrides_only_what_it_sets() {
+    let policy = TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        connection_pool: Some(ConnectionPool {
+            max_connections: Some(1),
+            ..ConnectionPool::default()
+        }),
+        ports: vec![PortPolicy {
+            port: 80,
+            load_balancer: Some(LoadBalancer::Random),
+            ..PortPolicy::default()
+        }],
+        ..TrafficPolicy::default()
+    };
+    let p80 = policy.for_port(80);
+    assert_eq!(p80.load_balancer, Some(LoadBalancer::Random));
+    assert_eq!(p80.connection_pool, policy.connection_pool);
+    assert_eq!(
+        policy.for_port(81).load_balancer,
+        Some(LoadBalancer::RoundRobin)
+    );
+}
+
+#[test]
+fn selectors_select_by_labels() {
+    let labels = [("app".to_string(), "b".to_string())].into();
+    assert!(selects(&None, &labels));
+    assert!(selects(&Some(labels.clone()), &labels));
+    assert!(!selects(
+        &Some([("app".into(), "c".into())].into()),
+        &labels
+    ));
+}
