@@ -20,6 +20,9 @@ pub mod status;
 pub mod string_match;
 pub mod validate;
 
+#[cfg(test)]
+mod testing;
+
 pub use duration::Duration;
 pub use percent::Percent;
 pub use selector::WorkloadSelector;

@@ -1386,7 +1386,7 @@ mod tests {
         include_str!("../../../../shared/fixtures/istio/dr-serviceb-subsets.yaml");
 
     fn spec(yaml: &str) -> DestinationRuleSpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn problems(yaml: &str) -> Vec<Problem> {
@@ -1394,13 +1394,11 @@ mod tests {
     }
 
     fn codes(p: &[Problem]) -> Vec<(&str, Code)> {
-        p.iter().map(|p| (p.path.as_str(), p.code)).collect()
+        crate::testing::codes(p)
     }
 
     fn round_trip(dr: &DestinationRule) {
-        let json = serde_json::to_value(dr).unwrap();
-        let back: DestinationRule = serde_json::from_value(json).unwrap();
-        assert_eq!(&back, dr);
+        crate::testing::assert_round_trip(dr);
     }
 
     #[test]

@@ -627,7 +627,7 @@ mod tests {
     use crate::validate::{Problem, Severity, validate_spec};
 
     fn spec(yaml: &str) -> GatewaySpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn problems(yaml: &str) -> Vec<Problem> {
@@ -637,21 +637,14 @@ mod tests {
     /// The only problem is `code` at `path`, with that severity.
     #[track_caller]
     fn assert_one(yaml: &str, severity: Severity, code: Code, path: &str) -> Problem {
-        let p = problems(yaml);
-        assert_eq!(p.len(), 1, "{p:#?}");
-        assert_eq!(
-            (p[0].severity, p[0].code, p[0].path.as_str()),
-            (severity, code, path),
-            "{p:#?}"
-        );
-        p[0].clone()
+        let p = crate::testing::only(problems(yaml), path, code);
+        assert_eq!(p.severity, severity, "{p}");
+        p
     }
 
     #[track_caller]
     fn assert_round_trip(gw: &GatewaySpec) {
-        let json = serde_json::to_value(gw).unwrap();
-        let back: GatewaySpec = serde_json::from_value(json).unwrap();
-        assert_eq!(&back, gw);
+        crate::testing::assert_round_trip(gw);
     }
 
     const FULL: &str = r#"

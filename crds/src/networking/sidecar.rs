@@ -540,7 +540,7 @@ mod tests {
     use crate::validate::{Problem, Severity, validate_spec};
 
     fn spec(yaml: &str) -> SidecarSpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn problems(yaml: &str) -> Vec<Problem> {
@@ -548,7 +548,7 @@ mod tests {
     }
 
     fn codes(p: &[Problem]) -> Vec<(&str, Code)> {
-        p.iter().map(|p| (p.path.as_str(), p.code)).collect()
+        crate::testing::codes(p)
     }
 
     const FULL: &str = r#"

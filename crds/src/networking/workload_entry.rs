@@ -251,11 +251,11 @@ mod tests {
     use crate::validate::{Problem, validate_spec};
 
     fn parse(yaml: &str) -> WorkloadEntrySpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn codes(p: &[Problem]) -> Vec<(&str, Code)> {
-        p.iter().map(|p| (p.path.as_str(), p.code)).collect()
+        crate::testing::codes(p)
     }
 
     const VM: &str = r#"

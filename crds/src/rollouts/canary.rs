@@ -936,7 +936,7 @@ status:
     }
 
     fn spec(yaml: &str) -> CanarySpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     const BASE: &str = "service: reviews\nstableSubset: v1\ncanarySubset: v2\n";
@@ -947,10 +947,7 @@ status:
     }
 
     fn one(analysis: &str, path: &str, code: Code) -> Problem {
-        let p = problems(analysis);
-        assert_eq!(p.len(), 1, "{p:#?}");
-        assert_eq!((p[0].path.as_str(), p[0].code), (path, code), "{}", p[0]);
-        p[0].clone()
+        crate::testing::only(problems(analysis), path, code)
     }
 
     #[test]

@@ -763,24 +763,15 @@ mod tests {
     use crate::validate::{Problem, Severity, validate_spec};
 
     fn parse(yaml: &str) -> AuthorizationPolicySpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn problems(yaml: &str) -> Vec<Problem> {
         validate_spec(&parse(yaml))
     }
 
-    /// The single problem of `yaml`, asserting there is exactly one.
-    fn one(yaml: &str) -> Problem {
-        let p = problems(yaml);
-        assert_eq!(p.len(), 1, "{p:#?}");
-        p.into_iter().next().unwrap()
-    }
-
     fn assert_one(yaml: &str, path: &str, code: Code) -> Problem {
-        let p = one(yaml);
-        assert_eq!((p.path.as_str(), p.code), (path, code), "{p}");
-        p
+        crate::testing::only(problems(yaml), path, code)
     }
 
     const HTTPBIN: &str = r#"

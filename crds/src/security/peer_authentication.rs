@@ -127,7 +127,7 @@ mod tests {
     use crate::validate::{Problem, validate_spec};
 
     fn parse(yaml: &str) -> PeerAuthenticationSpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn only(problems: &[Problem]) -> &Problem {

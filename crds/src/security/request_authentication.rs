@@ -398,14 +398,11 @@ mod tests {
     use crate::validate::{Problem, Severity, validate_spec};
 
     fn parse(yaml: &str) -> RequestAuthenticationSpec {
-        serde_saphyr::from_str(yaml).unwrap()
+        crate::testing::parse(yaml)
     }
 
     fn one(yaml: &str, path: &str, code: Code) -> Problem {
-        let p = validate_spec(&parse(yaml));
-        assert_eq!(p.len(), 1, "{p:#?}");
-        assert_eq!((p[0].path.as_str(), p[0].code), (path, code), "{}", p[0]);
-        p[0].clone()
+        crate::testing::only(validate_spec(&parse(yaml)), path, code)
     }
 
     const JWKS: &str = r#"{"keys":[{"kty":"RSA","e":"AQAB","kid":"k1","n":"qHFTu8Zh6VDUiRKKphbDYW-5DxoSZk8N5NPO_oRFWERZlFXs7_fo2VSzFE96Lc8k"}]}"#;
