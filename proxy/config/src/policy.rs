@@ -80,7 +80,11 @@ pub struct ConsistentHash {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum HashKey {
     Header(String),
     /// A cookie; when `ttl_ms` is set and the request lacks it, the proxy sets it.
@@ -96,7 +100,11 @@ pub enum HashKey {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum HashAlgorithm {
     RingHash { minimum_ring_size: u64 },
     Maglev { table_size: u64 },

@@ -24,9 +24,9 @@ pub struct Service {
     pub addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Location::is_default")]
     pub location: Location,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Resolution::is_default")]
     pub resolution: Resolution,
     /// The DestinationRule's subsets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -83,6 +83,18 @@ pub enum Protocol {
     /// Not declared: the proxy detects HTTP and falls back to TCP.
     #[default]
     Unknown,
+}
+
+impl Location {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Resolution {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Protocol {

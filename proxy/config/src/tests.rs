@@ -112,3 +112,31 @@ fn selectors_select_by_labels() {
         &labels
     ));
 }
+
+#[test]
+fn variant_fields_are_camel_case_and_defaults_are_left_out() {
+    let lb = LoadBalancer::ConsistentHash(ConsistentHash {
+        key: HashKey::Cookie {
+            name: "user".into(),
+            path: None,
+            ttl_ms: Some(1000),
+        },
+        algorithm: HashAlgorithm::RingHash {
+            minimum_ring_size: 1024,
+        },
+    });
+    let json = serde_json::to_string(&lb).unwrap();
+    assert!(
+        json.contains("\"ttlMs\":1000") && json.contains("\"minimumRingSize\":1024"),
+        "{json}"
+    );
+    let svc = serde_json::to_string(&Service {
+        host: "a".into(),
+        ..Service::default()
+    })
+    .unwrap();
+    assert!(
+        !svc.contains("location") && !svc.contains("resolution"),
+        "{svc}"
+    );
+}
