@@ -1,0 +1,474 @@
+//! Circuit breaking from a DestinationRule's `connectionPool`, per upstream service/subset.
+//!
+//! [`CircuitBreakers`] is the proxy-wide registry: one [`ClusterLimits`] per upstream
+//! ([`Destination`]: host, subset, port), shared by every route and connection that calls it.
+//! Limits (unset or 0 means unlimited, as in Istio):
+//! - `http2MaxRequests`: requests in flight to the upstream. One more is shed at once.
+//! - `http1MaxPendingRequests`: requests waiting for the upstream (for the service below to
+//!   become ready, or for a connection from [`ClusterLimits::acquire_connection`]). One more
+//!   is shed at once, so nothing queues without bound once it is set.
+//! - `maxConnections`: connections open to the upstream; the client pool takes a
+//!   [`ConnectionPermit`] per connection it opens (or uses [`ClusterLimits::connection_semaphore`]).
+//! - `maxRetries`: retries in flight, as a [`RetryBudget`] for the retry layer.
+//!
+//! A shed request gets Envoy's 503 `upstream connect error or disconnect/reset before headers.
+//! reset reason: overflow`, header `x-envoy-overloaded: true` and flag UO. A request counts as
+//! in flight from when the service below takes it until its response head arrives; while it
+//! waits for that service it counts as pending instead.
+//!
+//! Look limits up once per upstream and config (the registry takes a lock), not per request.
+
+use std::{
+    collections::HashMap,
+    future::poll_fn,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use futures::future::{BoxFuture, Either, Ready, ready};
+use http::{HeaderValue, Response, StatusCode};
+use mizzen_proxy_config::{ConnectionPool, Destination};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use crate::{
+    flags::ResponseFlags,
+    reply::{LocalReply, OVERFLOW, local_reply},
+    retry::RetryBudget,
+};
+
+/// A limit was reached; the request must be shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream overflow: circuit breaker limit reached")
+    }
+}
+
+impl std::error::Error for Overflow {}
+
+/// The 503 UO a shed request gets.
+pub fn overflow_response<B: LocalReply>() -> Response<B> {
+    let mut response = local_reply(StatusCode::SERVICE_UNAVAILABLE, OVERFLOW, ResponseFlags::UO);
+    response
+        .headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    response
+}
+
+/// The proxy-wide registry of per-upstream limits. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CircuitBreakers {
+    clusters: Arc<Mutex<HashMap<Destination, Arc<ClusterLimits>>>>,
+}
+
+impl CircuitBreakers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The limits of `cluster`, made on first use. When the config's `pool` changed, new
+    /// limits replace the old ones; requests holding permits of the old ones finish on them.
+    pub fn limits(
+        &self,
+        cluster: &Destination,
+        pool: Option<&ConnectionPool>,
+    ) -> Arc<ClusterLimits> {
+        let default = ConnectionPool::default();
+        let pool = pool.unwrap_or(&default);
+        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        match clusters.get(cluster) {
+            Some(limits) if limits.pool == *pool => limits.clone(),
+            _ => {
+                let limits = Arc::new(ClusterLimits::new(pool));
+                clusters.insert(cluster.clone(), limits.clone());
+                limits
+            }
+        }
+    }
+
+    /// Forgets the upstreams a new config no longer has.
+    pub fn retain(&self, mut keep: impl FnMut(&Destination) -> bool) {
+        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        clusters.retain(|d, _| keep(d));
+    }
+}
+
+/// The limits and counters of one upstream.
+#[derive(Debug)]
+pub struct ClusterLimits {
+    pool: ConnectionPool,
+    max_requests: u32,
+    requests: AtomicU32,
+    max_pending: u32,
+    pending: AtomicU32,
+    connections: Option<Arc<Semaphore>>,
+    retries: RetryBudget,
+}
+
+/// Istio reads 0 as "not set", which is unlimited.
+fn limit(value: Option<u32>) -> Option<u32> {
+    value.filter(|v| *v > 0)
+}
+
+impl ClusterLimits {
+    pub fn new(pool: &ConnectionPool) -> Self {
+        Self {
+            pool: pool.clone(),
+            max_requests: limit(pool.http2_max_requests).unwrap_or(u32::MAX),
+            requests: AtomicU32::new(0),
+            max_pending: limit(pool.http1_max_pending_requests).unwrap_or(u32::MAX),
+            pending: AtomicU32::new(0),
+            connections: limit(pool.max_connections).map(|n| Arc::new(Semaphore::new(n as usize))),
+            retries: RetryBudget::new(limit(pool.max_retries)),
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self::new(&ConnectionPool::default())
+    }
+
+    /// The pool these limits were made from.
+    pub fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+
+    /// The upstream's retry budget (`maxRetries`), for [`crate::retry::RetryLayer::new`].
+    pub fn retry_budget(&self) -> RetryBudget {
+        self.retries.clone()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The `maxConnections` semaphore, `None` when unlimited.
+    pub fn connection_semaphore(&self) -> Option<Arc<Semaphore>> {
+        self.connections.clone()
+    }
+
+    fn take(counter: &AtomicU32, max: u32) -> Result<(), Overflow> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Overflow)
+    }
+
+    /// Whether one more request could be in flight now.
+    pub fn has_request_room(&self) -> bool {
+        self.in_flight() < self.max_requests
+    }
+
+    /// Counts one request in flight, or refuses at once.
+    pub fn try_request(self: &Arc<Self>) -> Result<RequestPermit, Overflow> {
+        Self::take(&self.requests, self.max_requests)?;
+        Ok(RequestPermit(self.clone()))
+    }
+
+    /// Counts one request waiting, or refuses at once.
+    pub fn try_pending(self: &Arc<Self>) -> Result<PendingPermit, Overflow> {
+        Self::take(&self.pending, self.max_pending)?;
+        Ok(PendingPermit(self.clone()))
+    }
+
+    /// A permit to open (and keep) one connection. When none is free the caller waits,
+    /// counted as pending; when the pending limit is reached it is refused at once.
+    pub async fn acquire_connection(self: &Arc<Self>) -> Result<ConnectionPermit, Overflow> {
+        let Some(semaphore) = &self.connections else {
+            return Ok(ConnectionPermit { _permit: None });
+        };
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(ConnectionPermit {
+                _permit: Some(permit),
+            });
+        }
+        let _pending = self.try_pending()?;
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overflow)?;
+        Ok(ConnectionPermit {
+            _permit: Some(permit),
+        })
+    }
+}
+
+/// One request in flight; released on drop.
+#[derive(Debug)]
+pub struct RequestPermit(Arc<ClusterLimits>);
+
+impl Drop for RequestPermit {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request waiting; released on drop.
+#[derive(Debug)]
+pub struct PendingPermit(Arc<ClusterLimits>);
+
+impl Drop for PendingPermit {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One open connection (a no-op when connections are unlimited); released on drop.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Sheds requests beyond an upstream's limits.
+#[derive(Clone, Debug)]
+pub struct CircuitLayer {
+    limits: Arc<ClusterLimits>,
+}
+
+impl CircuitLayer {
+    pub fn new(limits: Arc<ClusterLimits>) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for CircuitLayer {
+    type Service = CircuitBreaker<S>;
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Always ready: instead of pushing back, it sheds with 503 UO what exceeds the limits.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    limits: Arc<ClusterLimits>,
+}
+
+impl<S, Req, B> Service<Req> for CircuitBreaker<S>
+where
+    S: Service<Req, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    Req: Send + 'static,
+    B: LocalReply + Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Either<
+        Ready<Result<Response<B>, S::Error>>,
+        BoxFuture<'static, Result<Response<B>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // Like Envoy: refuse at once when the upstream is full, then wait (counted as
+        // pending) for the side below to take the request, and only then count it in flight.
+        if !self.limits.has_request_room() {
+            return Either::Left(ready(Ok(overflow_response())));
+        }
+        let limits = self.limits.clone();
+        let mut inner = self.inner.clone();
+        Either::Right(Box::pin(async move {
+            let mut pending = None;
+            let readiness = poll_fn(|cx| match inner.poll_ready(cx) {
+                Poll::Ready(result) => Poll::Ready(Ok(result)),
+                Poll::Pending if pending.is_some() => Poll::Pending,
+                Poll::Pending => match limits.try_pending() {
+                    Ok(p) => {
+                        pending = Some(p);
+                        Poll::Pending
+                    }
+                    Err(overflow) => Poll::Ready(Err(overflow)),
+                },
+            })
+            .await;
+            drop(pending);
+            let permit = match readiness {
+                Err(Overflow) => return Ok(overflow_response()),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => match limits.try_request() {
+                    Ok(permit) => permit,
+                    Err(Overflow) => return Ok(overflow_response()),
+                },
+            };
+            let result = inner.call(req).await;
+            drop(permit);
+            result
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+    use tower_test::mock;
+
+    type Body = Full<Bytes>;
+
+    fn pool(max_requests: Option<u32>, max_pending: Option<u32>) -> ConnectionPool {
+        ConnectionPool {
+            http2_max_requests: max_requests,
+            http1_max_pending_requests: max_pending,
+            ..ConnectionPool::default()
+        }
+    }
+
+    fn ok() -> Response<Body> {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    }
+
+    async fn assert_overflow(resp: Response<Body>) {
+        assert_eq!(resp.status(), 503);
+        assert_eq!(ResponseFlags::from(&resp).to_string(), "UO");
+        assert_eq!(resp.headers()["x-envoy-overloaded"], "true");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excess_in_flight_requests_are_shed_at_once() {
+        let limits = Arc::new(ClusterLimits::new(&pool(Some(2), None)));
+        let (svc, mut handle) = mock::pair::<Request<()>, Response<Body>>();
+        let svc = CircuitLayer::new(limits.clone()).layer(svc);
+        let a = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        let b = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        let (_ra, send_a) = handle.next_request().await.unwrap();
+        let (_rb, send_b) = handle.next_request().await.unwrap();
+        assert_eq!(limits.in_flight(), 2);
+
+        // The third is answered without waiting for the other two.
+        assert_overflow(svc.clone().oneshot(Request::new(())).await.unwrap()).await;
+
+        send_a.send_response(ok());
+        assert_eq!(a.await.unwrap().unwrap().status(), 200);
+        assert_eq!(limits.in_flight(), 1);
+        let c = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        let (_rc, send_c) = handle.next_request().await.unwrap();
+        send_b.send_response(ok());
+        send_c.send_response(ok());
+        assert_eq!(b.await.unwrap().unwrap().status(), 200);
+        assert_eq!(c.await.unwrap().unwrap().status(), 200);
+        assert_eq!(limits.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_beyond_the_pending_limit_are_shed() {
+        let limits = Arc::new(ClusterLimits::new(&pool(None, Some(1))));
+        let (svc, mut handle) = mock::pair::<Request<()>, Response<Body>>();
+        handle.allow(0); // the upstream side takes nothing for now
+        let svc = CircuitLayer::new(limits.clone()).layer(svc);
+        let waiting = tokio::spawn(svc.clone().oneshot(Request::new(())));
+        tokio::task::yield_now().await;
+        assert_eq!(limits.pending(), 1);
+        assert_eq!(limits.in_flight(), 0, "waiting is not in flight");
+        assert_overflow(svc.clone().oneshot(Request::new(())).await.unwrap()).await;
+
+        handle.allow(1);
+        let (_req, send) = handle.next_request().await.unwrap();
+        assert_eq!(limits.pending(), 0);
+        assert_eq!(limits.in_flight(), 1);
+        send.send_response(ok());
+        assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_and_unset_are_unlimited() {
+        for p in [pool(None, None), pool(Some(0), Some(0))] {
+            let limits = Arc::new(ClusterLimits::new(&p));
+            let permits: Vec<_> = (0..10_000).map(|_| limits.try_request().unwrap()).collect();
+            assert_eq!(limits.in_flight(), 10_000);
+            drop(permits);
+            assert!(limits.connection_semaphore().is_none());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_wait_as_pending_and_overflow_beyond() {
+        let limits = Arc::new(ClusterLimits::new(&ConnectionPool {
+            max_connections: Some(1),
+            http1_max_pending_requests: Some(1),
+            ..ConnectionPool::default()
+        }));
+        let first = limits.acquire_connection().await.unwrap();
+        let l2 = limits.clone();
+        let second = tokio::spawn(async move { l2.acquire_connection().await });
+        tokio::task::yield_now().await;
+        assert_eq!(limits.pending(), 1);
+        assert_eq!(limits.acquire_connection().await.unwrap_err(), Overflow);
+        drop(first);
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(limits.pending(), 0);
+        drop(second);
+        assert_eq!(
+            limits.connection_semaphore().unwrap().available_permits(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_registry_shares_limits_per_upstream() {
+        let breakers = CircuitBreakers::new();
+        let v1 = Destination {
+            host: "reviews.default.svc.cluster.local".into(),
+            subset: Some("v1".into()),
+            port: Some(9080),
+        };
+        let v2 = Destination {
+            subset: Some("v2".into()),
+            ..v1.clone()
+        };
+        let p = pool(Some(1), None);
+        let a = breakers.limits(&v1, Some(&p));
+        let b = breakers.clone().limits(&v1, Some(&p));
+        assert!(Arc::ptr_eq(&a, &b));
+        let _held = a.try_request().unwrap();
+        assert_eq!(b.try_request().unwrap_err(), Overflow);
+        // Another subset has its own counters.
+        let other = breakers.limits(&v2, Some(&p));
+        assert!(other.try_request().is_ok());
+        // A changed pool replaces the limits.
+        let changed = breakers.limits(&v1, Some(&pool(Some(5), None)));
+        assert!(!Arc::ptr_eq(&a, &changed));
+        assert_eq!(changed.in_flight(), 0);
+        breakers.retain(|d| d.subset.as_deref() == Some("v2"));
+        let fresh = breakers.limits(&v1, Some(&pool(Some(5), None)));
+        assert!(!Arc::ptr_eq(&changed, &fresh));
+    }
+
+    #[test]
+    fn the_retry_budget_follows_max_retries() {
+        let limits = ClusterLimits::new(&ConnectionPool {
+            max_retries: Some(1),
+            ..ConnectionPool::default()
+        });
+        let budget = limits.retry_budget();
+        let _one = budget.try_acquire().unwrap();
+        assert!(limits.retry_budget().try_acquire().is_none());
+    }
+}

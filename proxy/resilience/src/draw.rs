@@ -1,0 +1,129 @@
+//! Percentage draws for fault injection and mirroring, behind a trait so tests can seed them.
+
+use std::sync::{Arc, Mutex};
+
+use rand::{RngExt, SeedableRng, rngs::SmallRng};
+
+/// Decides whether one request falls in a percentage.
+pub trait Draw {
+    /// True with probability `pct`/100: always for 100 or more, never for 0, less or NaN.
+    fn hit(&mut self, pct: f64) -> bool;
+}
+
+/// A [`Draw`] over a small fast PRNG.
+#[derive(Clone, Debug)]
+pub struct RandomDraw {
+    rng: SmallRng,
+}
+
+impl RandomDraw {
+    /// Seeded from the operating system.
+    pub fn new() -> Self {
+        Self {
+            rng: rand::make_rng(),
+        }
+    }
+
+    /// Reproducible draws, for tests.
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl Default for RandomDraw {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Draw for RandomDraw {
+    fn hit(&mut self, pct: f64) -> bool {
+        if pct.is_nan() || pct <= 0.0 {
+            false
+        } else if pct >= 100.0 {
+            true
+        } else {
+            self.rng.random::<f64>() * 100.0 < pct
+        }
+    }
+}
+
+/// A [`Draw`] shared by every clone of a service (so clones do not repeat one sequence).
+#[derive(Clone)]
+pub struct SharedDraw(Arc<Mutex<dyn Draw + Send>>);
+
+impl SharedDraw {
+    pub fn new(draw: impl Draw + Send + 'static) -> Self {
+        Self(Arc::new(Mutex::new(draw)))
+    }
+
+    pub fn random() -> Self {
+        Self::new(RandomDraw::new())
+    }
+
+    pub fn hit(&self, pct: f64) -> bool {
+        // A panic while drawing cannot leave the generator in a state worth refusing.
+        let mut draw = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        draw.hit(pct)
+    }
+}
+
+impl Default for SharedDraw {
+    fn default() -> Self {
+        Self::random()
+    }
+}
+
+impl std::fmt::Debug for SharedDraw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedDraw")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_lands_near_half() {
+        let mut d = RandomDraw::seeded(7);
+        let hits = (0..2000).filter(|_| d.hit(50.0)).count();
+        assert!((900..=1100).contains(&hits), "{hits} hits of 2000");
+    }
+
+    #[test]
+    fn ends_are_exact() {
+        let mut d = RandomDraw::seeded(1);
+        assert_eq!((0..2000).filter(|_| d.hit(0.0)).count(), 0);
+        assert_eq!((0..2000).filter(|_| d.hit(100.0)).count(), 2000);
+        assert!(!d.hit(f64::NAN));
+        assert!(!d.hit(-3.0));
+        assert!(d.hit(150.0));
+    }
+
+    #[test]
+    fn same_seed_same_sequence() {
+        let mut a = RandomDraw::seeded(42);
+        let mut b = RandomDraw::seeded(42);
+        let xa: Vec<bool> = (0..100).map(|_| a.hit(30.0)).collect();
+        let xb: Vec<bool> = (0..100).map(|_| b.hit(30.0)).collect();
+        assert_eq!(xa, xb);
+    }
+
+    #[test]
+    fn shared_clones_advance_one_sequence() {
+        let shared = SharedDraw::new(RandomDraw::seeded(3));
+        let other = shared.clone();
+        let mut solo = RandomDraw::seeded(3);
+        for i in 0..50 {
+            let got = if i % 2 == 0 {
+                shared.hit(50.0)
+            } else {
+                other.hit(50.0)
+            };
+            assert_eq!(got, solo.hit(50.0));
+        }
+    }
+}
