@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Sidecar-pair benchmark (issue 3): client -> proxy A -> proxy B -> 1 KiB nginx backend, on
+# loopback, plaintext, for Mizzen, HAProxy and nginx, against the direct path.
+#
+#   bench/proxy.sh                      # 5 rounds, 10 s per measurement
+#   ROUNDS=3 DURATION=5s bench/proxy.sh # quicker
+#
+# Needs: oha 1.16 (`cargo install oha --version 1.16.0 --locked`), haproxy and nginx (Debian),
+# taskset, curl, python3. The load generator is pinned to CPU 0, backend and proxies to CPU 1,
+# one worker thread each. Each round runs the pairs in a rotated order. Reported, per pair,
+# medians with min-max over rounds:
+#   - added p50/p90/p99 latency over direct at 1000 rps, 16 connections (open loop,
+#     --latency-correction), and at 4 and 64 connections;
+#   - CPU milliseconds per 1000 requests per proxy (utime+stime from /proc);
+#   - RSS per proxy idle (Mizzen with a config of 100 services) and peak RSS under load;
+#   - the highest rate held with zero errors and p90 under 5 ms.
+# Ends with Mizzen's figures as ratios to the HAProxy and nginx pairs. Paste the output into
+# bench/RESULTS.md (## Proxy) with the date and the machine it prints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mizzen/target}"
+
+ROUNDS="${ROUNDS:-5}"
+DURATION="${DURATION:-10s}"
+RATE="${RATE:-1000}"
+LOADGEN_CPU="${LOADGEN_CPU:-0}"
+SERVER_CPU="${SERVER_CPU:-1}"
+BASE_PORT="${BASE_PORT:-18000}"
+
+for tool in oha haproxy nginx taskset curl python3; do
+  command -v "$tool" >/dev/null || {
+    echo "bench/proxy.sh: $tool is not installed (oha: cargo install oha --version 1.16.0 --locked;" \
+      "haproxy, nginx: apt-get install -y haproxy nginx)" >&2
+    exit 2
+  }
+done
+if oha --help 2>/dev/null | grep -q -- '--output-format'; then
+  OHA_JSON=(--output-format json)
+else
+  OHA_JSON=(--json)
+fi
+
+# MIZZEN_BIN: a prebuilt release binary (skips the build).
+if [ -z "${MIZZEN_BIN:-}" ]; then
+  cargo build -q --release -p mizzen-proxy
+fi
+MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
+
+WORK="$(mktemp -d /tmp/mizzen-bench.XXXXXX)"
+chmod 755 "$WORK" # nginx workers run as nobody when started by root
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+P_BACKEND=$BASE_PORT
+P_MZ_OUT=$((BASE_PORT + 101)) P_MZ_IN=$((BASE_PORT + 102))
+P_HA_OUT=$((BASE_PORT + 201)) P_HA_IN=$((BASE_PORT + 202))
+P_NG_OUT=$((BASE_PORT + 301)) P_NG_IN=$((BASE_PORT + 302))
+
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "versions: $(oha --version | head -1); $(haproxy -v | head -1); $(nginx -v 2>&1)"
+echo "settings: rounds=$ROUNDS duration=$DURATION rate=$RATE loadgen-cpu=$LOADGEN_CPU server-cpu=$SERVER_CPU"
+
+# --- backend: nginx serving 1 KiB -------------------------------------------------------------
+mkdir -p "$WORK/www" "$WORK/nginx-tmp"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
+nginx_conf() { # name body
+  cat >"$WORK/$1.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp; proxy_temp_path $WORK/nginx-tmp;
+  fastcgi_temp_path $WORK/nginx-tmp; uwsgi_temp_path $WORK/nginx-tmp; scgi_temp_path $WORK/nginx-tmp;
+  keepalive_requests 100000;
+  $2
+}
+EOF
+}
+start() { # name command... ; records the pid in PID_<name>
+  local name=$1
+  shift
+  taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+}
+wait_port() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on port $1" >&2
+  exit 1
+}
+
+nginx_conf backend "server { listen 127.0.0.1:$P_BACKEND; root $WORK/www; }"
+start backend nginx -c "$WORK/backend.conf"
+
+# --- Mizzen pair: outbound (service bench:80) -> inbound -> backend ---------------------------
+mkdir -p "$WORK/mizzen-out" "$WORK/mizzen-in" # own directories: the proxy watches its config directory
+python3 - "$WORK/mizzen-out/config.json" "$P_MZ_IN" <<'EOF'
+import json, sys
+path, inbound = sys.argv[1], int(sys.argv[2])
+def svc(name, endpoints):
+    return {"host": f"{name}.default.svc.cluster.local", "aliases": [name],
+            "namespace": "default", "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "endpoints": endpoints}
+services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}}])]
+# 99 more services with routes and subsets, so memory reflects a realistic config.
+for i in range(99):
+    s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
+    s["subsets"] = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
+    s["httpRoutes"] = [{"name": f"default/svc{i:02d}/0", "action": {"route": [
+        {"destination": {"host": s["host"], "subset": "v1"}, "weight": 90},
+        {"destination": {"host": s["host"], "subset": "v2"}, "weight": 10}]}}]
+    services.append(s)
+services.sort(key=lambda s: s["host"])
+json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
+EOF
+echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/mizzen-in/config.json"
+mz_common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
+start mz_out env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-out/config.json" \
+  --outbound "127.0.0.1:$P_MZ_OUT=bench.default.svc.cluster.local:80" \
+  --admin 127.0.0.1:$((BASE_PORT + 110)) --health 127.0.0.1:$((BASE_PORT + 111)) --prometheus 127.0.0.1:$((BASE_PORT + 112))
+start mz_in env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-in/config.json" \
+  --inbound "127.0.0.1:$P_MZ_IN=127.0.0.1:$P_BACKEND" \
+  --admin 127.0.0.1:$((BASE_PORT + 120)) --health 127.0.0.1:$((BASE_PORT + 121)) --prometheus 127.0.0.1:$((BASE_PORT + 122))
+
+# --- HAProxy pair -----------------------------------------------------------------------------
+haproxy_conf() { # name listen target
+  cat >"$WORK/$1.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$2
+  default_backend b
+backend b
+  server s 127.0.0.1:$3
+EOF
+}
+haproxy_conf ha_out "$P_HA_OUT" "$P_HA_IN"
+haproxy_conf ha_in "$P_HA_IN" "$P_BACKEND"
+start ha_out haproxy -f "$WORK/ha_out.cfg"
+start ha_in haproxy -f "$WORK/ha_in.cfg"
+
+# --- nginx pair -------------------------------------------------------------------------------
+for pair in "ng_out $P_NG_OUT $P_NG_IN" "ng_in $P_NG_IN $P_BACKEND"; do
+  set -- $pair
+  nginx_conf "$1" "upstream up { server 127.0.0.1:$3; keepalive 64; }
+  server { listen 127.0.0.1:$2; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  start "$1" nginx -c "$WORK/$1.conf"
+done
+
+for p in $P_BACKEND $P_MZ_OUT $P_HA_OUT $P_NG_OUT; do wait_port "$p"; done
+
+# nginx and haproxy fork/keep a master: measure every process of each instance.
+pids_of() { # pid -> pid and its children
+  echo "$1"
+  pgrep -P "$1" || true
+}
+cpu_ticks() { # pids...
+  local t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+rss_kib() { # field pids...
+  local f=$1 t=0
+  shift
+  for p in "$@"; do
+    [ -r "/proc/$p/status" ] && t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+
+declare -A TARGET=([direct]=$P_BACKEND [mizzen]=$P_MZ_OUT [haproxy]=$P_HA_OUT [nginx]=$P_NG_OUT)
+declare -A PROXIES=([direct]="" [mizzen]="$PID_mz_out $PID_mz_in" [haproxy]="$PID_ha_out $PID_ha_in" [nginx]="$PID_ng_out $PID_ng_in")
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+
+idle_rss() {
+  for pair in mizzen haproxy nginx; do
+    local pids=()
+    for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
+    echo "{\"kind\":\"idle\",\"pair\":\"$pair\",\"rss_kib\":$(rss_kib VmRSS "${pids[@]}"),\"proxies\":2}" >>"$RESULTS"
+  done
+}
+
+measure() { # pair connections rate round
+  local pair=$1 conns=$2 rate=$3 round=$4 pids=()
+  for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
+  local before=0
+  ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
+  taskset -c "$LOADGEN_CPU" oha --no-tui "${OHA_JSON[@]}" -z "$DURATION" -q "$rate" -c "$conns" \
+    --latency-correction "http://127.0.0.1:${TARGET[$pair]}/" >"$WORK/oha.json"
+  local after=0 hwm=0 rss=0
+  if ((${#pids[@]})); then
+    after=$(cpu_ticks "${pids[@]}")
+    hwm=$(rss_kib VmHWM "${pids[@]}")
+    rss=$(rss_kib VmRSS "${pids[@]}")
+  fi
+  python3 - "$WORK/oha.json" "$pair" "$conns" "$rate" "$round" "$((after - before))" "$(getconf CLK_TCK)" "$hwm" "$rss" >>"$RESULTS" <<'EOF'
+import json, sys
+f, pair, conns, rate, rnd, ticks, hz, hwm, rss = sys.argv[1:]
+d = json.load(open(f))
+s = d["summary"]
+ok = sum(int(v) for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+# Requests still open when the duration ends are cut off by oha itself, not failures.
+errors = sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k) + sum(
+    int(v) for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2"))
+lp = d["latencyPercentiles"]
+total = max(ok + errors, 1)
+print(json.dumps({"kind": "load", "pair": pair, "conns": int(conns), "rate": int(rate), "round": rnd,
+    "p50": lp["p50"] * 1000, "p90": lp["p90"] * 1000, "p99": lp["p99"] * 1000,
+    "errors": errors, "requests": total, "rps": s.get("requestsPerSec", 0),
+    "cpu_ms_per_1000": int(ticks) * 1000 / int(hz) / total * 1000 / 2,
+    "hwm_kib": int(hwm) / 2, "rss_kib": int(rss) / 2}))
+EOF
+}
+
+max_rate() { # pair round: doubles the rate until errors or p90 >= 5 ms, then bisects once
+  local pair=$1 round=$2 good=0 rate=1000
+  while ((rate <= 64000)); do
+    measure "$pair" 16 "$rate" "max$round"
+    if tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["errors"]==0 and r["p90"]<5 and r["rps"]>=0.95*r["rate"] else 1)'; then
+      good=$rate
+      rate=$((rate * 2))
+    else
+      break
+    fi
+  done
+  echo "{\"kind\":\"max\",\"pair\":\"$pair\",\"round\":$round,\"rate\":$good}" >>"$RESULTS"
+}
+
+idle_rss
+ORDER=(direct mizzen haproxy nginx)
+for round in $(seq "$ROUNDS"); do
+  echo "round $round: ${ORDER[*]}" >&2
+  for pair in "${ORDER[@]}"; do
+    for conns in 16 4 64; do measure "$pair" "$conns" "$RATE" "$round"; done
+  done
+  for pair in "${ORDER[@]}"; do max_rate "$pair" "$round"; done
+  ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
+done
+
+python3 - "$RESULTS" <<'EOF'
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(xs): return statistics.median(xs) if xs else float("nan")
+def span(xs): return f"{med(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})" if xs else "n/a"
+def load(pair, conns, key, rate=None):
+    return [r[key] for r in rows if r["kind"] == "load" and r["pair"] == pair and r["conns"] == conns
+            and str(r["round"]).isdigit() and (rate is None or r["rate"] == rate)]
+pairs = ["mizzen", "haproxy", "nginx"]
+print("\n## Added latency over direct, ms (median, min-max over rounds)")
+for conns in (16, 4, 64):
+    print(f"\n{conns} connections")
+    print("| pair | p50 | p90 | p99 | errors |")
+    print("|---|---|---|---|---|")
+    for p in pairs:
+        cells = []
+        for q in ("p50", "p90", "p99"):
+            added = [a - b for a, b in zip(load(p, conns, q), load("direct", conns, q))]
+            cells.append(span(added))
+        print(f"| {p} | {' | '.join(cells)} | {sum(load(p, conns, 'errors'))} |")
+print("\n## Cost per proxy at 1000 rps, 16 connections")
+print("| pair | CPU ms / 1000 req | idle RSS MiB | peak RSS MiB |")
+print("|---|---|---|---|")
+summary = {}
+for p in pairs:
+    cpu = load(p, 16, "cpu_ms_per_1000")
+    idle = [r["rss_kib"] / r["proxies"] / 1024 for r in rows if r["kind"] == "idle" and r["pair"] == p]
+    peak = [x / 1024 for x in load(p, 16, "hwm_kib")]
+    maxr = [r["rate"] for r in rows if r["kind"] == "max" and r["pair"] == p]
+    added = [a - b for a, b in zip(load(p, 16, "p50"), load("direct", 16, "p50"))]
+    added90 = [a - b for a, b in zip(load(p, 16, "p90"), load("direct", 16, "p90"))]
+    summary[p] = dict(p50=med(added), p90=med(added90), cpu=med(cpu), peak=med(peak), max=med(maxr))
+    print(f"| {p} | {span(cpu)} | {span(idle)} | {span(peak)} |")
+print("\n## Highest rate with zero errors and p90 < 5 ms (16 connections)")
+print("| pair | rps (median, min-max) |")
+print("|---|---|")
+for p in pairs + ["direct"]:
+    maxr = [r["rate"] for r in rows if r["kind"] == "max" and r["pair"] == p]
+    print(f"| {p} | {med(maxr):.0f} ({min(maxr)}-{max(maxr)}) |")
+print("\n## Mizzen as a ratio of the reference pairs (lower is better except max rate)")
+print("| figure | / haproxy | / nginx |")
+print("|---|---|---|")
+m = summary["mizzen"]
+for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("peak", "peak RSS"), ("max", "max rate")):
+    r = lambda o: f"{m[k] / summary[o][k]:.2f}" if summary[o][k] else "n/a"
+    print(f"| {label} | {r('haproxy')} | {r('nginx')} |")
+EOF

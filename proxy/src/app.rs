@@ -1,0 +1,190 @@
+//! Wiring: bind every listener from the [`Config`], load the rendered config, run until drained.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    admin::{self, LogLevel},
+    config::{self, ConfigStore, LoadError},
+    drain::Drain,
+    endpoints::{ConfigEndpoints, EndpointSource},
+    env::{Config, Workload},
+    http::{mirror::Mirrors, server::ServerSettings},
+    listener::{self, Role},
+    telemetry::Telemetry,
+    upstream::Upstreams,
+};
+
+/// What every connection handler shares.
+pub struct Shared {
+    pub store: Arc<ConfigStore>,
+    pub endpoints: Arc<dyn EndpointSource>,
+    pub upstreams: Upstreams,
+    /// The app's ports, for inbound traffic.
+    pub inbound: Upstreams,
+    pub telemetry: Arc<Telemetry>,
+    pub mirrors: Mirrors,
+    pub workload: Workload,
+    pub drain: Drain,
+    pub server: ServerSettings,
+    pub log_level: Option<LogLevel>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The addresses actually bound (tests bind port 0).
+#[derive(Clone, Debug, Default)]
+pub struct Bound {
+    pub outbound_capture: Option<SocketAddr>,
+    pub inbound_capture: Option<SocketAddr>,
+    pub outbound: Vec<SocketAddr>,
+    pub inbound: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub health: Option<SocketAddr>,
+    pub prometheus: Option<SocketAddr>,
+}
+
+enum Job {
+    Proxy(TcpListener, Role),
+    Admin(TcpListener, admin::Port),
+}
+
+pub struct App {
+    pub shared: Arc<Shared>,
+    pub bound: Bound,
+    config: Config,
+    jobs: Vec<Job>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let a = l
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((l, a))
+}
+
+impl App {
+    pub async fn bind(config: Config, log_level: Option<LogLevel>) -> Result<App, StartError> {
+        let telemetry = Telemetry::new(config.access_log);
+        let store = ConfigStore::load(&config.config_path, telemetry.metrics.clone())?;
+        let endpoints: Arc<dyn EndpointSource> = Arc::new(ConfigEndpoints::new(store.clone()));
+        let shared = Arc::new(Shared {
+            store,
+            endpoints,
+            upstreams: Upstreams::new(config.connect_timeout),
+            inbound: Upstreams::new(config.connect_timeout),
+            telemetry,
+            mirrors: Mirrors::default(),
+            workload: config.workload.clone(),
+            drain: Drain::new(),
+            server: ServerSettings {
+                header_read_timeout: config.header_read_timeout,
+                max_header_bytes: config.max_header_bytes,
+            },
+            log_level,
+        });
+        let mut jobs = Vec::new();
+        let mut bound = Bound::default();
+        if let Some(a) = config.outbound_capture {
+            let (l, a) = bind(a).await?;
+            bound.outbound_capture = Some(a);
+            jobs.push(Job::Proxy(l, Role::OutboundCapture));
+        }
+        if let Some(a) = config.inbound_capture {
+            let (l, a) = bind(a).await?;
+            bound.inbound_capture = Some(a);
+            jobs.push(Job::Proxy(l, Role::InboundCapture));
+        }
+        for o in &config.outbound {
+            let (l, a) = bind(o.listen).await?;
+            bound.outbound.push(a);
+            jobs.push(Job::Proxy(
+                l,
+                Role::Outbound {
+                    host: o.host.clone(),
+                    port: o.port,
+                },
+            ));
+        }
+        for i in &config.inbound {
+            let (l, a) = bind(i.listen).await?;
+            bound.inbound.push(a);
+            jobs.push(Job::Proxy(l, Role::Inbound { app: i.app }));
+        }
+        for (addr, port, slot) in [
+            (config.admin, admin::Port::Admin, &mut bound.admin),
+            (config.health, admin::Port::Health, &mut bound.health),
+            (
+                config.prometheus,
+                admin::Port::Prometheus,
+                &mut bound.prometheus,
+            ),
+        ] {
+            if let Some(a) = addr {
+                let (l, a) = bind(a).await?;
+                *slot = Some(a);
+                jobs.push(Job::Admin(l, port));
+            }
+        }
+        Ok(App {
+            shared,
+            bound,
+            config,
+            jobs,
+        })
+    }
+
+    /// Serves until draining starts (SIGTERM, `/quitquitquit` or [`Drain::start`]), then lets
+    /// open connections finish for up to the drain duration.
+    pub async fn run(self) {
+        let shared = self.shared;
+        tracing::info!(
+            config = %self.config.config_path.display(),
+            workload = %shared.workload.name,
+            namespace = %shared.workload.namespace,
+            bound = ?self.bound,
+            "proxy started"
+        );
+        let (stop_watch, watch_rx) = watch::channel(false);
+        let watcher = tokio::spawn(config::watch(
+            shared.store.clone(),
+            self.config.poll_interval,
+            watch_rx,
+        ));
+        for job in self.jobs {
+            let shared = shared.clone();
+            match job {
+                Job::Proxy(l, role) => {
+                    tokio::spawn(listener::serve(l, role, shared));
+                }
+                Job::Admin(l, port) => {
+                    tokio::spawn(admin::serve(l, port, shared));
+                }
+            }
+        }
+        let mut signal = shared.drain.signal();
+        crate::drain::Drain::started(&mut signal).await;
+        tracing::info!(
+            open = shared.drain.open_connections(),
+            drain = ?self.config.drain,
+            "draining"
+        );
+        let clean = shared.drain.wait(self.config.drain).await;
+        tracing::info!(clean, "drained");
+        let _ = stop_watch.send(true);
+        let _ = watcher.await;
+    }
+}

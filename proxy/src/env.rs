@@ -1,0 +1,261 @@
+//! The proxy's own settings, parsed once at start: listeners and timeouts from the command line,
+//! the workload's identity from the environment the sidecar runs in. Nothing else in the crate
+//! reads environment variables; tests build a [`Config`] directly or fake [`Strings`].
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Where the values of the workload's identity come from.
+pub trait Strings {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// Reads the process environment.
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+pub const ENV_POD_NAME: &str = "POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const ENV_SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+
+/// Who this proxy speaks for: the labels of Istio's metrics and the source of route matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub pod_name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// The Deployment (or other owner) name; derived from the pod name when not given.
+    pub name: String,
+    pub app: String,
+    pub version: String,
+    /// Labels route matches test (`sourceLabels`): `app` and `version` at least.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the command line may say about the workload (local mode has no pod).
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadFlags {
+    pub name: Option<String>,
+    pub app: Option<String>,
+    pub version: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl Workload {
+    pub fn from_strings(strings: &impl Strings, flags: &WorkloadFlags) -> Self {
+        let pod_name = strings.get(ENV_POD_NAME).unwrap_or_default();
+        let namespace = flags
+            .namespace
+            .clone()
+            .or_else(|| strings.get(ENV_POD_NAMESPACE))
+            .unwrap_or_else(|| "default".to_string());
+        let service_account = strings
+            .get(ENV_SERVICE_ACCOUNT)
+            .unwrap_or_else(|| "default".to_string());
+        let name = flags
+            .name
+            .clone()
+            .unwrap_or_else(|| workload_of_pod(&pod_name));
+        let app = flags.app.clone().unwrap_or_else(|| name.clone());
+        let version = flags.version.clone().unwrap_or_default();
+        let mut labels = BTreeMap::new();
+        if !app.is_empty() {
+            labels.insert("app".to_string(), app.clone());
+        }
+        if !version.is_empty() {
+            labels.insert("version".to_string(), version.clone());
+        }
+        Self {
+            pod_name,
+            namespace,
+            service_account,
+            name,
+            app,
+            version,
+            labels,
+        }
+    }
+
+    /// The SPIFFE identity this workload would present.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// `reviews-v1-5d8f7c9b4-x2x9z` → `reviews-v1`: a Deployment's pods carry the ReplicaSet hash
+/// and a random suffix.
+fn workload_of_pod(pod: &str) -> String {
+    let parts: Vec<&str> = pod.split('-').collect();
+    if parts.len() > 2 {
+        parts[..parts.len() - 2].join("-")
+    } else {
+        pod.to_string()
+    }
+}
+
+/// An explicit outbound listener (local mode): connections here are addressed to `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundListener {
+    pub listen: SocketAddr,
+    pub host: String,
+    pub port: u16,
+}
+
+/// An explicit inbound listener (local mode): connections here go to the app at `app`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundListener {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The rendered config file (`config.json` in the mounted ConfigMap).
+    pub config_path: PathBuf,
+    /// 15001 in a pod; `None` in local mode.
+    pub outbound_capture: Option<SocketAddr>,
+    /// 15006 in a pod; `None` in local mode.
+    pub inbound_capture: Option<SocketAddr>,
+    pub outbound: Vec<OutboundListener>,
+    pub inbound: Vec<InboundListener>,
+    pub admin: Option<SocketAddr>,
+    pub health: Option<SocketAddr>,
+    pub prometheus: Option<SocketAddr>,
+    pub drain: Duration,
+    /// A client that has not sent its request headers by then is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// Request heads larger than this get 431.
+    pub max_header_bytes: usize,
+    /// Fallback re-read of the config file, besides change notifications.
+    pub poll_interval: Duration,
+    /// Connect timeout when the DestinationRule sets none (Istio: 10 s).
+    pub connect_timeout: Duration,
+    pub workload: Workload,
+    /// Write one JSON access log line per request on stdout.
+    pub access_log: bool,
+}
+
+impl Config {
+    /// Defaults of a sidecar in a pod.
+    pub fn sidecar(config_path: PathBuf, workload: Workload) -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Self {
+            config_path,
+            outbound_capture: Some(any(15001)),
+            inbound_capture: Some(any(15006)),
+            outbound: Vec::new(),
+            inbound: Vec::new(),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
+            health: Some(any(15021)),
+            prometheus: Some(any(15090)),
+            drain: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 60 * 1024,
+            poll_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            workload,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(
+        "{0:?} is not LISTEN_ADDR=HOST:PORT (e.g. 127.0.0.1:18080=reviews.default.svc.cluster.local:9080)"
+    )]
+    Outbound(String),
+    #[error("{0:?} is not LISTEN_ADDR=APP_ADDR (e.g. 127.0.0.1:19080=127.0.0.1:9080)")]
+    Inbound(String),
+}
+
+impl std::str::FromStr for OutboundListener {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseError::Outbound(s.to_string());
+        let (listen, target) = s.split_once('=').ok_or_else(bad)?;
+        let (host, port) = target.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            listen: listen.parse().map_err(|_| bad())?,
+            host: host.to_string(),
+            port: port.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::str::FromStr for InboundListener {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseError::Inbound(s.to_string());
+        let (listen, app) = s.split_once('=').ok_or_else(bad)?;
+        Ok(Self {
+            listen: listen.parse().map_err(|_| bad())?,
+            app: app.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_comes_from_env_and_flags() {
+        let env: BTreeMap<String, String> = [
+            (ENV_POD_NAME, "reviews-v2-5d8f7c9b4-x2x9z"),
+            (ENV_POD_NAMESPACE, "shop"),
+            (ENV_SERVICE_ACCOUNT, "reviews"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let w = Workload::from_strings(
+            &env,
+            &WorkloadFlags {
+                app: Some("reviews".into()),
+                version: Some("v2".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(w.name, "reviews-v2");
+        assert_eq!(w.namespace, "shop");
+        assert_eq!(w.app, "reviews");
+        assert_eq!(w.labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(
+            w.principal("cluster.local"),
+            "spiffe://cluster.local/ns/shop/sa/reviews"
+        );
+        let local = Workload::from_strings(&BTreeMap::new(), &WorkloadFlags::default());
+        assert_eq!(local.namespace, "default");
+    }
+
+    #[test]
+    fn parses_explicit_listeners() {
+        let o: OutboundListener = "127.0.0.1:18080=serviceb.default.svc.cluster.local:8080"
+            .parse()
+            .unwrap();
+        assert_eq!(o.host, "serviceb.default.svc.cluster.local");
+        assert_eq!(o.port, 8080);
+        assert!("127.0.0.1:1=:80".parse::<OutboundListener>().is_err());
+        let i: InboundListener = "127.0.0.1:19080=127.0.0.1:9080".parse().unwrap();
+        assert_eq!(i.app.port(), 9080);
+        assert!("nonsense".parse::<InboundListener>().is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The inbound request path: what arrives for the local app. Reported with
+//! `reporter="destination"` and forwarded to the app's port on loopback.
+
+use std::{convert::Infallible, sync::Arc};
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::{
+    app::Shared,
+    http::{
+        body::{self, Body, Counted},
+        headers::{is_upgrade, request_protocol, strip_hop_by_hop},
+        outbound::call,
+        report::{Exchange, Head, RequestBytes},
+        upgrade,
+    },
+    listener::ConnMeta,
+    telemetry::trace,
+    upstream::UpstreamService,
+};
+
+pub fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnMeta>,
+    req: Request<Incoming>,
+) -> futures::future::BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    Box::pin(handle_inner(shared, conn, req))
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    conn: Arc<ConnMeta>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let snap = shared.store.current();
+    let (mut parts, body) = req.into_parts();
+    let request_id = trace::ensure(&mut parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut ex = Exchange::new(
+        shared.telemetry.clone(),
+        "destination",
+        Head {
+            method: parts.method.as_str(),
+            path: &path,
+            protocol: request_protocol(&parts.headers),
+            authority: &authority,
+            request_id: &request_id,
+            peer: conn.peer,
+        },
+    );
+    ex.entry.protocol = format!("{:?}", parts.version);
+    ex.destination_workload(&shared.workload);
+    match snap.routes.service_for_host(&authority) {
+        Some(s) => ex.destination_service(&s.host.clone(), &s.namespace.clone()),
+        None => ex.destination_service(
+            mizzen_route::authority_host(&authority),
+            &shared.workload.namespace,
+        ),
+    }
+    let upstream = shared.inbound.passthrough(conn.orig_dst);
+    ex.entry.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port());
+    let body = Counted::new(
+        body::boxed(body),
+        Box::new(RequestBytes(ex.request_bytes.clone())),
+    )
+    .boxed_body();
+    let upgrade = is_upgrade(&parts.headers);
+    if !upgrade {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    let req = Request::from_parts(parts, body);
+    let resp = if upgrade {
+        upgrade::forward(upstream, req).await
+    } else {
+        call(UpstreamService { upstream }, req).await
+    };
+    Ok(ex.finish(resp))
+}

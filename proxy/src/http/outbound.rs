@@ -1,0 +1,266 @@
+//! The outbound request path: what the app sends out. Route with the config's route table,
+//! then through the route's resilience layers to a balanced endpoint of the chosen upstream.
+
+use std::{convert::Infallible, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use mizzen_resilience::{
+    ResponseFlags, UpstreamError, circuit::CircuitLayer, fault::FaultLayer, reply::local_reply,
+    retry::RetryLayer, timeout::TimeoutLayer,
+};
+use mizzen_route::{Decision, MESH_GATEWAY, RequestInfo, UnknownHostAction, cors::Preflight};
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::{
+    app::Shared,
+    http::{
+        body::{self, Body, Counted},
+        headers::{is_upgrade, request_protocol, strip_hop_by_hop},
+        mirror,
+        report::{Exchange, Head, RequestBytes},
+        upgrade,
+    },
+    listener::ConnMeta,
+    telemetry::trace,
+    upstream::{ClientAddr, UpstreamService},
+};
+
+/// Handles one request from the local app.
+pub fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnMeta>,
+    req: Request<Incoming>,
+) -> futures::future::BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    Box::pin(handle_inner(shared, conn, req))
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    conn: Arc<ConnMeta>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let snap = shared.store.current();
+    let (mut parts, body) = req.into_parts();
+    let request_id = trace::ensure(&mut parts.headers);
+    let authority = match &conn.service_host {
+        Some(h) => h.clone(),
+        None => parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let method = parts.method.clone();
+    let mut ex = Exchange::new(
+        shared.telemetry.clone(),
+        "source",
+        Head {
+            method: method.as_str(),
+            path: &path_and_query,
+            protocol: request_protocol(&parts.headers),
+            authority: &authority,
+            request_id: &request_id,
+            peer: conn.peer,
+        },
+    );
+    ex.entry.protocol = format!("{:?}", parts.version);
+    ex.source(&shared.workload);
+    let body = Counted::new(
+        body::boxed(body),
+        Box::new(RequestBytes(ex.request_bytes.clone())),
+    )
+    .boxed_body();
+
+    let info = RequestInfo {
+        authority: &authority,
+        port: conn.port,
+        method: &method,
+        scheme: "http",
+        path_and_query: &path_and_query,
+        headers: &parts.headers,
+        source_labels: &shared.workload.labels,
+        source_namespace: &shared.workload.namespace,
+        gateway: MESH_GATEWAY,
+    };
+    let decision = snap.routes.select(&info, rand::random());
+    let upgrade = is_upgrade(&parts.headers);
+    let cors = decision.cors();
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(policy) = cors
+        && let Preflight::Respond(head) = policy.preflight(&method, &parts.headers)
+    {
+        if let Some(route) = decision.route() {
+            ex.entry.route_name = route.name.clone();
+        }
+        if let Some(service) = decision.service() {
+            ex.destination_service(&service.host, &service.namespace);
+        }
+        return Ok(ex.finish(Response::from_parts(head, body::empty())));
+    }
+    let mut response = match decision {
+        Decision::Forward {
+            service: _,
+            route,
+            destination,
+            rewrite,
+            matched,
+            ..
+        } => {
+            ex.entry.route_name = route.name.clone();
+            if let Some(rw) = rewrite {
+                rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts);
+            }
+            mizzen_route::apply_request_header_ops(route, destination, &mut parts.headers);
+            let dest = &destination.destination;
+            let port = dest.port.unwrap_or(conn.port);
+            let dest_ns = snap
+                .config()
+                .service(&dest.host)
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default();
+            ex.destination_service(&dest.host, &dest_ns);
+            let upstream = shared.upstreams.get(
+                &snap,
+                &*shared.endpoints,
+                &dest.host,
+                dest.subset.as_deref(),
+                port,
+            );
+            ex.entry.upstream_cluster = upstream.cluster.clone();
+            parts.extensions.insert(ClientAddr(conn.peer.ip()));
+            let req = Request::from_parts(parts, body);
+            let mut resp = if upgrade {
+                upgrade::forward(upstream, req).await
+            } else {
+                let retry = route
+                    .retry
+                    .clone()
+                    .unwrap_or_else(|| snap.config().mesh.default_retry.clone());
+                let req = mirror::send_copies(&shared, &snap, route, port, strip(req)).await;
+                let stack = ServiceBuilder::new()
+                    .layer(FaultLayer::new(route.fault.clone()))
+                    .layer(TimeoutLayer::from_ms(route.timeout_ms.filter(|t| *t > 0)))
+                    .layer(RetryLayer::new(retry, upstream.limits.retry_budget()))
+                    .layer(CircuitLayer::new(upstream.limits.clone()))
+                    .service(UpstreamService {
+                        upstream: upstream.clone(),
+                    });
+                call(stack, req).await
+            };
+            mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
+            resp
+        }
+        Decision::Redirect {
+            route,
+            location,
+            code,
+            service,
+            ..
+        } => {
+            ex.entry.route_name = route.name.clone();
+            ex.destination_service(&service.host, &service.namespace);
+            let mut r = text(code, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Decision::DirectResponse {
+            route,
+            status,
+            body,
+            service,
+            ..
+        } => {
+            ex.entry.route_name = route.name.clone();
+            ex.destination_service(&service.host, &service.namespace);
+            text(status, body.unwrap_or(""))
+        }
+        Decision::NoRoute { service } => {
+            ex.destination_service(&service.host, &service.namespace);
+            local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR)
+        }
+        Decision::UnknownHost => match snap.routes.unknown_host_action() {
+            // An explicit listener has no original destination to pass through to.
+            UnknownHostAction::Passthrough if conn.service_host.is_none() => {
+                let upstream = shared.upstreams.passthrough(conn.orig_dst);
+                ex.entry.upstream_cluster = upstream.cluster.clone();
+                ex.destination_service(&authority_host(&authority), "");
+                let req = Request::from_parts(parts, body);
+                if upgrade {
+                    upgrade::forward(upstream, req).await
+                } else {
+                    call(UpstreamService { upstream }, strip(req)).await
+                }
+            }
+            _ => {
+                ex.entry.upstream_cluster = "BlackHoleCluster".into();
+                ex.destination_service(&authority_host(&authority), "");
+                local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
+            }
+        },
+    };
+    if let Some(policy) = cors {
+        policy.response_headers(origin.as_deref(), response.headers_mut());
+    }
+    Ok(ex.finish(response))
+}
+
+fn authority_host(a: &str) -> String {
+    mizzen_route::authority_host(a).to_string()
+}
+
+fn strip(mut req: Request<Body>) -> Request<Body> {
+    strip_hop_by_hop(req.headers_mut());
+    req
+}
+
+/// Runs a request through a stack; an error becomes Envoy's local reply for it.
+pub fn call<S>(svc: S, req: Request<Body>) -> futures::future::BoxFuture<'static, Response<Body>>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = body::BoxError>
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let fut: futures::future::BoxFuture<'static, Result<Response<Body>, body::BoxError>> =
+        Box::pin(svc.oneshot(req));
+    Box::pin(async move {
+        match fut.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream call failed");
+                let kind = UpstreamError::classify(e.as_ref());
+                kind.local_reply()
+            }
+        }
+    })
+}
+
+pub fn text(status: u16, text: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::copy_from_slice(text.as_bytes())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !text.is_empty() {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    r
+}

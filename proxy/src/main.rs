@@ -1,0 +1,138 @@
+//! `mizzen-proxy sidecar`: the data plane. Thin: install the crypto provider (when TLS lands),
+//! parse arguments, hand off to [`mizzen_proxy::app::App`].
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use mizzen_proxy::{
+    app::App,
+    env::{Config, Env, InboundListener, OutboundListener, Workload, WorkloadFlags},
+};
+use tracing_subscriber::{EnvFilter, prelude::*, reload};
+
+#[derive(Parser)]
+#[command(name = "mizzen-proxy", version, about = "Mizzen's sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy beside an app (in a pod, or on this machine with explicit listeners).
+    Sidecar(SidecarArgs),
+}
+
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// The rendered proxy config (the ConfigMap's `config.json`).
+    #[arg(long, default_value = "/etc/mizzen/config/config.json")]
+    config: PathBuf,
+    /// Local mode: `LISTEN_ADDR=HOST:PORT`, connections here are for service HOST port PORT.
+    #[arg(long = "outbound", value_name = "LISTEN_ADDR=HOST:PORT")]
+    outbound: Vec<OutboundListener>,
+    /// Local mode: `LISTEN_ADDR=APP_ADDR`, connections here go to the app at APP_ADDR.
+    #[arg(long = "inbound", value_name = "LISTEN_ADDR=APP_ADDR")]
+    inbound: Vec<InboundListener>,
+    /// Do not open the iptables capture ports 15001 and 15006 (local mode).
+    #[arg(long)]
+    no_capture: bool,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: std::net::SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    health: std::net::SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    prometheus: std::net::SocketAddr,
+    /// How long in-flight requests may run after SIGTERM, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_duration: f64,
+    /// Workload name for metrics (default: from POD_NAME).
+    #[arg(long)]
+    workload_name: Option<String>,
+    #[arg(long)]
+    app: Option<String>,
+    #[arg(long)]
+    version: Option<String>,
+    /// Namespace (default: POD_NAMESPACE, else `default`).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Do not write the per-request access log.
+    #[arg(long)]
+    no_access_log: bool,
+    /// Worker threads (Istio's sidecar default is 2).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let (filter, handle) = reload::Layer::new(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr),
+        )
+        .init();
+    let Command::Sidecar(args) = Cli::parse().command;
+    let workload = Workload::from_strings(
+        &Env,
+        &WorkloadFlags {
+            name: args.workload_name,
+            app: args.app,
+            version: args.version,
+            namespace: args.namespace,
+        },
+    );
+    let mut config = Config::sidecar(args.config, workload);
+    if args.no_capture {
+        config.outbound_capture = None;
+        config.inbound_capture = None;
+    }
+    config.outbound = args.outbound;
+    config.inbound = args.inbound;
+    config.admin = Some(args.admin);
+    config.health = Some(args.health);
+    config.prometheus = Some(args.prometheus);
+    config.drain = Duration::from_secs_f64(args.drain_duration.max(0.0));
+    config.access_log = !args.no_access_log;
+    tracing::info!(config = ?config, "effective configuration");
+
+    let set_level: mizzen_proxy::admin::LogLevel = Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| format!("bad level {level:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+    // One worker: a current-thread runtime, with no cross-thread wake-ups.
+    let rt = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.concurrency)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        let app = App::bind(config, Some(set_level)).await?;
+        let drain = app.shared.drain.clone();
+        tokio::spawn(async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            tracing::info!("signal received");
+            drain.start();
+        });
+        app.run().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,408 @@
+//! Upstreams: one per (service, subset, port) the proxy sends to, holding its endpoints, its
+//! balancer, its connection pools and the state that outlives a request (requests in flight per
+//! endpoint, retry budget). Rebuilt when the config or the endpoints change, keeping the pools
+//! and per-endpoint state of what stayed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode, Uri, Version};
+use mizzen_proxy_config::Destination;
+use mizzen_proxy_config::{Protocol, TrafficPolicy};
+use mizzen_resilience::{
+    ResponseFlags,
+    circuit::{CircuitBreakers, ClusterLimits, overflow_response},
+    outlier::{Outcome, SharedOutlier},
+};
+
+use crate::{
+    balance::{self, Balancer},
+    config::Snapshot,
+    endpoints::{Endpoint, EndpointSource},
+    http::{
+        body::{self, Body, BoxError},
+        client::{self, HttpClient, PoolSettings},
+    },
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+}
+
+/// An endpoint and what the proxy tracks about it.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub endpoint: Endpoint,
+    /// `host:port`.
+    pub name: String,
+    /// Requests in flight (LEAST_REQUEST).
+    pub active: AtomicUsize,
+}
+
+/// Where a response came from, for telemetry (in the response's extensions).
+#[derive(Clone, Debug)]
+pub struct UpstreamHost {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Marks a request that must go over HTTP/1.1 (an upgrade), whatever the port's protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct ForceHttp1;
+
+/// The calling client's address, for source-IP hashing (in the request's extensions).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
+
+pub struct Upstream {
+    pub key: UpstreamKey,
+    /// Envoy's cluster name: `outbound|<port>|<subset>|<host>`.
+    pub cluster: String,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    pub balancer: Balancer,
+    pub policy: TrafficPolicy,
+    pub protocol: Protocol,
+    /// Circuit-breaking limits (`connectionPool`), shared by every route to this upstream.
+    pub limits: Arc<ClusterLimits>,
+    /// Ejections (`outlierDetection`), keyed by endpoint name.
+    pub outlier: Option<SharedOutlier<String>>,
+    settings: PoolSettings,
+    h1: HttpClient,
+    h2: HttpClient,
+    generation: (u64, u64),
+}
+
+impl Upstream {
+    /// Whether to speak HTTP/2 upstream: declared HTTP2/gRPC ports and `h2UpgradePolicy`
+    /// always; undeclared ports the way the caller spoke.
+    pub fn speaks_h2(&self, downstream: Version) -> bool {
+        match self.protocol {
+            Protocol::Http2 | Protocol::Grpc => true,
+            Protocol::Http => self.settings.h2,
+            _ => self.settings.h2 || downstream == Version::HTTP_2,
+        }
+    }
+
+    fn client(&self, h2: bool) -> &HttpClient {
+        if h2 { &self.h2 } else { &self.h1 }
+    }
+}
+
+/// Every upstream in use, by key.
+pub struct Upstreams {
+    map: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
+    connect_timeout: Duration,
+    breakers: CircuitBreakers,
+    /// The config version the map was last pruned for.
+    seen_version: std::sync::atomic::AtomicU64,
+}
+
+impl Upstreams {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            connect_timeout,
+            breakers: CircuitBreakers::new(),
+            seen_version: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The upstream for a destination under `snap`, built or refreshed as needed.
+    pub fn get(
+        &self,
+        snap: &Snapshot,
+        source: &dyn EndpointSource,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Arc<Upstream> {
+        let key = UpstreamKey {
+            host: host.to_string(),
+            subset: subset.map(str::to_string),
+            port,
+        };
+        let generation = (snap.version, source.generation());
+        let old = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            // A new config: forget upstreams of services it no longer has.
+            if self.seen_version.swap(snap.version, Ordering::Relaxed) != snap.version {
+                let config = snap.config();
+                map.retain(|k, up| up.generation == (0, 0) || config.service(&k.host).is_some());
+                self.breakers.retain(|d| {
+                    config.service(&d.host).is_some()
+                        || d.subset.is_none() && d.host.parse::<IpAddr>().is_ok()
+                });
+            }
+            match map.get(&key) {
+                Some(up) if up.generation == generation => return up.clone(),
+                other => other.cloned(),
+            }
+        };
+        let service = snap.config().service(host);
+        let subset_def = subset.and_then(|s| service.and_then(|svc| svc.subset(s)));
+        let labels = subset_def.map(|s| s.labels.clone()).unwrap_or_default();
+        let policy = subset_def
+            .and_then(|s| s.policy.as_ref())
+            .or_else(|| service.and_then(|s| s.policy.as_ref()))
+            .map(|p| p.for_port(port))
+            .unwrap_or_default();
+        let protocol = service
+            .and_then(|s| s.port(port))
+            .map(|p| p.protocol)
+            .unwrap_or_default();
+        let endpoints = source.endpoints(host, port, &labels);
+        let up = Arc::new(self.build(key.clone(), endpoints, policy, protocol, generation, old));
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, up.clone());
+        up
+    }
+
+    /// An upstream of one address: the original destination of a connection to a host the
+    /// config does not know (ALLOW_ANY), or an explicit local target.
+    pub fn passthrough(&self, addr: SocketAddr) -> Arc<Upstream> {
+        let key = UpstreamKey {
+            host: addr.ip().to_string(),
+            subset: None,
+            port: addr.port(),
+        };
+        if let Some(up) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return up.clone();
+        }
+        let ep = Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            labels: BTreeMap::new(),
+            weight: 1,
+        };
+        let mut up = self.build(
+            key.clone(),
+            vec![ep],
+            TrafficPolicy::default(),
+            Protocol::Unknown,
+            (0, 0),
+            None,
+        );
+        up.cluster = "PassthroughCluster".to_string();
+        let up = Arc::new(up);
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, up.clone());
+        up
+    }
+
+    fn build(
+        &self,
+        key: UpstreamKey,
+        endpoints: Vec<Endpoint>,
+        policy: TrafficPolicy,
+        protocol: Protocol,
+        generation: (u64, u64),
+        old: Option<Arc<Upstream>>,
+    ) -> Upstream {
+        let pool = policy.connection_pool.clone().unwrap_or_default();
+        let settings = PoolSettings {
+            connect_timeout: pool
+                .connect_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(self.connect_timeout),
+            idle_timeout: pool
+                .idle_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(60)),
+            h2: pool.h2_upgrade,
+        };
+        let states: Vec<Arc<EndpointState>> = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let name = endpoint.authority();
+                old.as_ref()
+                    .and_then(|o| o.endpoints.iter().find(|e| e.endpoint == endpoint))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(EndpointState {
+                            endpoint,
+                            name,
+                            active: AtomicUsize::new(0),
+                        })
+                    })
+            })
+            .collect();
+        let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+        let weights: Vec<u32> = states.iter().map(|s| s.endpoint.weight).collect();
+        let balancer = Balancer::new(policy.load_balancer.as_ref(), &names, &weights);
+        let (h1, h2) = match &old {
+            Some(o)
+                if o.settings.connect_timeout == settings.connect_timeout
+                    && o.settings.idle_timeout == settings.idle_timeout =>
+            {
+                (o.h1.clone(), o.h2.clone())
+            }
+            _ => (
+                client::client(PoolSettings {
+                    h2: false,
+                    ..settings
+                }),
+                client::client(PoolSettings {
+                    h2: true,
+                    ..settings
+                }),
+            ),
+        };
+        let limits = self.breakers.limits(
+            &Destination {
+                host: key.host.clone(),
+                subset: key.subset.clone(),
+                port: Some(key.port),
+            },
+            policy.connection_pool.as_ref(),
+        );
+        let outlier = policy.outlier_detection.as_ref().map(|od| {
+            let reuse = old.as_ref().and_then(|o| o.outlier.clone()).filter(|_| {
+                old.as_ref().map(|o| &o.policy.outlier_detection) == Some(&policy.outlier_detection)
+            });
+            let detector = reuse.unwrap_or_else(|| SharedOutlier::new(od.clone()));
+            detector.set_endpoints(names.iter().cloned());
+            detector
+        });
+        let cluster = format!(
+            "outbound|{}|{}|{}",
+            key.port,
+            key.subset.as_deref().unwrap_or(""),
+            key.host
+        );
+        Upstream {
+            key,
+            cluster,
+            endpoints: states,
+            balancer,
+            policy,
+            protocol,
+            limits,
+            outlier,
+            settings,
+            h1,
+            h2,
+            generation,
+        }
+    }
+}
+
+/// The bottom of the request stack: picks an endpoint and sends the request to it.
+#[derive(Clone)]
+pub struct UpstreamService {
+    pub upstream: Arc<Upstream>,
+}
+
+/// Decrements an endpoint's in-flight count when the call ends, however it ends.
+struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<B> tower::Service<Request<B>> for UpstreamService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let up = self.upstream.clone();
+        Box::pin(async move {
+            let hash = up.balancer.hash_key().and_then(|key| {
+                let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
+                balance::request_key(key, req.headers(), req.uri().query(), ip)
+                    .map(|k| balance::hash::hash64(&k))
+            });
+            let healthy: Option<Vec<String>> = up.outlier.as_ref().map(|o| {
+                let names: Vec<String> = up.endpoints.iter().map(|e| e.name.clone()).collect();
+                o.healthy(&names)
+            });
+            let picked = up.balancer.pick(
+                up.endpoints.len(),
+                hash,
+                rand::random::<u32>,
+                |i| up.endpoints[i].active.load(Ordering::Relaxed),
+                |i| {
+                    healthy
+                        .as_ref()
+                        .is_none_or(|h| h.contains(&up.endpoints[i].name))
+                },
+            );
+            let Some(i) = picked else {
+                return Ok(mizzen_resilience::reply::local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream",
+                    ResponseFlags::UH,
+                ));
+            };
+            let ep = up.endpoints[i].clone();
+            ep.active.fetch_add(1, Ordering::Relaxed);
+            let _guard = InFlight(ep.clone());
+            let h2 = req.extensions().get::<ForceHttp1>().is_none() && up.speaks_h2(req.version());
+            let (mut parts, body) = req.into_parts();
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            parts.uri = Uri::try_from(format!("http://{}{}", ep.name, pq))?;
+            parts.version = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds
+            // them, waiting requests count as pending and overflow is shed with 503 UO.
+            let _connection = if h2 {
+                None
+            } else {
+                match up.limits.acquire_connection().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return Ok(overflow_response()),
+                }
+            };
+            let req = Request::from_parts(parts, body::boxed(body));
+            let result = up.client(h2).request(req).await.map_err(BoxError::from);
+            if let Some(o) = &up.outlier {
+                let outcome = match &result {
+                    Ok(r) => Outcome::of_response(r),
+                    Err(e) => Outcome::of_error(e.as_ref()),
+                };
+                if let Some(t) = o.record(&ep.name, outcome) {
+                    tracing::info!(endpoint = %ep.name, cluster = %up.cluster, ejected_for = ?t, "endpoint ejected");
+                }
+            }
+            let mut resp = result?.map(body::boxed);
+            resp.extensions_mut().insert(UpstreamHost {
+                name: ep.name.clone(),
+                labels: ep.endpoint.labels.clone(),
+            });
+            Ok(resp)
+        })
+    }
+}

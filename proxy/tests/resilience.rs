@@ -1,0 +1,298 @@
+//! The fixtures' resilience features, measured through the proxy on loopback.
+
+mod support;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use mizzen_proxy_config::*;
+use support::*;
+
+fn to_v(subset: &str) -> HttpAction {
+    HttpAction::Route(vec![weighted(Some(subset), 100)])
+}
+
+/// vs-timeout.yaml (scaled down: 300 ms instead of 10 s): a slow backend gets 504 UT.
+#[tokio::test]
+async fn route_timeout_answers_504_ut() {
+    let slow = backend_with("slow", Arc::new(|_, _| (200, Duration::from_secs(3)))).await;
+    let r = HttpRoute {
+        timeout_ms: Some(300),
+        ..route("timeout", to_v("v1"))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(slow.addr, "v1")],
+        vec![r],
+    )]))
+    .await;
+    let t = Instant::now();
+    let reply = get(&client(), proxy.outbound, "/").await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.body, "upstream request timeout");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "504"), ("response_flags", "UT")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+/// vs-retries.yaml: attempts 3, perTryTimeout 2s. A backend failing two of every three
+/// requests with 503 still serves every caller.
+#[tokio::test]
+async fn retries_turn_a_flaky_backends_errors_into_successes() {
+    let flaky = backend_with(
+        "flaky",
+        Arc::new(|n, _| (if n % 3 == 2 { 200 } else { 503 }, Duration::ZERO)),
+    )
+    .await;
+    let r = HttpRoute {
+        retry: Some(Retry {
+            attempts: 3,
+            per_try_timeout_ms: Some(2000),
+            retry_on: vec!["5xx".into()],
+            retriable_status_codes: vec![],
+            backoff_ms: Some(1),
+            retry_remote_localities: false,
+        }),
+        ..route("retries", to_v("v1"))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(flaky.addr, "v1")],
+        vec![r],
+    )]))
+    .await;
+    let counts = tally(&client(), proxy.outbound, 30, 1).await;
+    assert_eq!(counts.get("flaky"), Some(&30), "{counts:?}");
+    assert_eq!(flaky.hits(), 90);
+}
+
+/// vs-fault-abort.yaml: 50% of the requests get 500, within ±5 points over 2,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_abort_hits_half_the_requests() {
+    let v2 = backend("v2").await;
+    let r = HttpRoute {
+        fault: Some(Fault {
+            delay: None,
+            abort: Some(FaultAbort {
+                status: AbortStatus::Http(500),
+                percentage: 50.0,
+            }),
+        }),
+        ..route("abort", to_v("v2"))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v2.addr, "v2")],
+        vec![r],
+    )]))
+    .await;
+    let counts = tally(&client(), proxy.outbound, 2000, 16).await;
+    let aborted = *counts.get("500").unwrap_or(&0) as f64 / 20.0;
+    assert!((45.0..=55.0).contains(&aborted), "{aborted}% ({counts:?})");
+    assert_eq!(v2.hits() + counts["500"], 2000);
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "500"), ("response_flags", "FI")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+/// vs-fault-delay.yaml (scaled down: 200 ms): half the requests are delayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_delay_slows_half_the_requests() {
+    let v1 = backend("v1").await;
+    let r = HttpRoute {
+        fault: Some(Fault {
+            delay: Some(FaultDelay {
+                fixed_delay_ms: 200,
+                percentage: 50.0,
+            }),
+            abort: None,
+        }),
+        ..route("delay", to_v("v1"))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![r],
+    )]))
+    .await;
+    let c = client();
+    let times = futures::future::join_all((0..200).map(|_| {
+        let c = c.clone();
+        let addr = proxy.outbound;
+        async move {
+            let t = Instant::now();
+            let r = get(&c, addr, "/").await;
+            assert_eq!(r.status, 200);
+            t.elapsed()
+        }
+    }))
+    .await;
+    // Which requests were delayed is read from the DI flag (load on the machine may slow the
+    // others too); every delayed one took at least the delay.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(proxy.prometheus).await;
+    let delayed = sample(&m, "istio_requests_total", &[("response_flags", "DI")]).unwrap_or(0.0);
+    assert!(
+        (80.0..=120.0).contains(&delayed),
+        "{delayed} of 200 delayed"
+    );
+    let slow = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(200))
+        .count();
+    assert!(slow as f64 >= delayed, "{slow} slow, {delayed} delayed");
+}
+
+/// vs-mirror.yaml: everything to v1, a copy of every request to v2; callers only see v1.
+#[tokio::test]
+async fn mirror_receives_copies_while_the_caller_sees_only_the_primary() {
+    let v1 = backend("v1").await;
+    // The mirror is slow and fails: the caller must not notice either. It records the Host
+    // each copy carries.
+    let hosts = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = hosts.clone();
+    let v2 = backend_with(
+        "v2",
+        Arc::new(move |_, req| {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            seen.lock().unwrap().push(host.to_string());
+            (500, Duration::from_millis(300))
+        }),
+    )
+    .await;
+    let r = HttpRoute {
+        mirrors: vec![Mirror {
+            destination: dest(Some("v2")),
+            percentage: 100.0,
+        }],
+        ..route("mirror", HttpAction::Route(vec![weighted(Some("v1"), 100)]))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![r],
+    )]))
+    .await;
+    let c = client();
+    let t = Instant::now();
+    for _ in 0..20 {
+        let r = get(&c, proxy.outbound, "/").await;
+        assert_eq!((r.status, r.header("x-backend")), (200, "v1"));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "mirror slowed the caller: {:?}",
+        t.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while v2.hits() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((v1.hits(), v2.hits()), (20, 20));
+    // Istio's convention: the copy's Host gets `-shadow`.
+    assert!(
+        hosts
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h == "serviceb-shadow:8080"),
+        "{:?}",
+        hosts.lock().unwrap()
+    );
+}
+
+/// dr-circuit-breaker.yaml: one connection, ten pending; a burst of 40 slow requests sheds
+/// the excess at once with 503 UO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_sheds_the_excess_with_503_uo() {
+    let slow = backend_with("slow", Arc::new(|_, _| (200, Duration::from_millis(200)))).await;
+    let mut svc = serviceb(
+        vec![endpoint(slow.addr, "v1")],
+        vec![route("cb", to_v("v1"))],
+    );
+    svc.policy = Some(TrafficPolicy {
+        connection_pool: Some(ConnectionPool {
+            max_connections: Some(1),
+            http1_max_pending_requests: Some(10),
+            max_requests_per_connection: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let c = client();
+    let t = Instant::now();
+    let replies = futures::future::join_all((0..40).map(|_| get(&c, proxy.outbound, "/"))).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<_> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + shed.len(), 40);
+    // 1 in flight + 10 pending served; the rest shed.
+    assert!((11..=13).contains(&ok), "{ok} served");
+    assert!(
+        shed.iter()
+            .all(|r| r.header("x-envoy-overloaded") == "true")
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UO")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+/// dr-outlier-detection.yaml (scaled down: 3 errors eject for 1 s): the failing endpoint is
+/// ejected, then tried again after the ejection time.
+#[tokio::test]
+async fn failing_endpoint_is_ejected_and_returns_after_the_ejection_time() {
+    let good = backend("good").await;
+    let bad = backend_with("bad", Arc::new(|_, _| (503, Duration::ZERO))).await;
+    let mut svc = serviceb(
+        vec![endpoint(good.addr, "v1"), endpoint(bad.addr, "v1")],
+        vec![route("od", to_v("v1"))],
+    );
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx_errors: Some(3),
+            consecutive_gateway_errors: None,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 1_000,
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let c = client();
+    // Round robin: three 503s from `bad` within the first six requests eject it.
+    let _ = tally(&c, proxy.outbound, 6, 1).await;
+    assert_eq!(bad.hits(), 3);
+    let counts = tally(&c, proxy.outbound, 20, 1).await;
+    assert_eq!(counts.get("good"), Some(&20), "{counts:?}");
+    assert_eq!(bad.hits(), 3, "ejected endpoint got traffic");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _ = tally(&c, proxy.outbound, 4, 1).await;
+    assert!(bad.hits() > 3, "endpoint did not come back");
+}

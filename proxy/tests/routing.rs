@@ -1,0 +1,507 @@
+//! Routing, splits and balancing through the proxy, with real sockets on loopback. Configs are
+//! what the operator renders for the fixtures in `shared/fixtures/istio/`.
+
+mod support;
+
+use std::time::Duration;
+
+use mizzen_proxy_config::*;
+use support::*;
+
+/// vs-canary-90-10.yaml + dr-serviceb-subsets.yaml: 90% to v1, 10% to v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_90_10_split_lands_within_3_points_over_2000_requests() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let cfg = config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![route(
+            "default/serviceb/0",
+            HttpAction::Route(vec![weighted(Some("v1"), 90), weighted(Some("v2"), 10)]),
+        )],
+    )]);
+    let proxy = start(&cfg).await;
+    let counts = tally(&client(), proxy.outbound, 2000, 16).await;
+    let v2_share = *counts.get("v2").unwrap_or(&0) as f64 / 2000.0 * 100.0;
+    assert_eq!(
+        counts.get("v1").unwrap_or(&0) + counts.get("v2").unwrap_or(&0),
+        2000,
+        "{counts:?}"
+    );
+    assert!(
+        (7.0..=13.0).contains(&v2_share),
+        "v2 got {v2_share}% ({counts:?})"
+    );
+}
+
+/// vs-route-all-v1.yaml: every request to v1.
+#[tokio::test]
+async fn route_all_to_v1() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let cfg = config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![route(
+            "r",
+            HttpAction::Route(vec![weighted(Some("v1"), 100)]),
+        )],
+    )]);
+    let proxy = start(&cfg).await;
+    let counts = tally(&client(), proxy.outbound, 50, 5).await;
+    assert_eq!(counts.get("v1"), Some(&50), "{counts:?}");
+    assert_eq!(v2.hits(), 0);
+}
+
+/// gateway-and-cookie-match.yaml's match, for sidecars: a cookie regex and a header send to
+/// v2, everything else to v1.
+#[tokio::test]
+async fn header_and_cookie_matches_route() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let cookie = HttpRoute {
+        matches: vec![HttpMatch {
+            headers: vec![HeaderMatch {
+                name: "cookie".into(),
+                value: Some(StringMatcher::Regex("^(.*;?)?(user=b-nova)(;.*)?".into())),
+                invert: false,
+            }],
+            ..Default::default()
+        }],
+        ..route("cookie", HttpAction::Route(vec![weighted(Some("v2"), 100)]))
+    };
+    let header = HttpRoute {
+        matches: vec![HttpMatch {
+            headers: vec![HeaderMatch {
+                name: "end-user".into(),
+                value: Some(StringMatcher::Exact("jason".into())),
+                invert: false,
+            }],
+            ..Default::default()
+        }],
+        ..route("header", HttpAction::Route(vec![weighted(Some("v2"), 100)]))
+    };
+    let rest = route("rest", HttpAction::Route(vec![weighted(Some("v1"), 100)]));
+    let cfg = config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![cookie, header, rest],
+    )]);
+    let proxy = start(&cfg).await;
+    let c = client();
+    let r = get_with(
+        &c,
+        proxy.outbound,
+        "/",
+        &[("cookie", "a=1; user=b-nova; z=2")],
+    )
+    .await;
+    assert_eq!(r.header("x-backend"), "v2");
+    let r = get_with(&c, proxy.outbound, "/", &[("cookie", "user=someone-else")]).await;
+    assert_eq!(r.header("x-backend"), "v1");
+    let r = get_with(&c, proxy.outbound, "/", &[("end-user", "jason")]).await;
+    assert_eq!(r.header("x-backend"), "v2");
+    let r = get(&c, proxy.outbound, "/").await;
+    assert_eq!(r.header("x-backend"), "v1");
+}
+
+#[tokio::test]
+async fn rewrites_redirects_direct_responses_and_header_ops() {
+    let v1 = backend("v1").await;
+    let rewrite = HttpRoute {
+        matches: vec![HttpMatch {
+            uri: Some(StringMatcher::Prefix("/old".into())),
+            ..Default::default()
+        }],
+        rewrite: Some(Rewrite {
+            uri: Some("/new".into()),
+            ..Default::default()
+        }),
+        headers: HeaderOps {
+            request: HeaderOperations {
+                set: [("x-added".to_string(), "yes".to_string())].into(),
+                ..Default::default()
+            },
+            response: HeaderOperations {
+                set: [("x-route".to_string(), "rewrite".to_string())].into(),
+                ..Default::default()
+            },
+        },
+        ..route(
+            "rewrite",
+            HttpAction::Route(vec![weighted(Some("v1"), 100)]),
+        )
+    };
+    let redirect = HttpRoute {
+        matches: vec![HttpMatch {
+            uri: Some(StringMatcher::Exact("/moved".into())),
+            ..Default::default()
+        }],
+        ..route(
+            "redirect",
+            HttpAction::Redirect(Redirect {
+                uri: Some("/elsewhere".into()),
+                code: 301,
+                ..Default::default()
+            }),
+        )
+    };
+    let direct = HttpRoute {
+        matches: vec![HttpMatch {
+            uri: Some(StringMatcher::Exact("/teapot".into())),
+            ..Default::default()
+        }],
+        ..route(
+            "direct",
+            HttpAction::DirectResponse(DirectResponse {
+                status: 418,
+                body: Some("short and stout".into()),
+            }),
+        )
+    };
+    let cfg = config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![rewrite, redirect, direct],
+    )]);
+    let proxy = start(&cfg).await;
+    let c = client();
+    let r = get(&c, proxy.outbound, "/old/page?x=1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-echo-path"), "/new/page?x=1");
+    assert_eq!(r.header("x-echo-x-added"), "yes");
+    assert_eq!(r.header("x-route"), "rewrite");
+    let r = get(&c, proxy.outbound, "/moved").await;
+    assert_eq!(r.status, 301);
+    assert!(
+        r.header("location").ends_with("/elsewhere"),
+        "{}",
+        r.header("location")
+    );
+    let r = get(&c, proxy.outbound, "/teapot").await;
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+    // No route matches: 404 NR.
+    let r = get(&c, proxy.outbound, "/unmatched").await;
+    assert_eq!(r.status, 404);
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "404"), ("response_flags", "NR")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_and_consistent_hash_sticks() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let c3 = backend("c").await;
+    let mut svc = serviceb(
+        vec![
+            endpoint(a.addr, "v1"),
+            endpoint(b.addr, "v1"),
+            endpoint(c3.addr, "v1"),
+        ],
+        vec![],
+    );
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        ..Default::default()
+    });
+    let mut hashed = svc.clone();
+    let proxy = start(&config(vec![svc])).await;
+    let counts = tally(&client(), proxy.outbound, 300, 1).await;
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![100, 100, 100],
+        "{counts:?}"
+    );
+
+    hashed.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Header("x-user".into()),
+            algorithm: HashAlgorithm::Maglev { table_size: 65537 },
+        })),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![hashed])).await;
+    let c = client();
+    let mut seen = std::collections::BTreeSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let first = get_with(&c, proxy.outbound, "/", &[("x-user", user)]).await;
+        for _ in 0..5 {
+            let again = get_with(&c, proxy.outbound, "/", &[("x-user", user)]).await;
+            assert_eq!(
+                again.header("x-backend"),
+                first.header("x-backend"),
+                "{user}"
+            );
+        }
+        seen.insert(first.header("x-backend").to_string());
+    }
+    assert!(seen.len() >= 2, "six users all hashed to {seen:?}");
+}
+
+#[tokio::test]
+async fn h2c_clients_and_h2_upstreams() {
+    let v1 = backend("v1").await;
+    let mut svc = serviceb(vec![endpoint(v1.addr, "v1")], vec![]);
+    let cfg = config(vec![svc.clone()]);
+    let proxy = start(&cfg).await;
+    // h2c (prior knowledge) from the client, HTTP/1.1 upstream (port declared HTTP).
+    let r = get(&h2_client(), proxy.outbound, "/").await;
+    assert_eq!((r.status, r.header("x-echo-version")), (200, "HTTP/1.1"));
+    // Declared HTTP2: HTTP/2 upstream even for an HTTP/1.1 caller.
+    svc.ports[0].protocol = Protocol::Http2;
+    let proxy = start(&config(vec![svc])).await;
+    let r = get(&client(), proxy.outbound, "/").await;
+    assert_eq!((r.status, r.header("x-echo-version")), (200, "HTTP/2.0"));
+    assert_eq!(r.header("x-echo-host"), "serviceb:8080");
+}
+
+#[tokio::test]
+async fn trace_headers_are_generated_and_propagated() {
+    let v1 = backend("v1").await;
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![],
+    )]))
+    .await;
+    let c = client();
+    let r = get(&c, proxy.outbound, "/").await;
+    assert_eq!(r.header("x-echo-x-request-id").len(), 36);
+    assert!(r.header("x-echo-traceparent").starts_with("00-"));
+    let r = get_with(&c, proxy.outbound, "/", &[("x-request-id", "given-id")]).await;
+    assert_eq!(r.header("x-echo-x-request-id"), "given-id");
+    assert_eq!(r.header("x-echo-host"), "serviceb:8080");
+    // Hop-by-hop headers stay on their hop.
+    assert_eq!(r.header("x-echo-connection"), "");
+}
+
+#[tokio::test]
+async fn unknown_endpoints_and_dead_upstreams_get_envoy_answers() {
+    // Nothing listens on this port: connect failure, 503 UF.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start(&config(vec![serviceb(vec![endpoint(dead, "v1")], vec![])])).await;
+    let r = get(&client(), proxy.outbound, "/").await;
+    assert_eq!(r.status, 503);
+    // An upstream that closes every connection before answering: 503, never a hang or a crash.
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = resetter.accept().await {
+            drop(s);
+        }
+    });
+    let proxy3 = start(&config(vec![serviceb(
+        vec![endpoint(reset_addr, "v1")],
+        vec![],
+    )]))
+    .await;
+    let r = get(&client(), proxy3.outbound, "/").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body
+            .starts_with("upstream connect error or disconnect/reset before headers"),
+        "{}",
+        r.body
+    );
+    // A service without endpoints: 503 UH.
+    let proxy2 = start(&config(vec![serviceb(vec![], vec![])])).await;
+    let r = get(&client(), proxy2.outbound, "/").await;
+    assert_eq!(r.status, 503);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UF")]
+        )
+        .is_some(),
+        "{m}"
+    );
+    let m = metrics(proxy2.prometheus).await;
+    // Istio's default retries (503) ran out too: Envoy prints both flags.
+    assert!(
+        m.contains("response_code=\"503\",grpc_response_status=\"\",response_flags=\"UH"),
+        "{m}"
+    );
+}
+
+/// An h2c gRPC-style backend: answers with a body and `grpc-status: 0` in the trailers.
+async fn grpc_backend() -> std::net::SocketAddr {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", "fine".parse().unwrap());
+                    let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                        Ok(Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let resp = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(StreamBody::new(futures::stream::iter(frames)))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn grpc_keeps_trailers_and_aborts_become_grpc_status() {
+    use http_body_util::BodyExt;
+    let addr = grpc_backend().await;
+    let mut svc = serviceb(vec![endpoint(addr, "v1")], vec![]);
+    svc.ports[0].protocol = Protocol::Grpc;
+    let abort = HttpRoute {
+        matches: vec![HttpMatch {
+            uri: Some(StringMatcher::Prefix("/pkg.Svc/Fail".into())),
+            ..Default::default()
+        }],
+        fault: Some(Fault {
+            delay: None,
+            abort: Some(FaultAbort {
+                status: AbortStatus::Grpc(14),
+                percentage: 100.0,
+            }),
+        }),
+        ..route("abort", HttpAction::Route(vec![weighted(None, 100)]))
+    };
+    let ok = route("ok", HttpAction::Route(vec![weighted(None, 100)]));
+    svc.http_routes = vec![abort, ok];
+    let proxy = start(&config(vec![svc])).await;
+    let c = h2_client();
+    let call = |path: &str| {
+        http::Request::post(format!("http://{}{path}", proxy.outbound))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .unwrap()
+    };
+    let resp = c.request(call("/pkg.Svc/Get")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers were lost");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "fine");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+
+    let resp = c.request(call("/pkg.Svc/Fail")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "14");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("request_protocol", "grpc"), ("grpc_response_status", "0")]
+        )
+        .is_some(),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("grpc_response_status", "14"), ("response_flags", "FI")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_decorated() {
+    let v1 = backend("v1").await;
+    let r = HttpRoute {
+        cors: Some(Cors {
+            allow_origins: vec![StringMatcher::Exact("https://app.example.com".into())],
+            allow_methods: vec!["GET".into(), "POST".into()],
+            max_age_s: Some(60),
+            ..Default::default()
+        }),
+        ..route("cors", HttpAction::Route(vec![weighted(Some("v1"), 100)]))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![r],
+    )]))
+    .await;
+    let c = client();
+    let pre = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("http://{}/", proxy.outbound))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send(&c, pre).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_eq!(v1.hits(), 0, "preflight reached the upstream");
+    let r = get_with(
+        &c,
+        proxy.outbound,
+        "/",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    let r = get_with(
+        &c,
+        proxy.outbound,
+        "/",
+        &[("origin", "https://evil.example.com")],
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-origin"), "");
+}
+
+/// REGISTRY_ONLY: a host no service knows gets 502 NR.
+#[tokio::test]
+async fn registry_only_rejects_unknown_hosts() {
+    let mut cfg = config(vec![]);
+    cfg.mesh.outbound_traffic_policy = OutboundTrafficPolicy::RegistryOnly;
+    let proxy = start(&cfg).await;
+    let r = get(&client(), proxy.outbound, "/").await;
+    assert_eq!(r.status, 502);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(proxy.prometheus).await;
+    assert!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "502"), ("response_flags", "NR")]
+        )
+        .is_some(),
+        "{m}"
+    );
+}
