@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use mizzen_crds::resource;
 
 mod analyze;
+mod inject;
 mod install;
+mod proxy_config;
 
 #[derive(Parser)]
 #[command(
@@ -25,14 +27,20 @@ enum Command {
     Analyze(analyze::Args),
     /// Print or write the install manifests.
     Install(install::Args),
+    /// Add the sidecar to the pods and workloads in a YAML file, as the webhook would.
+    Inject(inject::Args),
+    /// Print the proxy config a namespace would receive, rendered offline from YAML.
+    ProxyConfig(proxy_config::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(args),
+        Command::Inject(args) => inject::run(args),
         Command::Install(args) => {
             install::run(args, &resource::crds_yaml(&resource::crds())).map(|()| ExitCode::SUCCESS)
         }
+        Command::ProxyConfig(args) => proxy_config::run(args),
     }
 }

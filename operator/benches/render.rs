@@ -1,0 +1,182 @@
+//! Scale benchmark (run by `bench/operator.sh`; not a timed test): 1,000 Services with 3 subsets
+//! and 2 routes each, in 50 meshed namespaces. Measures the full render, the incremental render
+//! after one VirtualService changes, peak RSS, and the largest ConfigMap.
+
+use std::time::{Duration, Instant};
+
+use mizzen_operator::{Index, RenderSettings, Renderer, index::Changes};
+use serde_json::{Value, json};
+
+const NAMESPACES: usize = 50;
+const SERVICES: usize = 1000;
+
+fn namespace(i: usize) -> String {
+    format!("ns-{i:02}")
+}
+
+fn virtual_service(ns: &str, name: &str, canary: u32) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"hosts": [name], "http": [
+            {"name": "canary-users", "match": [{"headers": {"x-user-group": {"exact": "canary"}}}],
+             "route": [{"destination": {"host": name, "subset": "v3"}}], "timeout": "3s"},
+            {"name": "split", "route": [
+                {"destination": {"host": name, "subset": "v1"}, "weight": 100 - canary},
+                {"destination": {"host": name, "subset": "v2"}, "weight": canary}],
+             "retries": {"attempts": 2, "perTryTimeout": "1s", "retryOn": "5xx,connect-failure"}}
+        ]}
+    })
+}
+
+fn documents() -> Vec<Value> {
+    let mut docs = Vec::new();
+    for n in 0..NAMESPACES {
+        docs.push(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace(n), "uid": format!("uid-{n}"), "labels": {"istio-injection": "enabled"}}}));
+    }
+    for s in 0..SERVICES {
+        let ns = namespace(s % NAMESPACES);
+        let name = format!("svc-{s:04}");
+        docs.push(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": format!("10.{}.{}.{}", s / 65536, (s / 256) % 256, s % 256),
+                     "ports": [{"name": "http", "port": 8080, "targetPort": 9080}]}}));
+        docs.push(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"host": name, "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}},
+                {"name": "v3", "labels": {"version": "v3"}}]}}),
+        );
+        docs.push(virtual_service(&ns, &name, 10));
+    }
+    docs
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let docs = documents();
+    let start = Instant::now();
+    let mut index = Index::new("mizzen-system");
+    for d in &docs {
+        index.apply_document(d, "default").unwrap();
+    }
+    let load = start.elapsed();
+    drop(docs);
+
+    let settings = RenderSettings::default();
+    let mut fulls = Vec::new();
+    let mut renderer = Renderer::new(settings.clone());
+    let mut rendered = None;
+    for _ in 0..5 {
+        let mut r = Renderer::new(settings.clone());
+        let start = Instant::now();
+        let out = r.render(
+            &index,
+            &Changes {
+                all: true,
+                ..Changes::default()
+            },
+        );
+        fulls.push(start.elapsed());
+        renderer = r;
+        rendered = Some(out);
+    }
+    let rendered = rendered.unwrap();
+    index.take_changes();
+    let invalid = rendered.statuses.values().filter(|s| !s.accepted).count();
+    assert_eq!(invalid, 0, "every generated object is valid");
+    assert_eq!(
+        rendered.configs.len(),
+        NAMESPACES,
+        "{:?}",
+        rendered.problems
+    );
+    let largest = rendered.configs.values().map(|c| c.bytes).max().unwrap();
+    let services_per_config = rendered
+        .configs
+        .values()
+        .next()
+        .unwrap()
+        .config()
+        .services
+        .len();
+
+    let mut incrementals = Vec::new();
+    let mut assembles = Vec::new();
+    for i in 0..20u32 {
+        let s = (i as usize * 37) % SERVICES;
+        let vs = virtual_service(&namespace(s % NAMESPACES), &format!("svc-{s:04}"), 11 + i);
+        let start = Instant::now();
+        index.apply_document(&vs, "default").unwrap();
+        let changes = index.take_changes();
+        let out = renderer.render(&index, &changes);
+        incrementals.push(start.elapsed());
+        assert_eq!(out.configs.len(), NAMESPACES);
+        // Every namespace sees the changed host, so all 50 ConfigMaps are written: their JSON
+        // is assembled (one at a time, as the writer does).
+        let start = Instant::now();
+        let bytes: usize = out.configs.values().map(|c| c.json().len()).sum();
+        assembles.push(start.elapsed());
+        assert!(bytes > 0);
+    }
+    // The incremental result is the full result.
+    let check = Renderer::new(settings.clone()).render(
+        &index,
+        &Changes {
+            all: true,
+            ..Changes::default()
+        },
+    );
+    assert_eq!(renderer.render(&index, &Changes::default()), check);
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "objects: {} namespaces, {} services, {} DestinationRules (3 subsets), {} VirtualServices (2 routes)",
+        NAMESPACES, SERVICES, SERVICES, SERVICES
+    );
+    println!("index load: {:.1} ms", ms(load));
+    println!(
+        "full render (median of 5): {:.1} ms (min {:.1}, max {:.1})",
+        ms(median(fulls.clone())),
+        ms(*fulls.iter().min().unwrap()),
+        ms(*fulls.iter().max().unwrap())
+    );
+    println!(
+        "incremental render after one VirtualService change (median of 20): {:.2} ms (max {:.2})",
+        ms(median(incrementals.clone())),
+        ms(*incrementals.iter().max().unwrap())
+    );
+    println!(
+        "assembling the JSON of the 50 changed ConfigMaps after it (median of 20): {:.2} ms (max {:.2})",
+        ms(median(assembles.clone())),
+        ms(*assembles.iter().max().unwrap())
+    );
+    println!("services per namespace config: {services_per_config}");
+    println!(
+        "largest ConfigMap: {} bytes ({:.1}% of the 1 MiB limit)",
+        largest,
+        largest as f64 * 100.0 / 1_048_576.0
+    );
+    println!(
+        "peak RSS (VmHWM): {:.1} MiB",
+        peak_rss_kib() as f64 / 1024.0
+    );
+}

@@ -1,0 +1,728 @@
+//! The renderer: a pure function from the [`Index`] to one proxy config per meshed namespace,
+//! plus the status of every object. No Kubernetes calls here.
+//!
+//! [`render`] does everything from scratch. [`Renderer`] keeps the rendered services of each
+//! namespace (as JSON fragments) between calls, so a change to one VirtualService re-renders only
+//! the hosts it names; the result is byte for byte what a full render gives.
+//!
+//! Only sidecar configs are rendered here. VirtualServices bound to gateways (their `gateways`
+//! list does not name `mesh`) are skipped by [`catalog::Catalog`]; the gateway renderer will read
+//! the same catalog with a gateway scope instead of the mesh scope.
+
+mod catalog;
+mod inbound;
+mod policy;
+mod routes;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use mizzen_crds::{
+    inventory::fqdn,
+    networking::virtual_service as vs,
+    resource::{MeshResource, ObjectRef},
+    validate::{Code, Problem},
+};
+use mizzen_proxy_config as pc;
+
+use crate::{
+    hash::Fnv64,
+    index::{Changes, Index, Stored},
+};
+pub use catalog::exported;
+use catalog::{Catalog, Source};
+
+/// Kubernetes refuses objects over 1 MiB; a ConfigMap also carries metadata.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024 - 1024;
+
+/// What the renderer needs besides the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Istio's root namespace: mesh-wide Sidecar, PeerAuthentication, policies, fallback
+    /// DestinationRules.
+    pub root_namespace: String,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    /// Configs larger than this are refused, never truncated.
+    pub max_config_bytes: usize,
+    /// File mode: when the input holds no Namespace objects, every namespace with objects is
+    /// meshed.
+    pub implicit_namespaces: bool,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        Self {
+            root_namespace: "mizzen-system".into(),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: mizzen_crds::inventory::CLUSTER_DOMAIN.into(),
+            max_config_bytes: MAX_CONFIG_BYTES,
+            implicit_namespaces: false,
+        }
+    }
+}
+
+/// The verdict on one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectStatus {
+    pub accepted: bool,
+    /// `Accepted` or `Invalid`.
+    pub reason: &'static str,
+    /// For an invalid object, its first problems (`spec.http[0].route: ...`); warnings for an
+    /// accepted one; empty otherwise.
+    pub message: String,
+    pub generation: Option<i64>,
+}
+
+/// One namespace's config, as written to its ConfigMap. The JSON is assembled on demand from
+/// the shared service fragments, so a render of many namespaces holds each service once.
+#[derive(Clone)]
+pub struct RenderedConfig {
+    /// Content hash (16 hex digits), for the `mizzen.io/config-hash` annotation.
+    pub hash: String,
+    /// Size of [`RenderedConfig::json`].
+    pub bytes: usize,
+    parts: Arc<Parts>,
+}
+
+struct Parts {
+    head: String,
+    services: Vec<Arc<Fragment>>,
+    tail: String,
+}
+
+impl RenderedConfig {
+    /// Compact JSON of the [`pc::ProxyConfig`]: exactly what `serde_json::to_string` writes.
+    pub fn json(&self) -> String {
+        let p = &self.parts;
+        let mut json = String::with_capacity(self.bytes);
+        json.push_str(&p.head);
+        if !p.services.is_empty() {
+            json.push_str(",\"services\":[");
+            for (i, f) in p.services.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(&f.json);
+            }
+            json.push(']');
+        }
+        json.push_str(&p.tail);
+        json
+    }
+
+    pub fn config(&self) -> pc::ProxyConfig {
+        pc::ProxyConfig::from_json(self.json().as_bytes()).expect("rendered configs always parse")
+    }
+}
+
+impl PartialEq for RenderedConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes && self.json() == other.json()
+    }
+}
+
+impl Eq for RenderedConfig {}
+
+impl std::fmt::Debug for RenderedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedConfig")
+            .field("hash", &self.hash)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything one render produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// Meshed namespaces, whether or not their config could be rendered.
+    pub meshed: BTreeSet<String>,
+    pub configs: BTreeMap<String, RenderedConfig>,
+    pub statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    /// Why a meshed namespace has no config (too large).
+    pub problems: BTreeMap<String, Vec<String>>,
+}
+
+/// Renders everything from scratch.
+pub fn render(index: &Index, settings: &RenderSettings) -> Rendered {
+    Renderer::new(settings.clone()).render(
+        index,
+        &Changes {
+            all: true,
+            ..Changes::default()
+        },
+    )
+}
+
+struct Fragment {
+    json: String,
+    hash: u64,
+}
+
+/// A renderer that remembers what it rendered, for incremental renders.
+pub struct Renderer {
+    settings: RenderSettings,
+    /// Per meshed namespace, the JSON of each visible service.
+    services: BTreeMap<String, BTreeMap<String, Arc<Fragment>>>,
+    /// Identical fragments shared across namespaces.
+    interned: HashMap<u64, Arc<Fragment>>,
+    valid: BTreeMap<ObjectRef, bool>,
+}
+
+impl Renderer {
+    pub fn new(settings: RenderSettings) -> Self {
+        Self {
+            settings,
+            services: BTreeMap::new(),
+            interned: HashMap::new(),
+            valid: BTreeMap::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &RenderSettings {
+        &self.settings
+    }
+
+    /// Renders after `changes` (from [`Index::take_changes`]); with `changes.all` everything.
+    pub fn render(&mut self, index: &Index, changes: &Changes) -> Rendered {
+        let mut changes = changes.clone();
+        let statuses = statuses(index, &self.settings);
+        // Objects whose verdict flipped change what is rendered, like an edit would.
+        let root = self.settings.root_namespace.clone();
+        let mut valid = BTreeMap::new();
+        for s in index.resources() {
+            let ok = statuses.get(&s.object).is_none_or(|st| st.accepted);
+            if self.valid.get(&s.object) != Some(&ok) {
+                changes.record(s, s.namespace() == root);
+            }
+            valid.insert(s.object.clone(), ok);
+        }
+        self.valid = valid;
+        let catalog = Catalog::new(index, &self.settings, |s| {
+            statuses.get(&s.object).is_none_or(|st| st.accepted)
+        });
+
+        let mut meshed: BTreeSet<String> = index
+            .namespaces()
+            .filter(|n| n.meshed)
+            .map(|n| n.name.clone())
+            .collect();
+        if self.settings.implicit_namespaces && index.namespaces().next().is_none() {
+            meshed = index.namespaces_with_objects();
+        }
+        self.services.retain(|ns, _| meshed.contains(ns));
+        let policies = Policies::new(index, &self.settings);
+        let mut memo: HashMap<(String, View), Arc<Fragment>> = HashMap::new();
+
+        let mut out = Rendered {
+            statuses,
+            ..Rendered::default()
+        };
+        for ns in &meshed {
+            let full =
+                changes.all || changes.namespaces.contains(ns) || !self.services.contains_key(ns);
+            let cache = self.services.entry(ns.clone()).or_default();
+            let hosts: Vec<String> = if full {
+                cache.clear();
+                catalog.visible_hosts(ns)
+            } else {
+                changes.hosts.iter().cloned().collect()
+            };
+            for host in hosts {
+                match view(&catalog, ns, &host) {
+                    Some(v) => {
+                        let key = (host.clone(), v);
+                        let frag = match memo.get(&key) {
+                            Some(f) => f.clone(),
+                            None => {
+                                let svc = build_service(&catalog, &host, &key.1);
+                                let f = intern(&mut self.interned, &svc);
+                                memo.insert(key, f.clone());
+                                f
+                            }
+                        };
+                        cache.insert(host, frag);
+                    }
+                    None => {
+                        cache.remove(&host);
+                    }
+                }
+            }
+            let config = assemble(&catalog, &policies, ns, cache);
+            if config.bytes > self.settings.max_config_bytes {
+                out.problems.entry(ns.clone()).or_default().push(format!(
+                    "the proxy config of namespace {ns} is {} bytes, over the limit of {} bytes: it was not written (scope it with a Sidecar's egress hosts or exportTo)",
+                    config.bytes,
+                    self.settings.max_config_bytes
+                ));
+            } else {
+                out.configs.insert(ns.clone(), config);
+            }
+        }
+        self.interned.retain(|_, f| Arc::strong_count(f) > 1);
+        out.meshed = meshed;
+        out
+    }
+}
+
+fn intern(table: &mut HashMap<u64, Arc<Fragment>>, svc: &pc::Service) -> Arc<Fragment> {
+    let json = serde_json::to_string(svc).expect("services always serialise");
+    let hash = Fnv64::of(json.as_bytes());
+    if let Some(f) = table.get(&hash)
+        && f.json == json
+    {
+        return f.clone();
+    }
+    let f = Arc::new(Fragment { json, hash });
+    table.insert(hash, f.clone());
+    f
+}
+
+/// A namespace's config from cached service fragments; the hash covers every part.
+fn assemble(
+    catalog: &Catalog<'_>,
+    policies: &Policies<'_>,
+    ns: &str,
+    services: &BTreeMap<String, Arc<Fragment>>,
+) -> RenderedConfig {
+    let settings = catalog.settings;
+    let mesh = pc::MeshConfig {
+        trust_domain: settings.trust_domain.clone(),
+        cluster_domain: settings.cluster_domain.clone(),
+        outbound_traffic_policy: catalog.outbound_policy(ns),
+        default_retry: pc::Retry::istio_default(),
+        default_mtls: policies.mesh_mtls,
+    };
+    let inbound = policies.inbound(ns);
+    let head = format!(
+        "{{\"format\":{},\"namespace\":{},\"mesh\":{}",
+        serde_json::to_string(pc::FORMAT).expect("strings serialise"),
+        serde_json::to_string(ns).expect("strings serialise"),
+        serde_json::to_string(&mesh).expect("mesh serialises"),
+    );
+    let tail = format!(
+        ",\"inbound\":{}}}",
+        serde_json::to_string(&inbound).expect("inbound serialises")
+    );
+    let mut hash = Fnv64::new();
+    hash.write(head.as_bytes());
+    let mut bytes = head.len() + tail.len();
+    if !services.is_empty() {
+        bytes += ",\"services\":[]".len() + services.len() - 1;
+    }
+    let services: Vec<Arc<Fragment>> = services
+        .values()
+        .map(|f| {
+            hash.write(&f.hash.to_le_bytes());
+            bytes += f.json.len();
+            f.clone()
+        })
+        .collect();
+    hash.write(tail.as_bytes());
+    RenderedConfig {
+        hash: hash.hex(),
+        bytes,
+        parts: Arc::new(Parts {
+            head,
+            services,
+            tail,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status
+
+fn summary(problems: &[&Problem]) -> String {
+    const SHOWN: usize = 3;
+    let mut msg = problems
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        msg.push_str(&format!(" (and {} more)", problems.len() - SHOWN));
+    }
+    msg
+}
+
+/// The verdict on every object: its own validation, plus the subsets its routes name.
+pub fn statuses(index: &Index, settings: &RenderSettings) -> BTreeMap<ObjectRef, ObjectStatus> {
+    // Subsets are checked against the DestinationRules that are themselves valid.
+    let rules = Catalog::new(index, settings, |s| {
+        s.is_valid() && matches!(s.resource, MeshResource::DestinationRule(_))
+    });
+    index
+        .resources()
+        .filter(|s| !matches!(s.resource, MeshResource::Canary(_)))
+        .map(|s| {
+            let mut problems: Vec<Problem> = s.problems.clone();
+            if s.is_valid()
+                && let MeshResource::VirtualService(v) = &s.resource
+            {
+                problems.extend(subset_problems(&rules, s.namespace(), &v.spec));
+            }
+            let errors: Vec<&Problem> = problems.iter().filter(|p| p.is_error()).collect();
+            let warnings: Vec<&Problem> = problems.iter().filter(|p| !p.is_error()).collect();
+            let status = if errors.is_empty() {
+                ObjectStatus {
+                    accepted: true,
+                    reason: "Accepted",
+                    message: summary(&warnings),
+                    generation: s.generation(),
+                }
+            } else {
+                ObjectStatus {
+                    accepted: false,
+                    reason: "Invalid",
+                    message: summary(&errors),
+                    generation: s.generation(),
+                }
+            };
+            (s.object.clone(), status)
+        })
+        .collect()
+}
+
+/// Routes naming a subset no DestinationRule (as seen from the VirtualService's namespace)
+/// defines for the destination host.
+fn subset_problems(rules: &Catalog<'_>, ns: &str, spec: &vs::VirtualServiceSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut check = |path: String, d: &vs::Destination| {
+        let Some(subset) = d.subset.as_deref().filter(|s| !s.is_empty()) else {
+            return;
+        };
+        let host = fqdn(&d.host, ns);
+        let svc_ns = rules
+            .hosts
+            .get(&host)
+            .and_then(|s| s.first())
+            .map_or(ns, Source::namespace);
+        let defined = rules.subsets(ns, &host, svc_ns).contains(&subset);
+        if !defined {
+            out.push(Problem::error(
+                Code::UnknownSubset,
+                format!("{path}.destination.subset"),
+                format!("subset {subset:?} is not defined by any DestinationRule for host {host}"),
+            ));
+        }
+    };
+    for (i, r) in spec.http.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(format!("spec.http[{i}].route[{j}]"), &d.destination);
+        }
+        if let Some(m) = &r.mirror {
+            check(format!("spec.http[{i}].mirror"), m);
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            check(format!("spec.http[{i}].mirrors[{j}]"), &m.destination);
+        }
+    }
+    for (i, r) in spec.tcp.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(format!("spec.tcp[{i}].route[{j}]"), &d.destination);
+        }
+    }
+    for (i, r) in spec.tls.iter().enumerate() {
+        for (j, d) in r.route.iter().enumerate() {
+            check(format!("spec.tls[{i}].route[{j}]"), &d.destination);
+        }
+    }
+    // The `mirror` path above ends in `.mirror.destination.subset`; trim the extra segment.
+    for p in &mut out {
+        p.path = p.path.replace(".mirror.destination.", ".mirror.");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services
+
+/// Istio's protocol selection for a Kubernetes Service port: `appProtocol` first, then the port
+/// name's prefix (`http`, `http-web`, `grpc-api`, ...).
+pub fn port_protocol(name: &str, app_protocol: Option<&str>) -> pc::Protocol {
+    fn parse(p: &str) -> Option<pc::Protocol> {
+        Some(match p.to_ascii_lowercase().as_str() {
+            "http" | "grpc-web" | "kubernetes.io/ws" => pc::Protocol::Http,
+            "http2" | "kubernetes.io/h2c" => pc::Protocol::Http2,
+            "grpc" => pc::Protocol::Grpc,
+            "https" | "kubernetes.io/wss" => pc::Protocol::Https,
+            "tls" => pc::Protocol::Tls,
+            "tcp" | "mongo" | "mysql" | "redis" => pc::Protocol::Tcp,
+            _ => return None,
+        })
+    }
+    if let Some(p) = app_protocol.and_then(parse) {
+        return p;
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "grpc-web" || lower.starts_with("grpc-web-") {
+        return pc::Protocol::Http;
+    }
+    let prefix = lower.split('-').next().unwrap_or_default();
+    parse(prefix).unwrap_or(pc::Protocol::Unknown)
+}
+
+/// A ServiceEntry port's declared protocol; `None` for UDP, which the proxy does not carry.
+fn entry_protocol(p: Option<&str>) -> Option<pc::Protocol> {
+    Some(match p.map(str::to_ascii_uppercase).as_deref() {
+        None | Some("") => pc::Protocol::Unknown,
+        Some("HTTP" | "GRPC-WEB") => pc::Protocol::Http,
+        Some("HTTP2") => pc::Protocol::Http2,
+        Some("GRPC") => pc::Protocol::Grpc,
+        Some("HTTPS") => pc::Protocol::Https,
+        Some("TLS") => pc::Protocol::Tls,
+        Some("UDP") => return None,
+        Some(_) => pc::Protocol::Tcp,
+    })
+}
+
+/// Everything about a client namespace that shapes how it sees one host. Clients with equal
+/// views get the same service, so it is built (and serialised) once per view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct View {
+    source: usize,
+    own_namespace: bool,
+    rule: Option<(String, Vec<usize>)>,
+    virtual_services: Vec<usize>,
+}
+
+fn view(catalog: &Catalog<'_>, client: &str, host: &str) -> Option<View> {
+    let (source, src) = catalog.visible(client, host)?;
+    let svc_ns = src.namespace();
+    Some(View {
+        source,
+        own_namespace: svc_ns == client,
+        rule: catalog.rule_key(client, host, svc_ns),
+        virtual_services: catalog.virtual_services(client, host),
+    })
+}
+
+/// What the proxies seeing `host` through `view` get.
+fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service {
+    let source = catalog.source(host, view.source);
+    let mut svc = match source {
+        Source::Kube(k) => pc::Service {
+            host: host.to_string(),
+            aliases: if view.own_namespace {
+                vec![
+                    k.name.clone(),
+                    format!("{}.{}", k.name, k.namespace),
+                    format!("{}.{}.svc", k.name, k.namespace),
+                ]
+            } else {
+                vec![
+                    format!("{}.{}", k.name, k.namespace),
+                    format!("{}.{}.svc", k.name, k.namespace),
+                ]
+            },
+            namespace: k.namespace.clone(),
+            addresses: k.cluster_ips.clone(),
+            ports: k
+                .ports
+                .iter()
+                .filter(|p| p.transport.eq_ignore_ascii_case("TCP"))
+                .map(|p| pc::ServicePort {
+                    number: p.port,
+                    name: p.name.clone(),
+                    protocol: port_protocol(&p.name, p.app_protocol.as_deref()),
+                    target_port: p.target_port,
+                })
+                .collect(),
+            location: pc::Location::MeshInternal,
+            resolution: if k.headless {
+                pc::Resolution::Passthrough
+            } else {
+                pc::Resolution::Endpoints
+            },
+            ..pc::Service::default()
+        },
+        Source::Entry(stored, se) => pc::Service {
+            host: host.to_string(),
+            namespace: stored.namespace().to_string(),
+            addresses: se.addresses.clone(),
+            ports: se
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    Some(pc::ServicePort {
+                        number: u16::try_from(p.number).ok()?,
+                        name: p.name.clone(),
+                        protocol: entry_protocol(p.protocol.as_deref())?,
+                        target_port: p
+                            .target_port
+                            .and_then(|t| u16::try_from(t).ok())
+                            .filter(|t| u32::from(*t) != p.number),
+                    })
+                })
+                .collect(),
+            location: catalog::entry_location(se),
+            resolution: catalog::entry_resolution(se),
+            endpoints: catalog.entry_endpoints(stored, se),
+            ..pc::Service::default()
+        },
+    };
+
+    if let Some((ns, ids)) = &view.rule {
+        let rule = catalog.rule(ns, ids);
+        svc.subsets = rule
+            .subsets
+            .iter()
+            .map(|s| pc::Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                policy: s
+                    .traffic_policy
+                    .as_ref()
+                    .map(|p| policy::merge(rule.policy.as_ref(), &policy::traffic_policy(p))),
+            })
+            .collect();
+        svc.policy = rule.policy;
+    }
+
+    for v in view.virtual_services.iter().map(|i| &catalog.vss[*i]) {
+        let vns = v.stored.namespace();
+        let vname = &v.stored.object.name;
+        for (i, rule) in v.spec.http.iter().enumerate() {
+            match &rule.delegate {
+                None => svc
+                    .http_routes
+                    .extend(routes::http_route(rule, vns, vname, i)),
+                Some(d) => {
+                    let dns = d.namespace.as_deref().unwrap_or(vns);
+                    if let Some(child) = catalog.delegate(dns, &d.name) {
+                        for (j, r) in routes::resolve_delegate(rule, &child.http)
+                            .iter()
+                            .enumerate()
+                        {
+                            svc.http_routes
+                                .extend(routes::http_route(r, dns, &d.name, j));
+                        }
+                    }
+                }
+            }
+        }
+        svc.tcp_routes
+            .extend(v.spec.tcp.iter().filter_map(|r| routes::tcp_route(r, vns)));
+        svc.tls_routes
+            .extend(v.spec.tls.iter().filter_map(|r| routes::tls_route(r, vns)));
+    }
+    svc
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound and mesh
+
+/// The valid security policies and Sidecars of each namespace, oldest first: read once per
+/// render.
+struct Policies<'a> {
+    settings: &'a RenderSettings,
+    by_namespace: BTreeMap<&'a str, Vec<&'a Stored>>,
+    mesh_mtls: pc::PeerAuthMode,
+}
+
+impl<'a> Policies<'a> {
+    fn new(index: &'a Index, settings: &'a RenderSettings) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<&Stored>> = BTreeMap::new();
+        for s in index.resources().filter(|s| s.is_valid()) {
+            if matches!(
+                s.resource,
+                MeshResource::PeerAuthentication(_)
+                    | MeshResource::AuthorizationPolicy(_)
+                    | MeshResource::RequestAuthentication(_)
+            ) {
+                by_namespace.entry(s.namespace()).or_default().push(s);
+            }
+        }
+        for list in by_namespace.values_mut() {
+            list.sort_by(|a, b| a.order.cmp(&b.order));
+        }
+        // The mesh-wide mTLS mode: the root namespace's PeerAuthentication without selector,
+        // else Istio's PERMISSIVE.
+        let mesh_mtls = by_namespace
+            .get(settings.root_namespace.as_str())
+            .into_iter()
+            .flatten()
+            .find_map(|s| match &s.resource {
+                MeshResource::PeerAuthentication(p) if p.spec.selector.is_none() => {
+                    Some(inbound::mtls_mode(p.spec.mtls.as_ref()))
+                }
+                _ => None,
+            })
+            .filter(|m| *m != pc::PeerAuthMode::Unset)
+            .unwrap_or(pc::PeerAuthMode::Permissive);
+        Self {
+            settings,
+            by_namespace,
+            mesh_mtls,
+        }
+    }
+
+    fn inbound(&self, ns: &str) -> pc::InboundConfig {
+        let settings = self.settings;
+        let mut out = pc::InboundConfig::default();
+        let root = settings.root_namespace.as_str();
+        // Policies of the root namespace apply to every namespace, before the namespace's own.
+        let scopes: Vec<&str> = if ns == root { vec![ns] } else { vec![root, ns] };
+        for scope in scopes {
+            for s in self.by_namespace.get(scope).into_iter().flatten() {
+                let name = &s.object.name;
+                match &s.resource {
+                    MeshResource::PeerAuthentication(p) if scope == ns => {
+                        out.peer_authentication
+                            .push(inbound::peer_authentication(ns, name, &p.spec));
+                    }
+                    MeshResource::AuthorizationPolicy(p) => {
+                        out.authorization.extend(inbound::authorization_policy(
+                            scope,
+                            name,
+                            p.metadata.annotations.as_ref(),
+                            &p.spec,
+                            &settings.trust_domain,
+                        ));
+                    }
+                    MeshResource::RequestAuthentication(p) => {
+                        out.request_authentication
+                            .extend(inbound::request_authentication(scope, name, &p.spec));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Namespace-wide first, then by selector (stable within each group).
+        out.peer_authentication
+            .sort_by_key(|p| p.selector.is_some());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_follow_istio() {
+        assert_eq!(port_protocol("http", None), pc::Protocol::Http);
+        assert_eq!(port_protocol("http-web", None), pc::Protocol::Http);
+        assert_eq!(port_protocol("HTTP2-x", None), pc::Protocol::Http2);
+        assert_eq!(port_protocol("grpc-api", None), pc::Protocol::Grpc);
+        assert_eq!(port_protocol("grpc-web", None), pc::Protocol::Http);
+        assert_eq!(port_protocol("https", None), pc::Protocol::Https);
+        assert_eq!(port_protocol("tls-x", None), pc::Protocol::Tls);
+        assert_eq!(port_protocol("tcp", None), pc::Protocol::Tcp);
+        assert_eq!(port_protocol("web", None), pc::Protocol::Unknown);
+        assert_eq!(port_protocol("httpx", None), pc::Protocol::Unknown);
+        assert_eq!(port_protocol("web", Some("grpc")), pc::Protocol::Grpc);
+        assert_eq!(port_protocol("tcp", Some("http")), pc::Protocol::Http);
+        assert_eq!(
+            port_protocol("x", Some("kubernetes.io/h2c")),
+            pc::Protocol::Http2
+        );
+        assert_eq!(entry_protocol(Some("UDP")), None);
+        assert_eq!(entry_protocol(Some("mongo")), Some(pc::Protocol::Tcp));
+    }
+}

@@ -1,0 +1,210 @@
+//! DestinationRule traffic policies into the proxy's [`TrafficPolicy`](pc::TrafficPolicy), with
+//! Istio's defaults for what is unset and subset policies merged over the service's.
+
+use mizzen_crds::networking::destination_rule as dr;
+use mizzen_proxy_config as pc;
+
+fn ms(d: &mizzen_crds::Duration) -> u64 {
+    u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn positive(n: Option<i32>) -> Option<u32> {
+    n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
+}
+
+fn load_balancer(lb: &dr::LoadBalancerSettings) -> Option<pc::LoadBalancer> {
+    if let Some(ch) = &lb.consistent_hash {
+        let key = if let Some(h) = &ch.http_header_name {
+            pc::HashKey::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &ch.http_cookie {
+            pc::HashKey::Cookie {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                ttl_ms: c.ttl.as_ref().map(ms),
+            }
+        } else if ch.use_source_ip == Some(true) {
+            pc::HashKey::SourceIp
+        } else if let Some(q) = &ch.http_query_parameter_name {
+            pc::HashKey::QueryParameter(q.clone())
+        } else {
+            return None;
+        };
+        let algorithm = if let Some(m) = &ch.maglev {
+            pc::HashAlgorithm::Maglev {
+                table_size: m.table_size.unwrap_or(65_537),
+            }
+        } else {
+            pc::HashAlgorithm::RingHash {
+                minimum_ring_size: ch
+                    .ring_hash
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(ch.minimum_ring_size)
+                    .unwrap_or(1024),
+            }
+        };
+        return Some(pc::LoadBalancer::ConsistentHash(pc::ConsistentHash {
+            key,
+            algorithm,
+        }));
+    }
+    Some(match lb.simple? {
+        dr::SimpleLb::Unspecified => return None,
+        dr::SimpleLb::RoundRobin => pc::LoadBalancer::RoundRobin,
+        dr::SimpleLb::LeastConn | dr::SimpleLb::LeastRequest => pc::LoadBalancer::LeastRequest,
+        dr::SimpleLb::Random => pc::LoadBalancer::Random,
+        dr::SimpleLb::Passthrough => pc::LoadBalancer::Passthrough,
+    })
+}
+
+fn connection_pool(p: &dr::ConnectionPoolSettings) -> pc::ConnectionPool {
+    let tcp = p.tcp.clone().unwrap_or_default();
+    let http = p.http.clone().unwrap_or_default();
+    pc::ConnectionPool {
+        max_connections: positive(tcp.max_connections),
+        connect_timeout_ms: tcp.connect_timeout.as_ref().map(ms),
+        http1_max_pending_requests: positive(http.http1_max_pending_requests),
+        http2_max_requests: positive(http.http2_max_requests),
+        max_requests_per_connection: positive(http.max_requests_per_connection),
+        max_retries: positive(http.max_retries),
+        idle_timeout_ms: http
+            .idle_timeout
+            .as_ref()
+            .or(tcp.idle_timeout.as_ref())
+            .map(ms),
+        h2_upgrade: http.h2_upgrade_policy == Some(dr::H2UpgradePolicy::Upgrade),
+    }
+}
+
+fn outlier_detection(o: &dr::OutlierDetection) -> pc::OutlierDetection {
+    let d = pc::OutlierDetection::default();
+    let gateway = o.consecutive_gateway_errors.filter(|n| *n > 0);
+    // Istio: the 5xx counter is on (5) by default, unless only the gateway counter is given.
+    let five_xx = match o.consecutive_5xx_errors {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if gateway.is_some() => None,
+        None => d.consecutive_5xx_errors,
+    };
+    pc::OutlierDetection {
+        consecutive_5xx_errors: five_xx,
+        consecutive_gateway_errors: gateway,
+        interval_ms: o.interval.as_ref().map_or(d.interval_ms, ms),
+        base_ejection_time_ms: o
+            .base_ejection_time
+            .as_ref()
+            .map_or(d.base_ejection_time_ms, ms),
+        max_ejection_percent: o
+            .max_ejection_percent
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(d.max_ejection_percent),
+        min_health_percent: o
+            .min_health_percent
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(d.min_health_percent),
+    }
+}
+
+fn tls(t: &dr::ClientTlsSettings) -> pc::ClientTls {
+    pc::ClientTls {
+        mode: match t.mode.unwrap_or_default() {
+            dr::ClientTlsMode::Disable => pc::ClientTlsMode::Disable,
+            dr::ClientTlsMode::Simple => pc::ClientTlsMode::Simple,
+            dr::ClientTlsMode::Mutual => pc::ClientTlsMode::Mutual,
+            dr::ClientTlsMode::IstioMutual => pc::ClientTlsMode::IstioMutual,
+        },
+        sni: t.sni.clone(),
+        subject_alt_names: t.subject_alt_names.clone(),
+        ca_certificates: t.ca_certificates.clone(),
+        client_certificate: t.client_certificate.clone(),
+        private_key: t.private_key.clone(),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+    }
+}
+
+/// A DestinationRule's (or subset's) traffic policy.
+pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
+    pc::TrafficPolicy {
+        load_balancer: p.load_balancer.as_ref().and_then(load_balancer),
+        connection_pool: p.connection_pool.as_ref().map(connection_pool),
+        outlier_detection: p.outlier_detection.as_ref().map(outlier_detection),
+        tls: p.tls.as_ref().map(tls),
+        ports: p
+            .port_level_settings
+            .iter()
+            .filter_map(|s| {
+                Some(pc::PortPolicy {
+                    port: u16::try_from(s.port?.number).ok()?,
+                    load_balancer: s.load_balancer.as_ref().and_then(load_balancer),
+                    connection_pool: s.connection_pool.as_ref().map(connection_pool),
+                    outlier_detection: s.outlier_detection.as_ref().map(outlier_detection),
+                    tls: s.tls.as_ref().map(tls),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A subset's policy merged over its service's: what the subset sets wins, per field and per
+/// port.
+pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) -> pc::TrafficPolicy {
+    let Some(base) = service else {
+        return subset.clone();
+    };
+    let mut out = base.clone();
+    if subset.load_balancer.is_some() {
+        out.load_balancer = subset.load_balancer.clone();
+    }
+    if subset.connection_pool.is_some() {
+        out.connection_pool = subset.connection_pool.clone();
+    }
+    if subset.outlier_detection.is_some() {
+        out.outlier_detection = subset.outlier_detection.clone();
+    }
+    if subset.tls.is_some() {
+        out.tls = subset.tls.clone();
+    }
+    for p in &subset.ports {
+        match out.ports.iter_mut().find(|q| q.port == p.port) {
+            Some(q) => *q = p.clone(),
+            None => out.ports.push(p.clone()),
+        }
+    }
+    out.ports.sort_by_key(|p| p.port);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outlier_defaults_follow_istio() {
+        let o = outlier_detection(&dr::OutlierDetection::default());
+        assert_eq!(o, pc::OutlierDetection::default());
+        let o = outlier_detection(&dr::OutlierDetection {
+            consecutive_gateway_errors: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(o.consecutive_5xx_errors, None);
+        assert_eq!(o.consecutive_gateway_errors, Some(3));
+    }
+
+    #[test]
+    fn subset_policy_wins_field_by_field() {
+        let base = pc::TrafficPolicy {
+            load_balancer: Some(pc::LoadBalancer::RoundRobin),
+            connection_pool: Some(pc::ConnectionPool {
+                max_connections: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sub = pc::TrafficPolicy {
+            load_balancer: Some(pc::LoadBalancer::Random),
+            ..Default::default()
+        };
+        let m = merge(Some(&base), &sub);
+        assert_eq!(m.load_balancer, Some(pc::LoadBalancer::Random));
+        assert_eq!(m.connection_pool, base.connection_pool);
+    }
+}
