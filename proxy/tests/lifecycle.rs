@@ -215,18 +215,14 @@ async fn inbound_forwards_to_the_app_and_reports_as_destination() {
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[
-                ("reporter", "destination"),
-                ("destination_workload", "serviceb-v1"),
-                ("connection_security_policy", "none")
-            ]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("destination_workload", "serviceb-v1"),
+            ("connection_security_policy", "none"),
+        ],
     );
 }
 

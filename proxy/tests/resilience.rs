@@ -34,14 +34,10 @@ async fn route_timeout_answers_504_ut() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "504"), ("response_flags", "UT")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "504"), ("response_flags", "UT")],
     );
 }
 
@@ -99,14 +95,10 @@ async fn fault_abort_hits_half_the_requests() {
     assert!((45.0..=55.0).contains(&aborted), "{aborted}% ({counts:?})");
     assert_eq!(v2.hits() + counts["500"], 2000);
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "500"), ("response_flags", "FI")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "500"), ("response_flags", "FI")],
     );
 }
 
@@ -251,14 +243,10 @@ async fn circuit_breaker_sheds_the_excess_with_503_uo() {
     );
     assert!(t.elapsed() < Duration::from_secs(5));
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "503"), ("response_flags", "UO")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "503"), ("response_flags", "UO")],
     );
 }
 

@@ -181,14 +181,10 @@ async fn rewrites_redirects_direct_responses_and_header_ops() {
     let r = get(&c, proxy.outbound, "/unmatched").await;
     assert_eq!(r.status, 404);
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "404"), ("response_flags", "NR")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "404"), ("response_flags", "NR")],
     );
 }
 
@@ -316,14 +312,10 @@ async fn unknown_endpoints_and_dead_upstreams_get_envoy_answers() {
     assert_eq!(r.status, 503);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "503"), ("response_flags", "UF")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "503"), ("response_flags", "UF")],
     );
     let m = metrics(proxy2.prometheus).await;
     // Istio's default retries (503) ran out too: Envoy prints both flags.
@@ -412,23 +404,15 @@ async fn grpc_keeps_trailers_and_aborts_become_grpc_status() {
     assert_eq!(resp.headers()["grpc-status"], "14");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("request_protocol", "grpc"), ("grpc_response_status", "0")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("request_protocol", "grpc"), ("grpc_response_status", "0")],
     );
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("grpc_response_status", "14"), ("response_flags", "FI")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("grpc_response_status", "14"), ("response_flags", "FI")],
     );
 }
 
@@ -495,13 +479,9 @@ async fn registry_only_rejects_unknown_hosts() {
     assert_eq!(r.status, 502);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = metrics(proxy.prometheus).await;
-    assert!(
-        sample(
-            &m,
-            "istio_requests_total",
-            &[("response_code", "502"), ("response_flags", "NR")]
-        )
-        .is_some(),
-        "{m}"
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[("response_code", "502"), ("response_flags", "NR")],
     );
 }

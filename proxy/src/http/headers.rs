@@ -1,6 +1,6 @@
 //! Header hygiene at the proxy boundary.
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, header, request::Parts};
 
 /// Hop-by-hop headers: they describe one connection and are never forwarded (RFC 9110 §7.6.1).
 /// `te: trailers` survives, since gRPC needs it.
@@ -60,6 +60,21 @@ pub fn request_protocol(headers: &HeaderMap) -> &'static str {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if grpc { "grpc" } else { "http" }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1.1), else the `Host` header.
+pub fn request_authority(parts: &Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
 }
 
 #[cfg(test)]

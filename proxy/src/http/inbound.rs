@@ -3,7 +3,7 @@
 
 use std::{convert::Infallible, sync::Arc};
 
-use http::{Request, Response, header};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::{
@@ -36,18 +36,7 @@ async fn handle_inner(
     let snap = shared.store.current();
     let (mut parts, body) = req.into_parts();
     let request_id = trace::ensure(&mut parts.headers);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let authority = super::headers::request_authority(&parts).unwrap_or_default();
     let path = parts
         .uri
         .path_and_query()

@@ -46,17 +46,7 @@ async fn handle_inner(
     let request_id = trace::ensure(&mut parts.headers);
     let authority = match &conn.service_host {
         Some(h) => h.clone(),
-        None => parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            })
+        None => super::headers::request_authority(&parts)
             .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
     };
     let path_and_query = parts

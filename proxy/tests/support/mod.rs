@@ -355,6 +355,15 @@ pub async fn metrics(addr: SocketAddr) -> String {
 }
 
 /// The value of the first sample of `name` whose labels contain all of `labels`.
+/// Asserts that the exposition `text` has a sample of `name` with these labels.
+#[track_caller]
+pub fn assert_sample(text: &str, name: &str, labels: &[(&str, &str)]) {
+    assert!(
+        sample(text, name, labels).is_some(),
+        "no {name} with {labels:?} in\n{text}"
+    );
+}
+
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
