@@ -27,13 +27,8 @@ LOADGEN_CPU="${LOADGEN_CPU:-0}"
 SERVER_CPU="${SERVER_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18000}"
 
-for tool in oha haproxy nginx taskset curl python3; do
-  command -v "$tool" >/dev/null || {
-    echo "bench/proxy.sh: $tool is not installed (oha: cargo install oha --version 1.16.0 --locked;" \
-      "haproxy, nginx: apt-get install -y haproxy nginx)" >&2
-    exit 2
-  }
-done
+bash "$(dirname "$0")/install-tools.sh"
+export PATH="$HOME/.cargo/bin:$PATH"
 if oha --help 2>/dev/null | grep -q -- '--output-format'; then
   OHA_JSON=(--output-format json)
 else
