@@ -641,7 +641,7 @@ impl Validate for DestinationRuleSpec {
             }
         });
 
-        validate_export_to(c, &self.export_to, false);
+        c.export_to(&self.export_to, false);
         if let Some(sel) = &self.workload_selector {
             c.field("workloadSelector", |c| {
                 c.selector(sel);
@@ -1331,46 +1331,6 @@ fn check_percent_f64(c: &mut Checker, p: f64) {
             format!("must be between 0 and 100 (got {p})"),
         );
     }
-}
-
-/// Checks `exportTo`: each entry `.`, `*` or a namespace name (and `~`, "no namespace", when
-/// `allow_none`, which only ServiceEntry allows); no duplicates; `*` and `~` stand alone.
-pub fn validate_export_to(c: &mut Checker, export_to: &[String], allow_none: bool) {
-    c.field("exportTo", |c| {
-        let mut seen = BTreeSet::new();
-        for (i, e) in export_to.iter().enumerate() {
-            c.index(i, |c| {
-                match e.as_str() {
-                    "." | "*" => {}
-                    "~" if allow_none => {}
-                    "~" => c.error(
-                        Code::InvalidValue,
-                        "\"~\" (visible to no namespace) is only allowed on a ServiceEntry",
-                    ),
-                    ns if !is_dns_label(ns) => c.error(
-                        Code::InvalidValue,
-                        format!("exportTo entries are \".\", \"*\" or a namespace name (got {ns:?})"),
-                    ),
-                    _ => {}
-                }
-                if !seen.insert(e.as_str()) {
-                    c.error(Code::InvalidValue, format!("duplicate exportTo entry {e:?}"));
-                }
-            });
-        }
-        if export_to.len() > 1 {
-            for (special, meaning) in [("*", "every namespace"), ("~", "no namespace")] {
-                if seen.contains(special) && (special != "~" || allow_none) {
-                    c.error(
-                        Code::ConflictingFields,
-                        format!(
-                            "{special:?} exports to {meaning} and cannot be combined with other entries (got {export_to:?})"
-                        ),
-                    );
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -7,10 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    destination_rule::validate_export_to,
-    workload_entry::{AddressKind, UNIX_PREFIX, WorkloadEntrySpec, WorkloadLabelSelector},
-};
+use super::workload_entry::{AddressKind, UNIX_PREFIX, WorkloadEntrySpec, WorkloadLabelSelector};
 use crate::{
     Normalize,
     selector::is_dns_label,
@@ -227,7 +224,7 @@ impl Validate for ServiceEntrySpec {
             });
         }
 
-        validate_export_to(c, &self.export_to, true);
+        c.export_to(&self.export_to, true);
         c.each("subjectAltNames", &self.subject_alt_names, |c, san| {
             if san.is_empty() {
                 c.error(

@@ -4,7 +4,7 @@
 //! Older spellings are kept as their own fields (`percent`, `mirrorPercent`, `allowOrigin`) so
 //! nothing is lost on a round trip; [`Normalize`] moves them into their current form.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -649,7 +649,7 @@ impl Validate for VirtualServiceSpec {
         c.each("http", &self.http, |c, r| r.validate_in(&scope, c));
         c.each("tls", &self.tls, |c, r| r.validate_in(&scope, c));
         c.each("tcp", &self.tcp, |c, r| r.validate_in(c));
-        c.field("exportTo", |c| export_to(c, &self.export_to));
+        c.export_to(&self.export_to, false);
     }
 }
 
@@ -1373,33 +1373,6 @@ fn namespace_name(c: &mut Checker, ns: &str) {
     }
 }
 
-/// `exportTo`: `.`, `*`, `~` or namespace names, without repeats; `*` and `~` stand alone.
-fn export_to(c: &mut Checker, entries: &[String]) {
-    let mut seen = BTreeSet::new();
-    for (i, e) in entries.iter().enumerate() {
-        c.index(i, |c| {
-            if !matches!(e.as_str(), "." | "*" | "~") && !is_dns_label(e) {
-                c.error(
-                    Code::InvalidValue,
-                    format!("{e:?} is not a valid exportTo entry: use \".\", \"*\", \"~\" or a namespace name"),
-                );
-            } else if !seen.insert(e.as_str()) {
-                c.error(Code::InvalidValue, format!("{e:?} is listed more than once"));
-            }
-        });
-    }
-    if entries.len() > 1 {
-        for special in ["*", "~"] {
-            if entries.iter().any(|e| e == special) {
-                c.error(
-                    Code::ConflictingFields,
-                    format!("{special:?} cannot be combined with other exportTo entries"),
-                );
-            }
-        }
-    }
-}
-
 /// An IP address or CIDR block.
 fn subnet(c: &mut Checker, s: &str) {
     let (ip, len) = match s.split_once('/') {
@@ -2019,7 +1992,7 @@ tcp:
     #[test]
     fn export_to_entries() {
         let base = format!("hosts: [a]\nhttp: [{{{ROUTE}}}]\n");
-        for ok in ["['.']", "['*']", "['~']", "[ns-a, '.']"] {
+        for ok in ["['.']", "['*']", "[ns-a, '.']"] {
             assert_eq!(problems(&format!("{base}exportTo: {ok}")), vec![], "{ok}");
         }
         assert_one(
@@ -2040,11 +2013,12 @@ tcp:
             Code::ConflictingFields,
             "spec.exportTo",
         );
+        // "~" (visible nowhere) is a ServiceEntry-only value in Istio.
         assert_one(
-            &format!("{base}exportTo: ['~', '.']"),
+            &format!("{base}exportTo: ['~']"),
             Severity::Error,
-            Code::ConflictingFields,
-            "spec.exportTo",
+            Code::InvalidValue,
+            "spec.exportTo[0]",
         );
     }
 

@@ -1,9 +1,11 @@
 //! [`Checker`] walks a spec, keeps the current field path and collects problems; the checks
 //! that recur across kinds (percentages, regexes, status codes, selectors, hosts) live here once.
 
+use std::collections::BTreeSet;
+
 use crate::{
     percent::Percent,
-    selector::{self, WorkloadSelector},
+    selector::{self, WorkloadSelector, is_dns_label},
     string_match::StringMatch,
 };
 
@@ -178,6 +180,46 @@ impl Checker {
 
     pub fn selector(&mut self, sel: &WorkloadSelector) {
         self.field("matchLabels", |c| c.labels(&sel.match_labels));
+    }
+
+    /// Checks `exportTo`: each entry `.`, `*` or a namespace name (and `~`, "no namespace", when
+    /// `allow_none`, which only ServiceEntry allows); no duplicates; `*` and `~` stand alone.
+    pub fn export_to(&mut self, export_to: &[String], allow_none: bool) {
+        self.field("exportTo", |c| {
+            let mut seen = BTreeSet::new();
+            for (i, e) in export_to.iter().enumerate() {
+                c.index(i, |c| {
+                    match e.as_str() {
+                        "." | "*" => {}
+                        "~" if allow_none => {}
+                        "~" => c.error(
+                            Code::InvalidValue,
+                            "\"~\" (visible to no namespace) is only allowed on a ServiceEntry",
+                        ),
+                        ns if !is_dns_label(ns) => c.error(
+                            Code::InvalidValue,
+                            format!("exportTo entries are \".\", \"*\" or a namespace name (got {ns:?})"),
+                        ),
+                        _ => {}
+                    }
+                    if !seen.insert(e.as_str()) {
+                        c.error(Code::InvalidValue, format!("duplicate exportTo entry {e:?}"));
+                    }
+                });
+            }
+            if export_to.len() > 1 {
+                for (special, meaning) in [("*", "every namespace"), ("~", "no namespace")] {
+                    if seen.contains(special) && (special != "~" || allow_none) {
+                        c.error(
+                            Code::ConflictingFields,
+                            format!(
+                                "{special:?} exports to {meaning} and cannot be combined with other entries (got {export_to:?})"
+                            ),
+                        );
+                    }
+                }
+            }
+        });
     }
 
     /// A service host: an FQDN or short name, optionally with one leading `*` wildcard label.
