@@ -125,8 +125,9 @@ impl ServiceRecord {
         }
     }
 
-    pub fn host(&self, cluster_domain: &str) -> String {
-        format!("{}.{}.svc.{cluster_domain}", self.name, self.namespace)
+    /// `name.namespace.svc.cluster.local`, resolved as every other host is.
+    pub fn host(&self) -> String {
+        fqdn(&self.name, &self.namespace)
     }
 }
 
@@ -221,7 +222,6 @@ impl Changes {
 #[derive(Clone, Debug)]
 pub struct Index {
     root_namespace: String,
-    cluster_domain: String,
     resources: BTreeMap<ObjectRef, Stored>,
     services: BTreeMap<(String, String), ServiceRecord>,
     namespaces: BTreeMap<String, NamespaceRecord>,
@@ -232,7 +232,6 @@ impl Index {
     pub fn new(root_namespace: impl Into<String>) -> Self {
         Self {
             root_namespace: root_namespace.into(),
-            cluster_domain: mizzen_crds::inventory::CLUSTER_DOMAIN.to_string(),
             resources: BTreeMap::new(),
             services: BTreeMap::new(),
             namespaces: BTreeMap::new(),
@@ -338,7 +337,7 @@ impl Index {
 
     pub fn apply_service(&mut self, svc: &Service) {
         let rec = ServiceRecord::from_service(svc, &self.root_namespace);
-        self.changes.host(rec.host(&self.cluster_domain));
+        self.changes.host(rec.host());
         self.services
             .insert((rec.namespace.clone(), rec.name.clone()), rec);
     }
@@ -348,7 +347,7 @@ impl Index {
             .services
             .remove(&(namespace.to_string(), name.to_string()))
         {
-            self.changes.host(rec.host(&self.cluster_domain));
+            self.changes.host(rec.host());
         }
     }
 

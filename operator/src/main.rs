@@ -25,9 +25,6 @@ struct Args {
     /// SPIFFE trust domain written into every proxy config.
     #[arg(long, env = "MIZZEN_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// DNS suffix of Services.
-    #[arg(long, env = "MIZZEN_CLUSTER_DOMAIN", default_value = "cluster.local")]
-    cluster_domain: String,
     /// Leader-election identity.
     #[arg(long, env = "POD_NAME", default_value = "mizzen-operator")]
     pod_name: String,
@@ -59,7 +56,6 @@ async fn main() -> anyhow::Result<()> {
     let settings = RenderSettings {
         root_namespace: args.namespace.clone(),
         trust_domain: args.trust_domain.clone(),
-        cluster_domain: args.cluster_domain.clone(),
         ..RenderSettings::default()
     };
     if let (Some(input), Some(output)) = (&args.from_files, &args.output) {

@@ -2,6 +2,7 @@
 //! per meshed namespace) and `expected/status.txt` (the verdict on every object, and namespace
 //! problems). `MIZZEN_UPDATE_GOLDEN=1 cargo test -p mizzen-operator --test render` rewrites them.
 
+use mizzen_crds::resource::MeshResource;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -10,7 +11,6 @@ use std::{
 use mizzen_operator::{
     Index, RenderSettings, Rendered, Renderer,
     files::{file_settings, load_text},
-    index::Changes,
     render,
 };
 
@@ -156,9 +156,29 @@ fn incremental_renders_equal_full_renders() {
                 doc["metadata"]["name"]
             );
         }
-        // And removing them again, newest first.
-        let full = renderer.render(&index, &Changes::default());
-        assert_eq!(full, render(&index, &settings()));
+        // And removing them again, newest first: deletes re-render just as adds do.
+        for doc in docs.iter().rev() {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+            match (doc["kind"].as_str(), MeshResource::from_value(doc).unwrap()) {
+                (_, Some(resource)) => index.delete_resource(&resource.object_ref("default")),
+                (Some("Service"), None) => index.delete_service(ns, name),
+                (Some("Namespace"), None) => index.delete_namespace(name),
+                _ => continue,
+            }
+            let changes = index.take_changes();
+            assert_eq!(
+                renderer.render(&index, &changes),
+                render(&index, &settings()),
+                "{}: after deleting {name}",
+                case.display()
+            );
+        }
+        assert!(
+            render(&index, &settings()).configs.is_empty(),
+            "{}",
+            case.display()
+        );
     }
 }
 
@@ -183,4 +203,55 @@ fn file_mode_writes_one_file_per_meshed_namespace() {
     }
     assert_eq!(rendered.configs.len(), 2);
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A route to a subset of a ServiceEntry host is checked against the DestinationRule in the
+/// ServiceEntry's namespace: defined there, it is accepted; an undefined subset is not.
+#[test]
+fn subsets_of_service_entry_hosts_resolve_in_the_entry_namespace() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: ext}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: ext}
+spec:
+  host: api.example.com
+  subsets: [{name: eu, labels: {region: eu}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: good, namespace: web}
+spec:
+  hosts: [api.example.com]
+  tcp: [{route: [{destination: {host: api.example.com, subset: eu}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: web}
+spec:
+  hosts: [api.example.com]
+  tcp: [{route: [{destination: {host: api.example.com, subset: us}}]}]
+"#;
+    let mut index = Index::new("mizzen-system");
+    load_text(&mut index, text, "default", "test.yaml".as_ref()).unwrap();
+    let statuses = render::statuses(&index, &settings());
+    let status = |name: &str| {
+        statuses
+            .iter()
+            .find(|(o, _)| o.kind == "VirtualService" && o.name == name)
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    assert!(status("good").accepted, "{:?}", status("good"));
+    let bad = status("bad");
+    assert!(!bad.accepted);
+    assert!(bad.message.contains("subset \"us\""), "{}", bad.message);
 }

@@ -105,7 +105,7 @@ impl<'a> Catalog<'a> {
         };
         for svc in index.services() {
             c.hosts
-                .entry(svc.host(&settings.cluster_domain))
+                .entry(svc.host())
                 .or_default()
                 .push(Source::Kube(svc));
         }

@@ -44,7 +44,6 @@ pub struct RenderSettings {
     /// DestinationRules.
     pub root_namespace: String,
     pub trust_domain: String,
-    pub cluster_domain: String,
     /// Configs larger than this are refused, never truncated.
     pub max_config_bytes: usize,
     /// File mode: when the input holds no Namespace objects, every namespace with objects is
@@ -57,7 +56,6 @@ impl Default for RenderSettings {
         Self {
             root_namespace: "mizzen-system".into(),
             trust_domain: "cluster.local".into(),
-            cluster_domain: mizzen_crds::inventory::CLUSTER_DOMAIN.into(),
             max_config_bytes: MAX_CONFIG_BYTES,
             implicit_namespaces: false,
         }
@@ -291,7 +289,7 @@ fn assemble(
     let settings = catalog.settings;
     let mesh = pc::MeshConfig {
         trust_domain: settings.trust_domain.clone(),
-        cluster_domain: settings.cluster_domain.clone(),
+        cluster_domain: mizzen_crds::inventory::CLUSTER_DOMAIN.into(),
         outbound_traffic_policy: catalog.outbound_policy(ns),
         default_retry: pc::Retry::istio_default(),
         default_mtls: policies.mesh_mtls,
@@ -352,9 +350,14 @@ fn summary(problems: &[&Problem]) -> String {
 
 /// The verdict on every object: its own validation, plus the subsets its routes name.
 pub fn statuses(index: &Index, settings: &RenderSettings) -> BTreeMap<ObjectRef, ObjectStatus> {
-    // Subsets are checked against the DestinationRules that are themselves valid.
+    // Subsets are checked against the valid DestinationRules, with the ServiceEntries that
+    // define their hosts (so a rule in a ServiceEntry's namespace is found there).
     let rules = Catalog::new(index, settings, |s| {
-        s.is_valid() && matches!(s.resource, MeshResource::DestinationRule(_))
+        s.is_valid()
+            && matches!(
+                s.resource,
+                MeshResource::DestinationRule(_) | MeshResource::ServiceEntry(_)
+            )
     });
     index
         .resources()
