@@ -293,7 +293,9 @@ pub fn host_error(host: &str) -> Option<String> {
     // Hosts are case-insensitive DNS names; IPs are allowed where Istio allows them.
     let lower = rest.to_ascii_lowercase();
     if lower.parse::<std::net::IpAddr>().is_ok() {
-        return None;
+        return (rest != host).then(|| {
+            format!("host {host:?} is invalid: a wildcard cannot stand in front of an IP address")
+        });
     }
     if !lower
         .trim_end_matches('.')
@@ -355,7 +357,15 @@ mod tests {
         ] {
             assert_eq!(host_error(ok), None, "{ok}");
         }
-        for bad in ["", "a.*.com", "foo*", "under_score.com", "-lead.com"] {
+        for bad in [
+            "",
+            "a.*.com",
+            "foo*",
+            "under_score.com",
+            "-lead.com",
+            "*.10.0.0.1",
+            "*.::1",
+        ] {
             assert!(host_error(bad).is_some(), "{bad}");
         }
     }
