@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use mizzen_proxy_config::{Destination, Service};
+use mizzen_route::UnknownHostAction;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -39,6 +40,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
         ..Default::default()
     };
     let unknown = || "unknown".to_string();
+    let mut no_route = false;
     let target = if outbound {
         labels.source_workload = w.name.clone();
         labels.source_workload_namespace = w.namespace.clone();
@@ -88,11 +90,18 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
                     e.name.clone()
                 })
             }
-            None if meta.service_host.is_none() => {
+            // An address no service has: passed through under ALLOW_ANY, refused (NR) under
+            // REGISTRY_ONLY, exactly as the HTTP path decides.
+            None if meta.service_host.is_none()
+                && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
+            {
                 labels.destination_service = meta.orig_dst.ip().to_string();
                 Some(meta.orig_dst.to_string())
             }
-            None => None,
+            None => {
+                no_route = meta.service_host.is_none();
+                None
+            }
         }
     } else {
         labels.destination_workload = w.name.clone();
@@ -122,7 +131,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
     }
     let m = &shared.telemetry.metrics;
     let Some(target) = target else {
-        labels.response_flags = "UH".into();
+        labels.response_flags = if no_route { "NR" } else { "UH" }.into();
         m.tcp_opened.get_or_create(&labels).inc();
         m.tcp_closed.get_or_create(&labels).inc();
         return;

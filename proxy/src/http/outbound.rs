@@ -115,10 +115,16 @@ async fn handle_inner(
             ..
         } => {
             ex.entry.route_name = route.name.clone();
+            let mut skipped = Vec::new();
             if let Some(rw) = rewrite {
-                rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts);
+                skipped.extend(rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts));
             }
-            mizzen_route::apply_request_header_ops(route, destination, &mut parts.headers);
+            skipped.extend(mizzen_route::apply_request_header_ops(
+                route,
+                destination,
+                &mut parts.headers,
+            ));
+            log_skipped(&route.name, &skipped);
             let dest = &destination.destination;
             let port = dest.port.unwrap_or(conn.port);
             let dest_ns = snap
@@ -155,7 +161,9 @@ async fn handle_inner(
                     });
                 call(stack, req).await
             };
-            mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
+            let skipped =
+                mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
+            log_skipped(&route.name, &skipped);
             resp
         }
         Decision::Redirect {
@@ -253,4 +261,12 @@ pub fn text(status: u16, text: &str) -> Response<Body> {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     r
+}
+
+/// A rewrite or header operation the config asked for but that could not be applied (an
+/// invalid header name or value): the request goes on without it, and the log says so.
+fn log_skipped(route: &str, skipped: &[String]) {
+    for warning in skipped {
+        tracing::warn!(route, %warning, "route change skipped");
+    }
 }
