@@ -284,3 +284,37 @@ async fn failing_endpoint_is_ejected_and_returns_after_the_ejection_time() {
     let _ = tally(&c, proxy.outbound, 4, 1).await;
     assert!(bad.hits() > 3, "endpoint did not come back");
 }
+
+/// Fault injection comes before mirroring, as in Envoy: a request the fault aborts never goes
+/// upstream, so no copy of it goes to the mirror either.
+#[tokio::test]
+async fn aborted_requests_are_not_mirrored() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let r = HttpRoute {
+        mirrors: vec![Mirror {
+            destination: dest(Some("v2")),
+            percentage: 100.0,
+        }],
+        fault: Some(Fault {
+            delay: None,
+            abort: Some(FaultAbort {
+                status: AbortStatus::Http(503),
+                percentage: 100.0,
+            }),
+        }),
+        ..route("mirror", HttpAction::Route(vec![weighted(Some("v1"), 100)]))
+    };
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![r],
+    )]))
+    .await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(get(&c, proxy.outbound, "/").await.status, 503);
+    }
+    // Give a stray copy time to arrive before concluding none was sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((v1.hits(), v2.hits()), (0, 0));
+}

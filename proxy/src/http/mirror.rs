@@ -99,3 +99,75 @@ pub async fn send_copies(
     }
     Request::from_parts(parts, body::full(bytes))
 }
+
+/// Sends a route's mirror copies as the request passes through, so that the layers above it
+/// (fault injection) decide first whether a request goes upstream, and so is mirrored, at all.
+#[derive(Clone)]
+pub struct MirrorLayer {
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+    route: Arc<HttpRoute>,
+    port: u16,
+}
+
+impl MirrorLayer {
+    /// `None` when the route mirrors nothing, so such routes pay nothing.
+    pub fn for_route(
+        shared: &Arc<Shared>,
+        snap: &Arc<Snapshot>,
+        route: &HttpRoute,
+        port: u16,
+    ) -> Option<Self> {
+        (!route.mirrors.is_empty()).then(|| Self {
+            shared: shared.clone(),
+            snap: snap.clone(),
+            route: Arc::new(route.clone()),
+            port,
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for MirrorLayer {
+    type Service = MirrorService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MirrorService {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MirrorService<S> {
+    layer: MirrorLayer,
+    inner: S,
+}
+
+impl<S, F, R, E> tower::Service<Request<Body>> for MirrorService<S>
+where
+    S: tower::Service<Request<Body>, Response = R, Error = E, Future = F> + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<R, E>> + Send + 'static,
+{
+    type Response = R;
+    type Error = E;
+    type Future = futures::future::BoxFuture<'static, Result<R, E>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The ready service goes with this request; a fresh clone stays for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let l = self.layer.clone();
+        Box::pin(async move {
+            let req = send_copies(&l.shared, &l.snap, &l.route, l.port, req).await;
+            inner.call(req).await
+        })
+    }
+}

@@ -150,16 +150,17 @@ async fn handle_inner(
                     .retry
                     .clone()
                     .unwrap_or_else(|| snap.config().mesh.default_retry.clone());
-                let req = mirror::send_copies(&shared, &snap, route, port, strip(req)).await;
+                // Mirrors sit under fault injection: an aborted request is not copied.
                 let stack = ServiceBuilder::new()
                     .layer(FaultLayer::new(route.fault.clone()))
-                    .layer(TimeoutLayer::from_ms(route.timeout_ms.filter(|t| *t > 0)))
+                    .option_layer(mirror::MirrorLayer::for_route(&shared, &snap, route, port))
+                    .layer(TimeoutLayer::from_ms(route.timeout_ms))
                     .layer(RetryLayer::new(retry, upstream.limits.retry_budget()))
                     .layer(CircuitLayer::new(upstream.limits.clone()))
                     .service(UpstreamService {
                         upstream: upstream.clone(),
                     });
-                call(stack, req).await
+                call(stack, strip(req)).await
             };
             let skipped =
                 mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
