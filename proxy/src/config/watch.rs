@@ -4,7 +4,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use notify::{RecursiveMode, Watcher};
+use std::ffi::OsStr;
+
+use notify::{
+    EventKind, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
 use tokio::sync::{mpsc, watch as signal};
 
 use super::ConfigStore;
@@ -19,15 +24,7 @@ pub async fn watch(store: Arc<ConfigStore>, poll: Duration, mut shutdown: signal
         .unwrap_or_else(|| ".".into());
     let file_name = store.path().file_name().map(|n| n.to_os_string());
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only the file itself and kubelet's `..data`-style entries matter; other files in
-        // the directory come and go without a reload.
-        let relevant = event.map_or(true, |e| {
-            e.paths.iter().any(|p| {
-                p.file_name().is_some_and(|n| {
-                    Some(n) == file_name.as_deref() || n.to_string_lossy().starts_with("..")
-                })
-            })
-        });
+        let relevant = event.map_or(true, |e| is_change(&e, file_name.as_deref()));
         if relevant {
             // Coalesce bursts: one pending wake-up is enough.
             let _ = tx.try_send(());
@@ -73,5 +70,70 @@ pub async fn watch(store: Arc<ConfigStore>, poll: Duration, mut shutdown: signal
                 }
             }
         }
+    }
+}
+
+/// Whether a notification may mean the config changed: an event on the file itself or on
+/// kubelet's `..data`-style entries (other files in the directory come and go), and not a
+/// mere read. Our own reload opens and reads the file; reacting to those access events would
+/// reload in a loop.
+fn is_change(event: &notify::Event, file_name: Option<&OsStr>) -> bool {
+    let read_only = matches!(event.kind, EventKind::Access(kind)
+        if kind != AccessKind::Close(AccessMode::Write));
+    !read_only
+        && event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| Some(n) == file_name || n.to_string_lossy().starts_with(".."))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn reads_of_the_file_are_not_changes() {
+        let name = Some(OsStr::new("config.json"));
+        for kind in [
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Any,
+        ] {
+            assert!(!is_change(
+                &event(EventKind::Access(kind), "/c/config.json"),
+                name
+            ));
+        }
+        assert!(is_change(
+            &event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/c/config.json"
+            ),
+            name
+        ));
+        assert!(is_change(
+            &event(EventKind::Modify(ModifyKind::Any), "/c/config.json"),
+            name
+        ));
+    }
+
+    #[test]
+    fn kubelet_symlink_swaps_count_and_other_files_do_not() {
+        let name = Some(OsStr::new("config.json"));
+        assert!(is_change(
+            &event(EventKind::Create(CreateKind::Any), "/c/..data_tmp"),
+            name
+        ));
+        assert!(!is_change(
+            &event(EventKind::Create(CreateKind::Any), "/c/other.txt"),
+            name
+        ));
     }
 }
