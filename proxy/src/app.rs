@@ -78,7 +78,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 
 impl App {
     pub async fn bind(config: Config, log_level: Option<LogLevel>) -> Result<App, StartError> {
-        let telemetry = Telemetry::new(config.access_log);
+        let telemetry = Telemetry::new(config.access_log, &config.workload);
         let store = ConfigStore::load(&config.config_path, telemetry.metrics.clone())?;
         let endpoints: Arc<dyn EndpointSource> = Arc::new(ConfigEndpoints::new(store.clone()));
         let shared = Arc::new(Shared {

@@ -11,7 +11,13 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{app::Shared, http::report::service_name, listener::ConnMeta, telemetry::TcpLabels};
+use mizzen_resilience::ResponseFlags;
+
+use crate::{
+    app::Shared,
+    listener::ConnMeta,
+    telemetry::{Label, LabelParts, ServiceLabels},
+};
 
 /// The destination of a TCP connection to `service` on `port`: its first TCP route that
 /// applies, picked by weight, else the service itself.
@@ -32,20 +38,24 @@ fn tcp_destination(service: &Service, port: u16, random: u32) -> Destination {
 }
 
 pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, shared: Arc<Shared>) {
-    let w = &shared.workload;
-    let mut labels = TcpLabels {
-        reporter: if outbound { "source" } else { "destination" }.into(),
-        request_protocol: "tcp".into(),
-        connection_security_policy: if outbound { "unknown" } else { "none" }.into(),
-        ..Default::default()
+    let local = shared.telemetry.workload.clone();
+    let (reporter, mut parts) = if outbound {
+        let parts = LabelParts {
+            source: local,
+            security_policy: Label::UNKNOWN,
+            ..Default::default()
+        };
+        ("source", parts)
+    } else {
+        let parts = LabelParts {
+            destination: local,
+            security_policy: Label::Static("none"),
+            ..Default::default()
+        };
+        ("destination", parts)
     };
-    let unknown = || "unknown".to_string();
     let mut no_route = false;
     let target = if outbound {
-        labels.source_workload = w.name.clone();
-        labels.source_workload_namespace = w.namespace.clone();
-        labels.source_app = w.app.clone();
-        labels.source_version = w.version.clone();
         let snap = shared.store.current();
         let service = match &meta.service_host {
             Some(h) => snap.routes.service_for_host(h),
@@ -57,9 +67,6 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
             Some(service) => {
                 let dest = tcp_destination(service, meta.port, rand::random());
                 let port = dest.port.unwrap_or(meta.port);
-                labels.destination_service = dest.host.clone();
-                labels.destination_service_name = service_name(&dest.host);
-                labels.destination_service_namespace = service.namespace.clone();
                 let up = shared.upstreams.get(
                     &snap,
                     &*shared.endpoints,
@@ -67,6 +74,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
                     dest.subset.as_deref(),
                     port,
                 );
+                parts.service = up.service.clone();
                 let ip = meta.peer.ip();
                 let picked = up.balancer.pick(
                     up.endpoints.len(),
@@ -81,12 +89,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
                 );
                 picked.map(|i| {
                     let e = &up.endpoints[i];
-                    if let Some(v) = e.endpoint.labels.get("version") {
-                        labels.destination_version = v.clone();
-                    }
-                    if let Some(a) = e.endpoint.labels.get("app") {
-                        labels.destination_app = a.clone();
-                    }
+                    parts.destination = e.peer.clone();
                     e.name.clone()
                 })
             }
@@ -95,7 +98,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
             None if meta.service_host.is_none()
                 && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
             {
-                labels.destination_service = meta.orig_dst.ip().to_string();
+                parts.service = ServiceLabels::of(&meta.orig_dst.ip().to_string(), "");
                 Some(meta.orig_dst.to_string())
             }
             None => {
@@ -104,34 +107,16 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
             }
         }
     } else {
-        labels.destination_workload = w.name.clone();
-        labels.destination_workload_namespace = w.namespace.clone();
-        labels.destination_app = w.app.clone();
-        labels.destination_version = w.version.clone();
         Some(meta.orig_dst.to_string())
     };
-    for l in [
-        &mut labels.source_workload,
-        &mut labels.source_workload_namespace,
-        &mut labels.source_principal,
-        &mut labels.source_app,
-        &mut labels.source_version,
-        &mut labels.destination_workload,
-        &mut labels.destination_workload_namespace,
-        &mut labels.destination_principal,
-        &mut labels.destination_app,
-        &mut labels.destination_version,
-        &mut labels.destination_service,
-        &mut labels.destination_service_name,
-        &mut labels.destination_service_namespace,
-    ] {
-        if l.is_empty() {
-            *l = unknown();
-        }
-    }
     let m = &shared.telemetry.metrics;
+    let labels = |flags| parts.labels(reporter, "tcp", flags);
     let Some(target) = target else {
-        labels.response_flags = if no_route { "NR" } else { "UH" }.into();
+        let labels = labels(if no_route {
+            ResponseFlags::NR
+        } else {
+            ResponseFlags::UH
+        });
         m.tcp_opened.get_or_create(&labels).inc();
         m.tcp_closed.get_or_create(&labels).inc();
         return;
@@ -140,7 +125,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
         match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target)).await {
             Ok(Ok(s)) => s,
             _ => {
-                labels.response_flags = "UF".into();
+                let labels = labels(ResponseFlags::UF);
                 m.tcp_opened.get_or_create(&labels).inc();
                 m.tcp_closed.get_or_create(&labels).inc();
                 tracing::debug!(%target, "tcp upstream connect failed");
@@ -148,7 +133,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
             }
         };
     let _ = upstream.set_nodelay(true);
-    labels.response_flags = "-".into();
+    let labels = labels(ResponseFlags::default());
     m.tcp_opened.get_or_create(&labels).inc();
     let (sent, received) = splice(stream, upstream).await;
     // As Envoy counts them on the upstream connection: bytes sent to it, received from it.

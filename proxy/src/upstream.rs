@@ -32,6 +32,7 @@ use crate::{
         body::{self, Body, BoxError},
         client::{self, HttpClient, PoolSettings},
     },
+    telemetry::{PeerLabels, ServiceLabels},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,14 +50,13 @@ pub struct EndpointState {
     pub name: String,
     /// Requests in flight (LEAST_REQUEST).
     pub active: AtomicUsize,
+    /// The `destination_*` labels of responses from this endpoint.
+    pub peer: PeerLabels,
 }
 
 /// Where a response came from, for telemetry (in the response's extensions).
 #[derive(Clone, Debug)]
-pub struct UpstreamHost {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
+pub struct UpstreamHost(pub Arc<EndpointState>);
 
 /// Marks a request that must go over HTTP/1.1 (an upgrade), whatever the port's protocol.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +70,8 @@ pub struct Upstream {
     pub key: UpstreamKey,
     /// Envoy's cluster name: `outbound|<port>|<subset>|<host>`.
     pub cluster: String,
+    /// The `destination_service*` labels of requests to it.
+    pub service: ServiceLabels,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
     pub policy: TrafficPolicy,
@@ -163,7 +165,18 @@ impl Upstreams {
             .map(|p| p.protocol)
             .unwrap_or_default();
         let endpoints = source.endpoints(host, port, &labels);
-        let up = Arc::new(self.build(key.clone(), endpoints, policy, protocol, generation, old));
+        let labels = ServiceLabels::of(host, service.map_or("", |s| s.namespace.as_str()));
+        let up = Arc::new(self.build(
+            key.clone(),
+            endpoints,
+            Settings {
+                policy,
+                protocol,
+                labels,
+            },
+            generation,
+            old,
+        ));
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -191,8 +204,11 @@ impl Upstreams {
         let mut up = self.build(
             key.clone(),
             vec![ep],
-            TrafficPolicy::default(),
-            Protocol::Unknown,
+            Settings {
+                policy: TrafficPolicy::default(),
+                protocol: Protocol::Unknown,
+                labels: ServiceLabels::of(&addr.ip().to_string(), ""),
+            },
             (0, 0),
             None,
         );
@@ -209,11 +225,15 @@ impl Upstreams {
         &self,
         key: UpstreamKey,
         endpoints: Vec<Endpoint>,
-        policy: TrafficPolicy,
-        protocol: Protocol,
+        settings: Settings,
         generation: (u64, u64),
         old: Option<Arc<Upstream>>,
     ) -> Upstream {
+        let Settings {
+            policy,
+            protocol,
+            labels: service,
+        } = settings;
         let pool = policy.connection_pool.clone().unwrap_or_default();
         let settings = PoolSettings {
             connect_timeout: pool
@@ -235,6 +255,7 @@ impl Upstreams {
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(EndpointState {
+                            peer: PeerLabels::of_endpoint(&endpoint.labels, &service.namespace),
                             endpoint,
                             name,
                             active: AtomicUsize::new(0),
@@ -288,6 +309,7 @@ impl Upstreams {
         Upstream {
             key,
             cluster,
+            service,
             endpoints: states,
             balancer,
             policy,
@@ -300,6 +322,13 @@ impl Upstreams {
             generation,
         }
     }
+}
+
+/// What an upstream is built from besides its endpoints.
+struct Settings {
+    policy: TrafficPolicy,
+    protocol: Protocol,
+    labels: ServiceLabels,
 }
 
 /// The bottom of the request stack: picks an endpoint and sends the request to it.
@@ -398,10 +427,7 @@ where
                 }
             }
             let mut resp = result?.map(body::boxed);
-            resp.extensions_mut().insert(UpstreamHost {
-                name: ep.name.clone(),
-                labels: ep.endpoint.labels.clone(),
-            });
+            resp.extensions_mut().insert(UpstreamHost(ep));
             Ok(resp)
         })
     }

@@ -16,7 +16,7 @@ use crate::{
         upgrade,
     },
     listener::ConnMeta,
-    telemetry::trace,
+    telemetry::{ServiceLabels, trace},
     upstream::UpstreamService,
 };
 
@@ -50,21 +50,20 @@ async fn handle_inner(
             path: &path,
             protocol: request_protocol(&parts.headers),
             authority: &authority,
-            request_id: &request_id,
+            request_id: request_id.to_str().unwrap_or_default(),
+            version: parts.version,
             peer: conn.peer,
         },
     );
-    ex.entry.protocol = format!("{:?}", parts.version);
-    ex.destination_workload(&shared.workload);
-    match snap.routes.service_for_host(&authority) {
-        Some(s) => ex.destination_service(&s.host.clone(), &s.namespace.clone()),
-        None => ex.destination_service(
+    ex.destination_service(match snap.routes.service_for_host(&authority) {
+        Some(s) => ServiceLabels::of(&s.host, &s.namespace),
+        None => ServiceLabels::of(
             mizzen_route::authority_host(&authority),
             &shared.workload.namespace,
         ),
-    }
+    });
     let upstream = shared.inbound.passthrough(conn.orig_dst);
-    ex.entry.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port());
+    ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
     let body = Counted::new(
         body::boxed(body),
         Box::new(RequestBytes(ex.request_bytes.clone())),

@@ -10,7 +10,9 @@ use mizzen_resilience::{
     ResponseFlags, UpstreamError, circuit::CircuitLayer, fault::FaultLayer, reply::local_reply,
     retry::RetryLayer, timeout::TimeoutLayer,
 };
-use mizzen_route::{Decision, MESH_GATEWAY, RequestInfo, UnknownHostAction, cors::Preflight};
+use mizzen_route::{
+    Decision, MESH_GATEWAY, RequestInfo, UnknownHostAction, authority_host, cors::Preflight,
+};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::{
@@ -23,7 +25,7 @@ use crate::{
         upgrade,
     },
     listener::ConnMeta,
-    telemetry::trace,
+    telemetry::{ServiceLabels, trace},
     upstream::{ClientAddr, UpstreamService},
 };
 
@@ -63,12 +65,11 @@ async fn handle_inner(
             path: &path_and_query,
             protocol: request_protocol(&parts.headers),
             authority: &authority,
-            request_id: &request_id,
+            request_id: request_id.to_str().unwrap_or_default(),
+            version: parts.version,
             peer: conn.peer,
         },
     );
-    ex.entry.protocol = format!("{:?}", parts.version);
-    ex.source(&shared.workload);
     let body = Counted::new(
         body::boxed(body),
         Box::new(RequestBytes(ex.request_bytes.clone())),
@@ -98,10 +99,10 @@ async fn handle_inner(
         && let Preflight::Respond(head) = policy.preflight(&method, &parts.headers)
     {
         if let Some(route) = decision.route() {
-            ex.entry.route_name = route.name.clone();
+            ex.log(|e| e.route_name = route.name.clone());
         }
         if let Some(service) = decision.service() {
-            ex.destination_service(&service.host, &service.namespace);
+            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
         }
         return Ok(ex.finish(Response::from_parts(head, body::empty())));
     }
@@ -114,7 +115,7 @@ async fn handle_inner(
             matched,
             ..
         } => {
-            ex.entry.route_name = route.name.clone();
+            ex.log(|e| e.route_name = route.name.clone());
             let mut skipped = Vec::new();
             if let Some(rw) = rewrite {
                 skipped.extend(rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts));
@@ -127,12 +128,6 @@ async fn handle_inner(
             log_skipped(&route.name, &skipped);
             let dest = &destination.destination;
             let port = dest.port.unwrap_or(conn.port);
-            let dest_ns = snap
-                .config()
-                .service(&dest.host)
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default();
-            ex.destination_service(&dest.host, &dest_ns);
             let upstream = shared.upstreams.get(
                 &snap,
                 &*shared.endpoints,
@@ -140,7 +135,8 @@ async fn handle_inner(
                 dest.subset.as_deref(),
                 port,
             );
-            ex.entry.upstream_cluster = upstream.cluster.clone();
+            ex.destination_service(upstream.service.clone());
+            ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
             parts.extensions.insert(ClientAddr(conn.peer.ip()));
             let req = Request::from_parts(parts, body);
             let mut resp = if upgrade {
@@ -174,8 +170,8 @@ async fn handle_inner(
             service,
             ..
         } => {
-            ex.entry.route_name = route.name.clone();
-            ex.destination_service(&service.host, &service.namespace);
+            ex.log(|e| e.route_name = route.name.clone());
+            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
             let mut r = text(code, "");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
@@ -189,20 +185,20 @@ async fn handle_inner(
             service,
             ..
         } => {
-            ex.entry.route_name = route.name.clone();
-            ex.destination_service(&service.host, &service.namespace);
+            ex.log(|e| e.route_name = route.name.clone());
+            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
             text(status, body.unwrap_or(""))
         }
         Decision::NoRoute { service } => {
-            ex.destination_service(&service.host, &service.namespace);
+            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
             local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR)
         }
         Decision::UnknownHost => match snap.routes.unknown_host_action() {
             // An explicit listener has no original destination to pass through to.
             UnknownHostAction::Passthrough if conn.service_host.is_none() => {
                 let upstream = shared.upstreams.passthrough(conn.orig_dst);
-                ex.entry.upstream_cluster = upstream.cluster.clone();
-                ex.destination_service(&authority_host(&authority), "");
+                ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
+                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
                 let req = Request::from_parts(parts, body);
                 if upgrade {
                     upgrade::forward(upstream, req).await
@@ -211,8 +207,8 @@ async fn handle_inner(
                 }
             }
             _ => {
-                ex.entry.upstream_cluster = "BlackHoleCluster".into();
-                ex.destination_service(&authority_host(&authority), "");
+                ex.log(|e| e.upstream_cluster = "BlackHoleCluster".into());
+                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
                 local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
             }
         },
@@ -221,10 +217,6 @@ async fn handle_inner(
         policy.response_headers(origin.as_deref(), response.headers_mut());
     }
     Ok(ex.finish(response))
-}
-
-fn authority_host(a: &str) -> String {
-    mizzen_route::authority_host(a).to_string()
 }
 
 fn strip(mut req: Request<Body>) -> Request<Body> {

@@ -1,77 +1,82 @@
 //! Istio's standard metrics, with Istio's names and labels, so existing dashboards work.
 
+use mizzen_resilience::ResponseFlags;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-/// Istio's labels of the request metrics.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+use super::label::{Flags, Label, PeerLabels, ServiceLabels};
+
+/// Istio's labels of the request metrics: those of a connection and the response's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub request_protocol: String,
-    pub response_code: String,
-    pub grpc_response_status: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    #[prometheus(flatten)]
+    pub common: TcpLabels,
+    pub response_code: u16,
+    pub grpc_response_status: Label,
 }
 
-/// Istio's labels of the TCP metrics (the request labels without the per-request ones).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Istio's labels of the TCP metrics, which the request metrics share.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub request_protocol: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    pub reporter: Label,
+    pub source_workload: Label,
+    pub source_workload_namespace: Label,
+    pub source_principal: Label,
+    pub source_app: Label,
+    pub source_version: Label,
+    pub destination_workload: Label,
+    pub destination_workload_namespace: Label,
+    pub destination_principal: Label,
+    pub destination_app: Label,
+    pub destination_version: Label,
+    pub destination_service: Label,
+    pub destination_service_name: Label,
+    pub destination_service_namespace: Label,
+    pub request_protocol: Label,
+    pub response_flags: Flags,
+    pub connection_security_policy: Label,
 }
 
-impl From<&RequestLabels> for TcpLabels {
-    fn from(l: &RequestLabels) -> Self {
-        Self {
-            reporter: l.reporter.clone(),
-            source_workload: l.source_workload.clone(),
-            source_workload_namespace: l.source_workload_namespace.clone(),
-            source_principal: l.source_principal.clone(),
-            source_app: l.source_app.clone(),
-            source_version: l.source_version.clone(),
-            destination_workload: l.destination_workload.clone(),
-            destination_workload_namespace: l.destination_workload_namespace.clone(),
-            destination_principal: l.destination_principal.clone(),
-            destination_app: l.destination_app.clone(),
-            destination_version: l.destination_version.clone(),
-            destination_service: l.destination_service.clone(),
-            destination_service_name: l.destination_service_name.clone(),
-            destination_service_namespace: l.destination_service_namespace.clone(),
-            request_protocol: "tcp".to_string(),
-            response_flags: l.response_flags.clone(),
-            connection_security_policy: l.connection_security_policy.clone(),
+/// What a request's labels are made of: each part computed once where it comes from (the
+/// workload, the endpoint, the service) and shared.
+#[derive(Clone, Debug, Default)]
+pub struct LabelParts {
+    pub source: PeerLabels,
+    pub destination: PeerLabels,
+    pub service: ServiceLabels,
+    /// `mutual_tls`, `none`, or `unknown` (the source side cannot tell).
+    pub security_policy: Label,
+}
+
+impl LabelParts {
+    pub fn labels(
+        &self,
+        reporter: &'static str,
+        protocol: &'static str,
+        flags: ResponseFlags,
+    ) -> TcpLabels {
+        let (s, d, svc) = (&self.source, &self.destination, &self.service);
+        TcpLabels {
+            reporter: Label::Static(reporter),
+            source_workload: s.workload.clone(),
+            source_workload_namespace: s.namespace.clone(),
+            source_principal: s.principal.clone(),
+            source_app: s.app.clone(),
+            source_version: s.version.clone(),
+            destination_workload: d.workload.clone(),
+            destination_workload_namespace: d.namespace.clone(),
+            destination_principal: d.principal.clone(),
+            destination_app: d.app.clone(),
+            destination_version: d.version.clone(),
+            destination_service: svc.service.clone(),
+            destination_service_name: svc.name.clone(),
+            destination_service_namespace: svc.namespace.clone(),
+            request_protocol: Label::Static(protocol),
+            response_flags: Flags(flags),
+            connection_security_policy: self.security_policy.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the proxy reports: Istio's metrics, the access log and trace headers.
 
 pub mod access_log;
+pub mod label;
 pub mod metrics;
 pub mod trace;
 
@@ -15,7 +16,10 @@ use prometheus_client::{
 };
 
 pub use access_log::AccessLogEntry;
-pub use metrics::{Metrics, RequestLabels, TcpLabels};
+pub use label::{Label, PeerLabels, ServiceLabels};
+pub use metrics::{LabelParts, Metrics, RequestLabels, TcpLabels};
+
+use crate::env::Workload;
 
 /// The four request metrics of one label set, looked up once and kept.
 struct RequestSeries {
@@ -30,18 +34,21 @@ pub struct Telemetry {
     pub registry: Registry,
     pub metrics: Metrics,
     pub access_log: bool,
+    /// This proxy's workload, as the `source_*` (outbound) or `destination_*` (inbound) labels.
+    pub workload: PeerLabels,
     /// Handles into the families by label set: one hash per request instead of four.
     series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>>>,
 }
 
 impl Telemetry {
-    pub fn new(access_log: bool) -> Arc<Self> {
+    pub fn new(access_log: bool, workload: &Workload) -> Arc<Self> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         Arc::new(Self {
             registry,
             metrics,
             access_log,
+            workload: PeerLabels::of_workload(workload),
             series: RwLock::new(HashMap::new()),
         })
     }

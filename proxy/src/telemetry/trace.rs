@@ -10,24 +10,26 @@ pub const B3_TRACE_ID: &str = "x-b3-traceid";
 pub const B3_SPAN_ID: &str = "x-b3-spanid";
 pub const B3_SAMPLED: &str = "x-b3-sampled";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Lower-case hex of `bytes` into `out` (twice as long); no allocation on the request path.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    }
 }
 
-/// A random UUID version 4.
-pub fn uuid_v4() -> String {
+/// A random UUID version 4, as the header value it becomes.
+fn uuid_v4() -> HeaderValue {
     let mut b: [u8; 16] = rand::rng().random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = [b'-'; 36];
+    for (range, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
+        let len = 2 * range.len();
+        hex_into(&b[range], &mut out[at..at + len]);
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -35,61 +37,64 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// Adds what is missing and returns the request id.
-pub fn ensure(headers: &mut HeaderMap) -> String {
-    let request_id = match headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() => id.to_string(),
+pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+    let request_id = match headers.get(X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
         _ => {
             let id = uuid_v4();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                headers.insert(X_REQUEST_ID, v);
-            }
+            headers.insert(X_REQUEST_ID, id.clone());
             id
         }
     };
     if !headers.contains_key(TRACEPARENT) {
         // Continue a B3 trace when there is one, else start a new trace.
-        let b3_trace = headers
-            .get(B3_TRACE_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            .filter(|t| is_hex(t, 32) || is_hex(t, 16))
-            .map(|t| format!("{t:0>32}"));
-        let b3_span = headers
-            .get(B3_SPAN_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            .filter(|s| is_hex(s, 16));
+        // `00-<32 hex trace>-<16 hex span>-01`
+        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
         let mut rng = rand::rng();
-        let trace = b3_trace.unwrap_or_else(|| hex(&rng.random::<[u8; 16]>()));
-        let span = b3_span.unwrap_or_else(|| hex(&rng.random::<[u8; 8]>()));
-        let value = format!("00-{trace}-{span}-01");
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(TRACEPARENT, v);
+        match b3(headers, B3_TRACE_ID, &[32, 16]) {
+            Some(t) => tp[3 + 32 - t.len()..35].copy_from_slice(t),
+            None => hex_into(&rng.random::<[u8; 16]>(), &mut tp[3..35]),
         }
+        match b3(headers, B3_SPAN_ID, &[16]) {
+            Some(s) => tp[36..52].copy_from_slice(s),
+            None => hex_into(&rng.random::<[u8; 8]>(), &mut tp[36..52]),
+        }
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_bytes(&tp).expect("hex digits are a valid header value"),
+        );
     }
     if !headers.contains_key(B3_TRACE_ID) {
         // Mirror the W3C context into B3 for Zipkin-era applications.
-        let tp = headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if let Some(tp) = tp {
-            let parts: Vec<&str> = tp.split('-').collect();
-            if parts.len() == 4 && is_hex(parts[1], 32) && is_hex(parts[2], 16) {
-                let sampled = if parts[3].ends_with('1') { "1" } else { "0" };
-                for (k, v) in [
-                    (B3_TRACE_ID, parts[1]),
-                    (B3_SPAN_ID, parts[2]),
-                    (B3_SAMPLED, sampled),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(v) {
-                        headers.insert(k, v);
-                    }
-                }
-            }
+        let b3 = headers.get(TRACEPARENT).and_then(|tp| {
+            let tp = tp.to_str().ok()?;
+            let mut parts = tp.split('-');
+            let (_, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            (parts.next().is_none() && is_hex(trace, 32) && is_hex(span, 16)).then(|| {
+                let sampled = if flags.ends_with('1') { "1" } else { "0" };
+                [
+                    HeaderValue::from_str(trace),
+                    HeaderValue::from_str(span),
+                    Ok(HeaderValue::from_static(sampled)),
+                ]
+            })
+        });
+        if let Some([Ok(trace), Ok(span), Ok(sampled)]) = b3 {
+            headers.insert(B3_TRACE_ID, trace);
+            headers.insert(B3_SPAN_ID, span);
+            headers.insert(B3_SAMPLED, sampled);
         }
     }
     request_id
+}
+
+/// A B3 id header of one of the allowed hex lengths, lower-cased, or `None`.
+fn b3<'h>(headers: &'h HeaderMap, name: &str, lens: &[usize]) -> Option<&'h [u8]> {
+    let v = headers.get(name)?.as_bytes();
+    let ok = lens.contains(&v.len())
+        && v.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && v.iter().any(|&b| b != b'0');
+    ok.then_some(v)
 }
 
 #[cfg(test)]
@@ -100,14 +105,23 @@ mod tests {
     fn generates_ids_and_traces_when_absent() {
         let mut h = HeaderMap::new();
         let id = ensure(&mut h);
+        let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert_eq!(h.get(X_REQUEST_ID).unwrap(), id.as_str());
+        assert!(
+            id.split('-').map(str::len).eq([8, 4, 4, 4, 12]),
+            "{id}"
+        );
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_eq!(h.get(X_REQUEST_ID).unwrap(), id);
         let tp = h.get(TRACEPARENT).unwrap().to_str().unwrap().to_string();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[1].len(), 32);
         assert_eq!(h.get(B3_TRACE_ID).unwrap(), parts[1]);
+        assert_eq!(h.get(B3_SPAN_ID).unwrap(), parts[2]);
+        assert_eq!(h.get(B3_SAMPLED).unwrap(), "1");
+        assert_ne!(parts[1], "0".repeat(32));
     }
 
     #[test]

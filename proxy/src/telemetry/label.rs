@@ -1,0 +1,233 @@
+//! Metric label values that cost nothing per request: fixed text or strings shared with the
+//! config, the workload and the endpoints, computed once where they change rather than copied
+//! into every request's label set.
+
+use std::{collections::BTreeMap, fmt, hash, sync::Arc};
+
+use mizzen_resilience::ResponseFlags;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
+
+use crate::env::Workload;
+
+const UNKNOWN: &str = "unknown";
+
+/// One label value, compared and hashed by its text.
+#[derive(Clone)]
+pub enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    pub const UNKNOWN: Label = Label::Static(UNKNOWN);
+    pub const EMPTY: Label = Label::Static("");
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Shared(s) => s,
+        }
+    }
+
+    /// `s`, or Istio's `unknown` when it is empty.
+    pub fn or_unknown(s: &str) -> Label {
+        if s.is_empty() {
+            Label::UNKNOWN
+        } else {
+            Label::from(s)
+        }
+    }
+}
+
+impl Default for Label {
+    fn default() -> Self {
+        Label::EMPTY
+    }
+}
+
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Label::Shared(Arc::from(s))
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Label::Shared(Arc::from(s))
+    }
+}
+
+impl PartialEq for Label {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Label {}
+
+impl hash::Hash for Label {
+    fn hash<H: hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// The `response_flags` label: Envoy's flags as Envoy prints them (`-` when none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flags(pub ResponseFlags);
+
+impl EncodeLabelValue for Flags {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_fmt(encoder, format_args!("{}", self.0))
+    }
+}
+
+/// The five labels Istio gives each end of a request (`source_*` or `destination_*`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerLabels {
+    pub workload: Label,
+    pub namespace: Label,
+    pub principal: Label,
+    pub app: Label,
+    pub version: Label,
+}
+
+impl Default for PeerLabels {
+    fn default() -> Self {
+        Self {
+            workload: Label::UNKNOWN,
+            namespace: Label::UNKNOWN,
+            principal: Label::UNKNOWN,
+            app: Label::UNKNOWN,
+            version: Label::UNKNOWN,
+        }
+    }
+}
+
+impl PeerLabels {
+    /// This proxy's own workload. The principal is known to peers only through mTLS.
+    pub fn of_workload(w: &Workload) -> Self {
+        Self {
+            workload: Label::or_unknown(&w.name),
+            namespace: Label::or_unknown(&w.namespace),
+            principal: Label::UNKNOWN,
+            app: Label::or_unknown(&w.app),
+            version: Label::or_unknown(&w.version),
+        }
+    }
+
+    /// An upstream endpoint, as the calling side sees it: from the endpoint's labels
+    /// (`workload`, else `app`, for the workload name) in the service's namespace.
+    pub fn of_endpoint(labels: &BTreeMap<String, String>, namespace: &Label) -> Self {
+        let label = |k: &str| labels.get(k).map(|v| Label::or_unknown(v));
+        Self {
+            workload: label("workload")
+                .or_else(|| label("app"))
+                .unwrap_or(Label::UNKNOWN),
+            namespace: namespace.clone(),
+            principal: Label::UNKNOWN,
+            app: label("app").unwrap_or(Label::UNKNOWN),
+            version: label("version").unwrap_or(Label::UNKNOWN),
+        }
+    }
+}
+
+/// The `destination_service*` labels of a service host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceLabels {
+    pub service: Label,
+    pub name: Label,
+    pub namespace: Label,
+}
+
+impl Default for ServiceLabels {
+    fn default() -> Self {
+        Self {
+            service: Label::UNKNOWN,
+            name: Label::UNKNOWN,
+            namespace: Label::UNKNOWN,
+        }
+    }
+}
+
+impl ServiceLabels {
+    pub fn of(host: &str, namespace: &str) -> Self {
+        if host.is_empty() {
+            return Self::default();
+        }
+        Self {
+            service: Label::from(host),
+            name: Label::from(service_name(host)),
+            namespace: Label::or_unknown(namespace),
+        }
+    }
+}
+
+/// `reviews` of `reviews.default.svc.cluster.local`; other hosts as they are.
+pub fn service_name(host: &str) -> &str {
+    match host.split_once(".svc.") {
+        Some((prefix, _)) => prefix.split('.').next().unwrap_or(host),
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_compare_by_text_whatever_their_storage() {
+        assert_eq!(Label::Static("a"), Label::from("a"));
+        assert_eq!(Label::or_unknown(""), Label::UNKNOWN);
+        use std::hash::{BuildHasher, RandomState};
+        let s = RandomState::new();
+        assert_eq!(
+            s.hash_one(Label::Static("x")),
+            s.hash_one(Label::from(String::from("x")))
+        );
+    }
+
+    #[test]
+    fn endpoint_labels_name_the_workload_by_workload_then_app() {
+        let ns = Label::from("shop");
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let p = PeerLabels::of_endpoint(&l(&[("app", "reviews"), ("version", "v2")]), &ns);
+        assert_eq!(p.workload.as_str(), "reviews");
+        assert_eq!(p.version.as_str(), "v2");
+        assert_eq!(p.namespace.as_str(), "shop");
+        let p = PeerLabels::of_endpoint(&l(&[("workload", "reviews-v2")]), &ns);
+        assert_eq!(p.workload.as_str(), "reviews-v2");
+        assert_eq!(p.app, Label::UNKNOWN);
+    }
+
+    #[test]
+    fn service_labels_use_the_short_name_of_cluster_hosts() {
+        let s = ServiceLabels::of("reviews.default.svc.cluster.local", "default");
+        assert_eq!(s.name.as_str(), "reviews");
+        let s = ServiceLabels::of("api.example.com", "");
+        assert_eq!(s.name.as_str(), "api.example.com");
+        assert_eq!(s.namespace, Label::UNKNOWN);
+    }
+}
