@@ -15,11 +15,14 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{
+    Request, Response, StatusCode, Uri, Version,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use mizzen_proxy_config::Destination;
 use mizzen_proxy_config::{Protocol, TrafficPolicy};
 use mizzen_resilience::{
-    ResponseFlags,
+    ResponseFlags, UpstreamError,
     circuit::{CircuitBreakers, ClusterLimits, overflow_response},
     outlier::{Outcome, SharedOutlier},
 };
@@ -48,6 +51,9 @@ pub struct EndpointState {
     pub endpoint: Endpoint,
     /// `host:port`.
     pub name: String,
+    /// The same, as the request URI's authority (`None`: not a valid one; requests to it fail
+    /// as a connection failure would).
+    pub authority: Option<Authority>,
     /// Requests in flight (LEAST_REQUEST).
     pub active: AtomicUsize,
     /// The `destination_*` labels of responses from this endpoint.
@@ -102,9 +108,15 @@ impl Upstream {
     }
 }
 
-/// Every upstream in use, by key.
+/// The upstreams of one host, told apart by subset and port (a handful at most).
+type ByHost = HashMap<String, Vec<Arc<Upstream>>, foldhash::fast::RandomState>;
+
+/// Every upstream in use, by host, then subset and port: looked up on every request without
+/// building a key.
 pub struct Upstreams {
-    map: Mutex<HashMap<UpstreamKey, Arc<Upstream>>>,
+    map: Mutex<ByHost>,
+    /// Single-address upstreams (original destinations, the app's ports), by address.
+    passthrough: Mutex<HashMap<SocketAddr, Arc<Upstream>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     breakers: CircuitBreakers,
     /// The config version the map was last pruned for.
@@ -114,7 +126,8 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
+            passthrough: Mutex::new(HashMap::default()),
             connect_timeout,
             breakers: CircuitBreakers::new(),
             seen_version: std::sync::atomic::AtomicU64::new(0),
@@ -130,27 +143,27 @@ impl Upstreams {
         subset: Option<&str>,
         port: u16,
     ) -> Arc<Upstream> {
-        let key = UpstreamKey {
-            host: host.to_string(),
-            subset: subset.map(str::to_string),
-            port,
-        };
         let generation = (snap.version, source.generation());
         let old = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
             // A new config: forget upstreams of services it no longer has.
             if self.seen_version.swap(snap.version, Ordering::Relaxed) != snap.version {
                 let config = snap.config();
-                map.retain(|k, up| up.generation == (0, 0) || config.service(&k.host).is_some());
+                map.retain(|host, _| config.service(host).is_some());
                 self.breakers.retain(|d| {
                     config.service(&d.host).is_some()
                         || d.subset.is_none() && d.host.parse::<IpAddr>().is_ok()
                 });
             }
-            match map.get(&key) {
+            match find(&map, host, subset, port) {
                 Some(up) if up.generation == generation => return up.clone(),
                 other => other.cloned(),
             }
+        };
+        let key = UpstreamKey {
+            host: host.to_string(),
+            subset: subset.map(str::to_string),
+            port,
         };
         let service = snap.config().service(host);
         let subset_def = subset.and_then(|s| service.and_then(|svc| svc.subset(s)));
@@ -167,7 +180,7 @@ impl Upstreams {
         let endpoints = source.endpoints(host, port, &labels);
         let labels = ServiceLabels::of(host, service.map_or("", |s| s.namespace.as_str()));
         let up = Arc::new(self.build(
-            key.clone(),
+            key,
             endpoints,
             Settings {
                 policy,
@@ -177,24 +190,33 @@ impl Upstreams {
             generation,
             old,
         ));
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, up.clone());
+        self.insert(up.clone());
         up
+    }
+
+    fn insert(&self, up: Arc<Upstream>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let ups = map.entry(up.key.host.clone()).or_default();
+        ups.retain(|u| u.key != up.key);
+        ups.push(up);
     }
 
     /// An upstream of one address: the original destination of a connection to a host the
     /// config does not know (ALLOW_ANY), or an explicit local target.
     pub fn passthrough(&self, addr: SocketAddr) -> Arc<Upstream> {
+        if let Some(up) = self
+            .passthrough
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+        {
+            return up.clone();
+        }
         let key = UpstreamKey {
             host: addr.ip().to_string(),
             subset: None,
             port: addr.port(),
         };
-        if let Some(up) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return up.clone();
-        }
         let ep = Endpoint {
             host: addr.ip().to_string(),
             port: addr.port(),
@@ -202,7 +224,7 @@ impl Upstreams {
             weight: 1,
         };
         let mut up = self.build(
-            key.clone(),
+            key,
             vec![ep],
             Settings {
                 policy: TrafficPolicy::default(),
@@ -214,10 +236,10 @@ impl Upstreams {
         );
         up.cluster = "PassthroughCluster".to_string();
         let up = Arc::new(up);
-        self.map
+        self.passthrough
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, up.clone());
+            .insert(addr, up.clone());
         up
     }
 
@@ -256,6 +278,7 @@ impl Upstreams {
                     .unwrap_or_else(|| {
                         Arc::new(EndpointState {
                             peer: PeerLabels::of_endpoint(&endpoint.labels, &service.namespace),
+                            authority: name.parse().ok(),
                             endpoint,
                             name,
                             active: AtomicUsize::new(0),
@@ -322,6 +345,12 @@ impl Upstreams {
             generation,
         }
     }
+}
+
+fn find<'m>(map: &'m ByHost, host: &str, subset: Option<&str>, port: u16) -> Option<&'m Arc<Upstream>> {
+    map.get(host)?
+        .iter()
+        .find(|up| up.key.port == port && up.key.subset.as_deref() == subset)
 }
 
 /// What an upstream is built from besides its endpoints.
@@ -394,12 +423,19 @@ where
             let _guard = InFlight(ep.clone());
             let h2 = req.extensions().get::<ForceHttp1>().is_none() && up.speaks_h2(req.version());
             let (mut parts, body) = req.into_parts();
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            parts.uri = Uri::try_from(format!("http://{}{}", ep.name, pq))?;
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(ep.authority.clone().ok_or_else(|| {
+                UpstreamError::connect_failure(format!("endpoint {} is not a valid address", ep.name))
+            })?);
+            uri.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            parts.uri = Uri::from_parts(uri)?;
             parts.version = if h2 {
                 Version::HTTP_2
             } else {

@@ -142,16 +142,19 @@ async fn handle_inner(
             let mut resp = if upgrade {
                 upgrade::forward(upstream, req).await
             } else {
-                let retry = route
-                    .retry
-                    .clone()
-                    .unwrap_or_else(|| snap.config().mesh.default_retry.clone());
+                let retry = RetryLayer::new(
+                    route
+                        .retry
+                        .as_ref()
+                        .unwrap_or(&snap.config().mesh.default_retry),
+                    upstream.limits.retry_budget(),
+                );
                 // Mirrors sit under fault injection: an aborted request is not copied.
                 let stack = ServiceBuilder::new()
                     .layer(FaultLayer::new(route.fault.clone()))
                     .option_layer(mirror::MirrorLayer::for_route(&shared, &snap, route, port))
                     .layer(TimeoutLayer::from_ms(route.timeout_ms))
-                    .layer(RetryLayer::new(retry, upstream.limits.retry_budget()))
+                    .layer(retry)
                     .layer(CircuitLayer::new(upstream.limits.clone()))
                     .service(UpstreamService {
                         upstream: upstream.clone(),

@@ -37,7 +37,7 @@ pub struct Telemetry {
     /// This proxy's workload, as the `source_*` (outbound) or `destination_*` (inbound) labels.
     pub workload: PeerLabels,
     /// Handles into the families by label set: one hash per request instead of four.
-    series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>>>,
+    series: RwLock<HashMap<RequestLabels, Arc<RequestSeries>, foldhash::fast::RandomState>>,
 }
 
 impl Telemetry {
@@ -49,7 +49,7 @@ impl Telemetry {
             metrics,
             access_log,
             workload: PeerLabels::of_workload(workload),
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(HashMap::default()),
         })
     }
 

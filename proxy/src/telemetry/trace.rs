@@ -1,14 +1,15 @@
 //! Trace context: `x-request-id`, W3C `traceparent`/`tracestate` and B3 headers pass through
 //! untouched; the proxy creates what is missing so every request carries an id and a trace.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngExt;
 
-pub const X_REQUEST_ID: &str = "x-request-id";
-pub const TRACEPARENT: &str = "traceparent";
-pub const B3_TRACE_ID: &str = "x-b3-traceid";
-pub const B3_SPAN_ID: &str = "x-b3-spanid";
-pub const B3_SAMPLED: &str = "x-b3-sampled";
+// Named once: a header looked up or inserted by a `&str` name is parsed every time.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
 /// Lower-case hex of `bytes` into `out` (twice as long); no allocation on the request path.
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -89,7 +90,7 @@ pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 /// A B3 id header of one of the allowed hex lengths, lower-cased, or `None`.
-fn b3<'h>(headers: &'h HeaderMap, name: &str, lens: &[usize]) -> Option<&'h [u8]> {
+fn b3<'h>(headers: &'h HeaderMap, name: HeaderName, lens: &[usize]) -> Option<&'h [u8]> {
     let v = headers.get(name)?.as_bytes();
     let ok = lens.contains(&v.len())
         && v.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))

@@ -79,22 +79,18 @@ pub struct RetryLayer {
 impl RetryLayer {
     /// `policy` as rendered for the route (use `Retry::istio_default()` when the route has
     /// none); `budget` is the upstream's (see [`crate::circuit::ClusterLimits::retry_budget`]).
-    pub fn new(policy: mizzen_proxy_config::Retry, budget: RetryBudget) -> Self {
-        let policy = RetryPolicy::new(&policy);
+    pub fn new(policy: &mizzen_proxy_config::Retry, budget: RetryBudget) -> Self {
+        Self::from_policy(Arc::new(RetryPolicy::new(policy)), budget)
+    }
+
+    /// A policy compiled once and shared, e.g. the mesh default of a config snapshot.
+    pub fn from_policy(policy: Arc<RetryPolicy>, budget: RetryBudget) -> Self {
         Self {
             backoff: Backoff::new(policy.backoff_base),
-            policy: Arc::new(policy),
+            policy,
             budget,
             replay_limit: DEFAULT_REPLAY_LIMIT,
         }
-    }
-
-    /// For a rendered route's `retry`: `None` is Istio's default policy.
-    pub fn for_route(retry: Option<&mizzen_proxy_config::Retry>, budget: RetryBudget) -> Self {
-        let policy = retry
-            .cloned()
-            .unwrap_or_else(mizzen_proxy_config::Retry::istio_default);
-        Self::new(policy, budget)
     }
 
     /// Keep up to `limit` bytes of request body for retries (default 64 KiB).

@@ -55,7 +55,7 @@ async fn body_of(req: Request<ReplayBody<Body>>) -> Bytes {
 
 #[tokio::test(start_paused = true)]
 async fn a_flaky_503_becomes_a_success_with_the_same_body() {
-    let layer = RetryLayer::new(config(2, &["5xx"]), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&config(2, &["5xx"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "payload");
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(req.uri().path(), "/r");
@@ -74,7 +74,7 @@ async fn a_flaky_503_becomes_a_success_with_the_same_body() {
 
 #[tokio::test(start_paused = true)]
 async fn exhausted_retries_return_the_last_response_with_urx() {
-    let layer = RetryLayer::new(config(2, &["gateway-error"]), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&config(2, &["gateway-error"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     for code in [502, 503, 504] {
         let (_req, send) = handle.next_request().await.unwrap();
@@ -91,7 +91,7 @@ async fn exhausted_retries_return_the_last_response_with_urx() {
 
 #[tokio::test(start_paused = true)]
 async fn non_retriable_responses_pass_at_once() {
-    let layer = RetryLayer::new(config(3, &["gateway-error"]), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&config(3, &["gateway-error"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let (_req, send) = handle.next_request().await.unwrap();
     send.send_response(status(500));
@@ -102,7 +102,7 @@ async fn non_retriable_responses_pass_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn connect_failures_are_retried_and_the_last_error_returned() {
-    let layer = RetryLayer::new(config(1, &["connect-failure"]), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&config(1, &["connect-failure"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     for _ in 0..2 {
         let (_req, send) = handle.next_request().await.unwrap();
@@ -117,7 +117,7 @@ async fn connect_failures_are_retried_and_the_last_error_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn resets_are_not_retried_under_connect_failure() {
-    let layer = RetryLayer::new(config(3, &["connect-failure"]), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&config(3, &["connect-failure"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let (_req, send) = handle.next_request().await.unwrap();
     send.send_error(UpstreamError::reset("connection reset by peer"));
@@ -132,7 +132,7 @@ async fn resets_are_not_retried_under_connect_failure() {
 async fn per_try_timeout_retries_then_succeeds() {
     let mut cfg = config(2, &["5xx"]);
     cfg.per_try_timeout_ms = Some(100);
-    let layer = RetryLayer::new(cfg, RetryBudget::unlimited());
+    let layer = RetryLayer::new(&cfg, RetryBudget::unlimited());
     let t0 = Instant::now();
     let (call, mut handle) = start(layer, "x");
     let (_req, _never) = handle.next_request().await.unwrap();
@@ -152,7 +152,7 @@ async fn per_try_timeout_retries_then_succeeds() {
 async fn per_try_timeout_on_the_last_try_answers_504_ut() {
     let mut cfg = config(1, &["reset"]);
     cfg.per_try_timeout_ms = Some(100);
-    let layer = RetryLayer::new(cfg, RetryBudget::unlimited());
+    let layer = RetryLayer::new(&cfg, RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let (_a, _sa) = handle.next_request().await.unwrap();
     let (_b, _sb) = handle.next_request().await.unwrap();
@@ -169,7 +169,7 @@ async fn per_try_timeout_on_the_last_try_answers_504_ut() {
 async fn per_try_timeout_not_retried_without_a_matching_condition() {
     let mut cfg = config(2, &["connect-failure"]);
     cfg.per_try_timeout_ms = Some(100);
-    let layer = RetryLayer::new(cfg, RetryBudget::unlimited());
+    let layer = RetryLayer::new(&cfg, RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let (_a, _sa) = handle.next_request().await.unwrap();
     let resp = call.await.unwrap().unwrap();
@@ -179,7 +179,7 @@ async fn per_try_timeout_not_retried_without_a_matching_condition() {
 
 #[tokio::test(start_paused = true)]
 async fn grpc_unavailable_in_a_trailers_only_response_is_retried() {
-    let layer = RetryLayer::new(RetryConfig::istio_default(), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&RetryConfig::istio_default(), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let (_req, send) = handle.next_request().await.unwrap();
     let mut unavailable = status(200);
@@ -199,7 +199,7 @@ async fn grpc_unavailable_in_a_trailers_only_response_is_retried() {
 async fn an_empty_budget_stops_retrying() {
     let budget = RetryBudget::new(Some(1));
     let held = budget.try_acquire().unwrap();
-    let layer = RetryLayer::new(config(3, &["5xx"]), budget.clone());
+    let layer = RetryLayer::new(&config(3, &["5xx"]), budget.clone());
     let (call, mut handle) = start(layer, "");
     let (_req, send) = handle.next_request().await.unwrap();
     send.send_response(status(503));
@@ -213,7 +213,7 @@ async fn an_empty_budget_stops_retrying() {
 #[tokio::test(start_paused = true)]
 async fn the_budget_counts_retries_in_flight() {
     let budget = RetryBudget::new(Some(5));
-    let layer = RetryLayer::new(config(1, &["5xx"]), budget.clone());
+    let layer = RetryLayer::new(&config(1, &["5xx"]), budget.clone());
     let (call, mut handle) = start(layer, "");
     let (_req, send) = handle.next_request().await.unwrap();
     assert_eq!(budget.active(), 0);
@@ -227,7 +227,7 @@ async fn the_budget_counts_retries_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn bodies_over_the_limit_are_sent_once() {
-    let layer = RetryLayer::new(config(3, &["5xx"]), RetryBudget::unlimited()).with_replay_limit(4);
+    let layer = RetryLayer::new(&config(3, &["5xx"]), RetryBudget::unlimited()).with_replay_limit(4);
     let (call, mut handle) = start(layer, "more than four bytes");
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await, "more than four bytes");
@@ -239,7 +239,7 @@ async fn bodies_over_the_limit_are_sent_once() {
 
 #[tokio::test(start_paused = true)]
 async fn zero_attempts_means_one_try() {
-    let layer = RetryLayer::new(RetryConfig::disabled(), RetryBudget::unlimited());
+    let layer = RetryLayer::new(&RetryConfig::disabled(), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "b");
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await, "b");
@@ -253,7 +253,7 @@ async fn zero_attempts_means_one_try() {
 async fn backoff_between_tries_stays_under_its_ceiling() {
     let mut cfg = config(4, &["5xx"]);
     cfg.backoff_ms = Some(100);
-    let layer = RetryLayer::new(cfg, RetryBudget::unlimited());
+    let layer = RetryLayer::new(&cfg, RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "");
     let mut last = Instant::now();
     let mut gaps = Vec::new();
