@@ -33,7 +33,7 @@ use crate::{
     endpoints::{Endpoint, EndpointSource},
     http::{
         body::{self, Body, BoxError},
-        client::{self, HttpClient, PoolSettings},
+        client::{Pool, PoolSettings},
     },
     telemetry::{PeerLabels, ServiceLabels},
 };
@@ -86,9 +86,7 @@ pub struct Upstream {
     pub limits: Arc<ClusterLimits>,
     /// Ejections (`outlierDetection`), keyed by endpoint name.
     pub outlier: Option<SharedOutlier<String>>,
-    settings: PoolSettings,
-    h1: HttpClient,
-    h2: HttpClient,
+    pool: Arc<Pool>,
     generation: (u64, u64),
 }
 
@@ -98,13 +96,9 @@ impl Upstream {
     pub fn speaks_h2(&self, downstream: Version) -> bool {
         match self.protocol {
             Protocol::Http2 | Protocol::Grpc => true,
-            Protocol::Http => self.settings.h2,
-            _ => self.settings.h2 || downstream == Version::HTTP_2,
+            Protocol::Http => self.pool.settings().h2,
+            _ => self.pool.settings().h2 || downstream == Version::HTTP_2,
         }
-    }
-
-    fn client(&self, h2: bool) -> &HttpClient {
-        if h2 { &self.h2 } else { &self.h1 }
     }
 }
 
@@ -289,23 +283,15 @@ impl Upstreams {
         let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
         let weights: Vec<u32> = states.iter().map(|s| s.endpoint.weight).collect();
         let balancer = Balancer::new(policy.load_balancer.as_ref(), &names, &weights);
-        let (h1, h2) = match &old {
+        let pool = match &old {
             Some(o)
-                if o.settings.connect_timeout == settings.connect_timeout
-                    && o.settings.idle_timeout == settings.idle_timeout =>
+                if o.pool.settings().connect_timeout == settings.connect_timeout
+                    && o.pool.settings().idle_timeout == settings.idle_timeout
+                    && o.pool.settings().h2 == settings.h2 =>
             {
-                (o.h1.clone(), o.h2.clone())
+                o.pool.clone()
             }
-            _ => (
-                client::client(PoolSettings {
-                    h2: false,
-                    ..settings
-                }),
-                client::client(PoolSettings {
-                    h2: true,
-                    ..settings
-                }),
-            ),
+            _ => Arc::new(Pool::new(settings)),
         };
         let limits = self.breakers.limits(
             &Destination {
@@ -339,18 +325,46 @@ impl Upstreams {
             protocol,
             limits,
             outlier,
-            settings,
-            h1,
-            h2,
+            pool,
             generation,
         }
     }
 }
 
-fn find<'m>(map: &'m ByHost, host: &str, subset: Option<&str>, port: u16) -> Option<&'m Arc<Upstream>> {
+fn find<'m>(
+    map: &'m ByHost,
+    host: &str,
+    subset: Option<&str>,
+    port: u16,
+) -> Option<&'m Arc<Upstream>> {
     map.get(host)?
         .iter()
         .find(|up| up.key.port == port && up.key.subset.as_deref() == subset)
+}
+
+/// The request's URI upstream: its path, and the authority the caller asked for (its URI's,
+/// else its `Host`), as Envoy forwards it; the endpoint's address only when it named none.
+fn upstream_uri(parts: &http::request::Parts, endpoint: &Authority) -> Result<Uri, BoxError> {
+    let authority = parts
+        .uri
+        .authority()
+        .cloned()
+        .or_else(|| {
+            let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+            host.parse().ok()
+        })
+        .unwrap_or_else(|| endpoint.clone());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Ok(Uri::from_parts(uri)?)
 }
 
 /// What an upstream is built from besides its endpoints.
@@ -422,20 +436,14 @@ where
             ep.active.fetch_add(1, Ordering::Relaxed);
             let _guard = InFlight(ep.clone());
             let h2 = req.extensions().get::<ForceHttp1>().is_none() && up.speaks_h2(req.version());
+            let endpoint = ep.authority.clone().ok_or_else(|| {
+                UpstreamError::connect_failure(format!(
+                    "endpoint {} is not a valid address",
+                    ep.name
+                ))
+            })?;
             let (mut parts, body) = req.into_parts();
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(ep.authority.clone().ok_or_else(|| {
-                UpstreamError::connect_failure(format!("endpoint {} is not a valid address", ep.name))
-            })?);
-            uri.path_and_query = Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            );
-            parts.uri = Uri::from_parts(uri)?;
+            parts.uri = upstream_uri(&parts, &endpoint)?;
             parts.version = if h2 {
                 Version::HTTP_2
             } else {
@@ -452,7 +460,7 @@ where
                 }
             };
             let req = Request::from_parts(parts, body::boxed(body));
-            let result = up.client(h2).request(req).await.map_err(BoxError::from);
+            let result = up.pool.send(&endpoint, h2, req).await;
             if let Some(o) = &up.outlier {
                 let outcome = match &result {
                     Ok(r) => Outcome::of_response(r),

@@ -486,3 +486,41 @@ async fn registry_only_rejects_unknown_hosts() {
         &[("response_code", "502"), ("response_flags", "NR")],
     );
 }
+
+/// An upstream that closes each keep-alive connection right after its response (as servers
+/// with a short keep-alive timeout do): the pooled connection goes stale between requests, and
+/// the next request still succeeds on a new one rather than failing with a reset.
+#[tokio::test]
+async fn stale_pooled_connections_are_not_a_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // No `connection: close`: the client only learns it when the socket closes.
+            });
+        }
+    });
+    let proxy = start(&config(vec![serviceb(vec![endpoint(addr, "v1")], vec![])])).await;
+    let c = client();
+    for i in 0..20 {
+        let r = get(&c, proxy.outbound, "/").await;
+        assert_eq!((i, r.status), (i, 200), "{}", r.body);
+        if i % 2 == 0 {
+            // Give the close time to arrive, so both the detected and the racing case occur.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

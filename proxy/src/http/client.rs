@@ -1,59 +1,30 @@
-//! Connections to upstreams: a pooled hyper client per upstream and protocol.
+//! Connections to upstream endpoints, pooled per endpoint: an HTTP/1.1 connection carries one
+//! request at a time and is reused once its response has ended; one HTTP/2 connection carries
+//! every request to its endpoint.
 //!
-//! [`MeshConnector`] is the proxy-to-proxy hop. It opens plain TCP today and reports failures
-//! as [`UpstreamError::connect_failure`] so retries and telemetry see `connect-failure` (UF).
-//! mTLS origination (a later issue) wraps the stream here, per endpoint identity.
+//! The proxy keeps its own pool (over hyper's connection API) rather than a generic client's:
+//! per request it costs a lock and a scan of a short list, the endpoint to connect to is given
+//! apart from the request's authority (which stays the service's, as Envoy forwards it), and
+//! [`connect`] is the one place where the proxy-to-proxy hop opens a stream — where mTLS wraps
+//! it, per endpoint identity. Connection failures are [`UpstreamError::connect_failure`] so
+//! retries and telemetry see `connect-failure` (UF).
 
 use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
-use http::Uri;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+use http::{HeaderValue, Request, Response, Version, header, uri::Authority};
+use hyper::{
+    body::Incoming,
+    client::conn::{TrySendError, http1, http2},
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mizzen_resilience::UpstreamError;
 use tokio::net::TcpStream;
 
-use super::body::Body;
-
-#[derive(Clone)]
-pub struct MeshConnector {
-    tcp: HttpConnector,
-}
-
-impl MeshConnector {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(connect_timeout));
-        tcp.enforce_http(true);
-        Self { tcp }
-    }
-}
-
-impl tower::Service<Uri> for MeshConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = UpstreamError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, UpstreamError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        self.tcp
-            .poll_ready(cx)
-            .map_err(UpstreamError::connect_failure)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.tcp.call(uri);
-        Box::pin(async move { fut.await.map_err(UpstreamError::connect_failure) })
-    }
-}
-
-pub type HttpClient = Client<MeshConnector, Body>;
+use super::body::{Body, BoxError};
 
 /// Settings of one upstream's pool.
 #[derive(Clone, Copy, Debug)]
@@ -63,17 +34,255 @@ pub struct PoolSettings {
     pub h2: bool,
 }
 
-pub fn client(settings: PoolSettings) -> HttpClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(settings.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if settings.h2 {
-        builder
-            .http2_only(true)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_adaptive_window(true);
+/// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+type ByEndpoint<T> = Mutex<HashMap<Authority, T, foldhash::fast::RandomState>>;
+
+/// The connections of one upstream, by endpoint.
+pub struct Pool {
+    settings: PoolSettings,
+    h1: ByEndpoint<Vec<Pooled>>,
+    h2: ByEndpoint<http2::SendRequest<Body>>,
+}
+
+/// An HTTP/1.1 connection in the pool: idle, or busy until its response ends (then hyper
+/// reports it ready again).
+struct Pooled {
+    tx: http1::SendRequest<Body>,
+    last_used: Instant,
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
+            settings,
+            h1: Mutex::new(HashMap::default()),
+            h2: Mutex::new(HashMap::default()),
+        }
     }
-    builder.build(MeshConnector::new(settings.connect_timeout))
+
+    pub fn settings(&self) -> PoolSettings {
+        self.settings
+    }
+
+    /// Sends `req` to the endpoint at `endpoint`, over HTTP/2 or HTTP/1.1. The request's URI
+    /// keeps the authority the caller asked for; it goes out as `:authority` (HTTP/2) or as
+    /// the `Host` header (HTTP/1.1, in origin form).
+    pub async fn send(
+        &self,
+        endpoint: &Authority,
+        h2: bool,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        if h2 {
+            self.send_h2(endpoint, req).await
+        } else {
+            self.send_h1(endpoint, origin_form(req)).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        endpoint: &Authority,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        // A pooled connection the server closed just now may refuse the request before any of
+        // it was written; it is then sent once more on a new connection, as clients do.
+        let mut fresh = false;
+        loop {
+            let mut tx = match self.checkout_h1(endpoint) {
+                Some(tx) => tx,
+                None => {
+                    fresh = true;
+                    self.connect_h1(endpoint).await?
+                }
+            };
+            let sent = tx.try_send_request(req);
+            self.checkin_h1(endpoint, tx);
+            match sent.await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => match unsent(e) {
+                    Ok(back) if !fresh => req = back,
+                    Ok(_) => {
+                        return Err(UpstreamError::reset(
+                            "connection closed before the request was sent",
+                        )
+                        .into());
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        endpoint: &Authority,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let open = self
+            .h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(endpoint)
+            .filter(|tx| !tx.is_closed())
+            .cloned();
+        let (mut tx, fresh) = match open {
+            Some(tx) => (tx, false),
+            None => (self.connect_h2(endpoint).await?, true),
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => match unsent(e) {
+                Ok(req) if !fresh => {
+                    let mut tx = self.connect_h2(endpoint).await?;
+                    Ok(tx.send_request(req).await?)
+                }
+                Ok(_) => Err(
+                    UpstreamError::reset("connection closed before the request was sent").into(),
+                ),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// A ready connection to `endpoint`, dropping closed ones and those idle too long.
+    fn checkout_h1(&self, endpoint: &Authority) -> Option<http1::SendRequest<Body>> {
+        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = map.get_mut(endpoint)?;
+        let now = Instant::now();
+        let idle_timeout = self.settings.idle_timeout;
+        let expired =
+            |c: &Pooled| c.tx.is_ready() && now.duration_since(c.last_used) > idle_timeout;
+        conns.retain(|c| !c.tx.is_closed() && !expired(c));
+        let i = conns.iter().rposition(|c| c.tx.is_ready())?;
+        Some(conns.swap_remove(i).tx)
+    }
+
+    /// Back in the pool right after sending: busy until the response ends, then ready.
+    fn checkin_h1(&self, endpoint: &Authority, tx: http1::SendRequest<Body>) {
+        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = map.entry(endpoint.clone()).or_default();
+        if conns.len() < MAX_IDLE_PER_ENDPOINT {
+            conns.push(Pooled {
+                tx,
+                last_used: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect_h1(&self, endpoint: &Authority) -> Result<http1::SendRequest<Body>, BoxError> {
+        let io = connect(endpoint, self.settings.connect_timeout).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::connect_failure)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn connect_h2(&self, endpoint: &Authority) -> Result<http2::SendRequest<Body>, BoxError> {
+        let io = connect(endpoint, self.settings.connect_timeout).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .adaptive_window(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::connect_failure)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(endpoint.clone(), tx.clone());
+        Ok(tx)
+    }
+}
+
+/// The request back when it was never written, else the error.
+fn unsent(e: TrySendError<Request<Body>>) -> Result<Request<Body>, BoxError> {
+    let mut e = e;
+    match e.take_message() {
+        Some(req) => Ok(req),
+        None => Err(e.into_error().into()),
+    }
+}
+
+/// HTTP/1.1 sends the target in origin form with the authority in `Host`.
+fn origin_form(mut req: Request<Body>) -> Request<Body> {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
+/// Opens the stream to an endpoint: TCP with `TCP_NODELAY`, bounded by the connect timeout.
+pub async fn connect(endpoint: &Authority, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let port = endpoint.port_u16().unwrap_or(80);
+    let host = endpoint
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(UpstreamError::connect_failure(e)),
+        Err(_) => {
+            return Err(UpstreamError::connect_failure(format!(
+                "connect to {endpoint} timed out after {timeout:?}"
+            )));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http1_requests_go_in_origin_form_with_the_callers_authority_as_host() {
+        let req = Request::builder()
+            .uri("http://reviews.default.svc.cluster.local:9080/r?x=1")
+            .version(Version::HTTP_2)
+            .body(crate::http::body::empty())
+            .unwrap();
+        let req = origin_form(req);
+        assert_eq!(req.uri(), "/r?x=1");
+        assert_eq!(
+            req.headers()[header::HOST],
+            "reviews.default.svc.cluster.local:9080"
+        );
+        assert_eq!(req.version(), Version::HTTP_11);
+        // A Host the caller sent is kept.
+        let req = Request::builder()
+            .uri("http://10.0.0.1:80/")
+            .header(header::HOST, "reviews")
+            .body(crate::http::body::empty())
+            .unwrap();
+        assert_eq!(origin_form(req).headers()[header::HOST], "reviews");
+    }
 }

@@ -148,7 +148,7 @@ impl OnEnd for Exchange {
         }
         if !end.complete {
             // The caller went away (or the upstream body failed) before the end.
-            self.flags = self.flags | ResponseFlags::DC;
+            self.flags |= ResponseFlags::DC;
         }
         let labels = RequestLabels {
             common: self.parts.labels(self.reporter, self.protocol, self.flags),
