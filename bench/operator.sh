@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Operator scale benchmark: 1,000 Services x 3 subsets x 2 routes in 50 meshed namespaces.
-# Prints full render time, incremental render time after one VirtualService change, the largest
-# ConfigMap and peak RSS. Release build (the bench profile). Figures go into bench/RESULTS.md.
+# Prints full render time, incremental render time after one VirtualService change (both include
+# gzip-compressing the configs stored compressed), the largest config's JSON size and its stored
+# ConfigMap size (gzip, counted as base64), and peak RSS. Release build (the bench profile).
+# Figures go into bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mizzen/target}"

@@ -1,11 +1,18 @@
 //! Writing the render to the cluster: the `mizzen-proxy-config` and `mizzen-ca-root-cert`
 //! ConfigMaps of every meshed namespace. What to write is worked out by pure functions
-//! ([`desired_config_map`], [`plan`]); [`ConfigMapWriter`] only carries it out, with server-side
+//! ([`desired_config_maps`], [`plan`]); [`ConfigMapWriter`] only carries it out, with server-side
 //! apply under one field manager.
+//!
+//! A proxy config is stored as text under `data` or, when large, gzip-compressed under
+//! `binaryData` (see [`mizzen_proxy_config::payload`]); each apply sets exactly one of the two.
+//! Server-side apply removes the fields a manager owned and no longer sets, so a config that
+//! moves between them does not leave its old copy behind (the API server would refuse a key
+//! present in both).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
+    ByteString,
     api::core::v1::{ConfigMap, Secret},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -13,6 +20,7 @@ use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use mizzen_proxy_config::payload::Payload;
 
 use crate::{
     index::Index,
@@ -26,7 +34,7 @@ pub const HASH_ANNOTATION: &str = "mizzen.io/config-hash";
 pub const TRUST_BUNDLE_NAME: &str = "mizzen-ca-root-cert";
 pub const TRUST_BUNDLE_KEY: &str = "root-cert.pem";
 
-/// What a ConfigMap holds: text, or a rendered config whose JSON is assembled only when the
+/// What a ConfigMap holds: text, or a rendered config whose stored form is built only when the
 /// ConfigMap is actually written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
@@ -35,10 +43,10 @@ pub enum Content {
 }
 
 impl Content {
-    pub fn text(&self) -> String {
+    pub fn payload(&self) -> Payload {
         match self {
-            Self::Text(t) => t.clone(),
-            Self::Config(c) => c.json(),
+            Self::Text(t) => Payload::Text(t.clone()),
+            Self::Config(c) => c.payload(),
         }
     }
 }
@@ -67,6 +75,11 @@ impl Desired {
                 block_owner_deletion: None,
             }]
         });
+        let key = self.key.to_string();
+        let (data, binary_data) = match self.data.payload() {
+            Payload::Text(text) => (Some([(key, text)].into()), None),
+            Payload::Gzip(bytes) => (None, Some([(key, ByteString(bytes))].into())),
+        };
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(self.name.into()),
@@ -76,7 +89,8 @@ impl Desired {
                 owner_references: owner,
                 ..ObjectMeta::default()
             },
-            data: Some([(self.key.to_string(), self.data.text())].into()),
+            data,
+            binary_data,
             ..ConfigMap::default()
         }
     }

@@ -15,8 +15,11 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Seconds per render.
     pub render_duration: Histogram,
-    /// Size of each namespace's proxy config.
+    /// Stored size of each namespace's proxy config (compressed when large), as counted
+    /// against the ConfigMap limit.
     pub configmap_bytes: Family<Labels, Gauge>,
+    /// Size of each namespace's proxy config as JSON, however it is stored.
+    pub config_json_bytes: Family<Labels, Gauge>,
     /// Objects by verdict (`Accepted` / `Invalid`).
     pub objects: Family<Labels, Gauge>,
     /// 1 while this replica leads.
@@ -32,6 +35,7 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             configmap_bytes: Family::default(),
+            config_json_bytes: Family::default(),
             objects: Family::default(),
             leader: Gauge::default(),
         };
@@ -45,8 +49,13 @@ impl Metrics {
         );
         r.register(
             "configmap_bytes",
-            "Size of the rendered proxy config per namespace",
+            "Stored size of the proxy config per namespace (gzip counted as base64), against the 1 MiB ConfigMap limit",
             m.configmap_bytes.clone(),
+        );
+        r.register(
+            "config_json_bytes",
+            "Size of the proxy config per namespace as JSON, before any compression",
+            m.config_json_bytes.clone(),
         );
         r.register("objects", "Mesh objects by verdict", m.objects.clone());
         r.register(

@@ -100,10 +100,16 @@ impl Reconciler {
                 .render_duration
                 .observe(start.elapsed().as_secs_f64());
             for (ns, c) in &self.last.configs {
+                let labels = vec![("namespace".into(), ns.clone())];
+                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                 self.metrics
                     .configmap_bytes
-                    .get_or_create(&vec![("namespace".into(), ns.clone())])
-                    .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+                    .get_or_create(&labels)
+                    .set(gauge(c.stored_bytes));
+                self.metrics
+                    .config_json_bytes
+                    .get_or_create(&labels)
+                    .set(gauge(c.bytes));
             }
             let invalid = self.last.statuses.values().filter(|s| !s.accepted).count();
             let accepted = self.last.statuses.len() - invalid;

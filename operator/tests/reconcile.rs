@@ -45,13 +45,20 @@ spec:
 "#;
 
 fn reconciler(leading: bool) -> (Reconciler, Handle, watch::Sender<bool>) {
+    reconciler_with(leading, RenderSettings::default())
+}
+
+fn reconciler_with(
+    leading: bool,
+    settings: RenderSettings,
+) -> (Reconciler, Handle, watch::Sender<bool>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let (tx, rx) = watch::channel(leading);
     let mut registry = prometheus_client::registry::Registry::default();
     let mut r = Reconciler::new(
         client,
-        RenderSettings::default(),
+        settings,
         Some("pod-0".into()),
         rx,
         Metrics::new(&mut registry),
@@ -162,6 +169,10 @@ async fn first_pass(handle: &mut Handle) -> String {
     );
     assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-shop");
     assert_eq!(cm["metadata"]["ownerReferences"][0]["kind"], "Namespace");
+    assert!(
+        cm.get("binaryData").is_none(),
+        "a small config is text only: {cm}"
+    );
     let config: Value = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
     assert_eq!(config["namespace"], "shop");
     assert_eq!(
@@ -440,4 +451,110 @@ async fn a_follower_renders_but_writes_nothing() {
     let out = run(&mut r).await;
     assert_eq!(out.config_maps_applied, 1);
     server.await.unwrap();
+}
+
+/// The config of `shop` as the proxy reads it from an applied ConfigMap body, and where it was
+/// (`"data"` or `"binaryData"`).
+fn stored_config(cm: &Value) -> (&'static str, Value) {
+    let typed: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(cm.clone()).unwrap();
+    let (field, bytes) = match (typed.data, typed.binary_data) {
+        (Some(d), None) => ("data", d["config.json"].clone().into_bytes()),
+        (None, Some(b)) => ("binaryData", b["config.json"].0.clone()),
+        other => panic!("exactly one of data and binaryData must be set: {other:?}"),
+    };
+    let json = mizzen_proxy_config::payload::decode(&bytes).unwrap();
+    (field, serde_json::from_str(&json).unwrap())
+}
+
+/// A config that grows past the gzip threshold is applied under `binaryData` only, and under
+/// `data` only once it shrinks again: each apply body names one field, and server-side apply
+/// drops the field the manager stopped setting. The hash annotation follows the JSON.
+#[tokio::test]
+async fn a_config_crossing_the_gzip_threshold_moves_between_data_and_binary_data() {
+    // The threshold is the size of the starting config: one more service crosses it.
+    let mut index = mizzen_operator::Index::new("mizzen-system");
+    load_text(&mut index, INPUT, "default", "test.yaml".as_ref()).unwrap();
+    let start = mizzen_operator::render(&index, &RenderSettings::default());
+    let settings = RenderSettings {
+        gzip_above_bytes: start.configs["shop"].bytes,
+        ..RenderSettings::default()
+    };
+    let (mut r, mut handle, _leader) = reconciler_with(true, settings);
+    let server = tokio::spawn(async move {
+        let first = first_pass(&mut handle).await;
+        let mut current = first.clone();
+        let mut applied = Vec::new();
+        for _ in 0..2 {
+            // The list shows the hash of what was applied last.
+            expect(
+                &mut handle,
+                Method::GET,
+                LIST,
+                StatusCode::OK,
+                existing(&current),
+            )
+            .await;
+            no_secrets(&mut handle).await;
+            let cm = expect(&mut handle, Method::PATCH, APPLY, StatusCode::OK, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mizzen-proxy-config", "namespace": "shop"}})).await;
+            current = cm["metadata"]["annotations"]["mizzen.io/config-hash"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            applied.push(cm);
+        }
+        (first, applied)
+    });
+    run(&mut r).await;
+    assert!(
+        !r.rendered().configs["shop"].payload().is_gzip(),
+        "at the threshold the config is still text"
+    );
+
+    let ratings = "apiVersion: v1\nkind: Service\nmetadata: {name: ratings, namespace: shop}\nspec: {ports: [{name: http, port: 9080}]}\n";
+    load_text(r.index_mut(), ratings, "default", "ratings.yaml".as_ref()).unwrap();
+    let out = run(&mut r).await;
+    assert_eq!(out.config_maps_applied, 1);
+    let big = r.rendered().configs["shop"].clone();
+    assert!(big.payload().is_gzip(), "{big:?}");
+    assert_eq!(big.stored_bytes, big.payload().stored_bytes());
+
+    r.index_mut().delete_service("shop", "ratings");
+    let out = run(&mut r).await;
+    assert_eq!(out.config_maps_applied, 1);
+    let small = r.rendered().configs["shop"].clone();
+    assert!(!small.payload().is_gzip());
+
+    let (first, applied) = server.await.unwrap();
+    let (field, config) = stored_config(&applied[0]);
+    assert_eq!(field, "binaryData");
+    assert!(applied[0].get("data").is_none(), "{}", applied[0]);
+    let hosts: Vec<&str> = config["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "ratings.shop.svc.cluster.local",
+            "reviews.shop.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        applied[0]["metadata"]["annotations"]["mizzen.io/config-hash"],
+        big.hash.as_str(),
+        "the annotation hashes the JSON"
+    );
+    assert_eq!(config, serde_json::from_str::<Value>(&big.json()).unwrap());
+
+    let (field, config) = stored_config(&applied[1]);
+    assert_eq!(field, "data");
+    assert!(applied[1].get("binaryData").is_none(), "{}", applied[1]);
+    assert_eq!(config["services"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        applied[1]["metadata"]["annotations"]["mizzen.io/config-hash"],
+        first.as_str(),
+        "back to the first JSON, back to its hash"
+    );
 }

@@ -255,3 +255,137 @@ spec:
     assert!(!bad.accepted);
     assert!(bad.message.contains("subset \"us\""), "{}", bad.message);
 }
+
+/// `n` Services in namespace `shop`, each with a VirtualService: a config of a few hundred bytes
+/// per service.
+fn many_services(n: usize) -> Index {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i:03}, namespace: shop}}\nspec: {{clusterIP: 10.0.0.{}, ports: [{{name: http, port: 8080}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-{i:03}, namespace: shop}}\nspec: {{hosts: [svc-{i:03}], http: [{{timeout: 2s, route: [{{destination: {{host: svc-{i:03}}}}}]}}]}}\n---\n",
+            i % 250
+        ));
+    }
+    let mut index = Index::new("mizzen-system");
+    load_text(&mut index, &text, "default", "many.yaml".as_ref()).unwrap();
+    index
+}
+
+/// The size limit applies to what the ConfigMap stores: a config whose JSON is over it but
+/// whose gzip is under is written (compressed); one whose stored form is still over it is
+/// refused with both sizes named, never truncated.
+#[test]
+fn the_size_limit_applies_to_the_stored_form() {
+    let index = many_services(60);
+    let json_bytes = render(&index, &settings()).configs["shop"].bytes;
+    assert!(json_bytes > 10_000, "{json_bytes}");
+    let limit = json_bytes / 2;
+
+    // Stored as text, over the limit: refused, as before compression existed.
+    let text_only = RenderSettings {
+        max_config_bytes: limit,
+        gzip_above_bytes: usize::MAX,
+        ..settings()
+    };
+    let r = render(&index, &text_only);
+    assert!(r.configs.is_empty());
+    let problem = &r.problems["shop"][0];
+    assert!(
+        problem.contains(&format!(
+            "is {json_bytes} bytes, over the limit of {limit} bytes"
+        )),
+        "{problem}"
+    );
+
+    // Compressed, the same JSON fits.
+    let compressed = RenderSettings {
+        max_config_bytes: limit,
+        gzip_above_bytes: 1024,
+        ..settings()
+    };
+    let r = render(&index, &compressed);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let c = &r.configs["shop"];
+    assert_eq!(c.bytes, json_bytes);
+    let payload = c.payload();
+    assert!(payload.is_gzip());
+    assert_eq!(c.stored_bytes, payload.stored_bytes());
+    assert!(c.stored_bytes < limit, "{} of {limit}", c.stored_bytes);
+    assert_eq!(
+        mizzen_proxy_config::payload::decode(payload.as_bytes()).unwrap(),
+        c.json()
+    );
+    // The hash is the JSON's: the same as when stored as text.
+    assert_eq!(c.hash, render(&index, &settings()).configs["shop"].hash);
+
+    // Compressed and still over: refused, naming both sizes.
+    let tiny = RenderSettings {
+        max_config_bytes: 200,
+        ..compressed
+    };
+    let r = render(&index, &tiny);
+    assert!(r.configs.is_empty());
+    let problem = &r.problems["shop"][0];
+    assert!(
+        problem.contains("bytes gzip-compressed")
+            && problem.contains(&format!(
+                "({json_bytes} bytes of JSON), over the limit of 200 bytes"
+            )),
+        "{problem}"
+    );
+}
+
+/// Incremental renders reuse the compressed form of unchanged configs and recompress changed
+/// ones; the result is what a full render gives, stored sizes included.
+#[test]
+fn incremental_renders_keep_compressed_forms_in_step() {
+    let compressed = RenderSettings {
+        gzip_above_bytes: 1024,
+        ..settings()
+    };
+    let mut index = many_services(20);
+    let mut renderer = Renderer::new(compressed.clone());
+    let changes = index.take_changes();
+    let first = renderer.render(&index, &changes);
+    assert!(first.configs["shop"].payload().is_gzip());
+    let edit = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: svc-007, namespace: shop}\nspec: {hosts: [svc-007], http: [{timeout: 9s, route: [{destination: {host: svc-007}}]}]}\n";
+    load_text(&mut index, edit, "default", "edit.yaml".as_ref()).unwrap();
+    let changes = index.take_changes();
+    let second = renderer.render(&index, &changes);
+    let full = render(&index, &compressed);
+    assert_eq!(second, full);
+    assert_eq!(
+        second.configs["shop"].payload(),
+        full.configs["shop"].payload()
+    );
+    assert_ne!(
+        first.configs["shop"].payload(),
+        second.configs["shop"].payload()
+    );
+    let json = mizzen_proxy_config::payload::decode(second.configs["shop"].payload().as_bytes())
+        .unwrap()
+        .into_owned();
+    assert!(json.contains("\"timeoutMs\":9000"), "{json}");
+}
+
+/// File mode writes readable JSON whatever its size: only the ConfigMap is compressed.
+#[test]
+fn file_mode_writes_json_even_above_the_gzip_threshold() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/render/dr-root-namespace");
+    let out = std::env::temp_dir().join(format!("mizzen-render-gzip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let settings = RenderSettings {
+        gzip_above_bytes: 0,
+        ..RenderSettings::default()
+    };
+    let rendered = mizzen_operator::files::render_dir(&case, &out, &settings).unwrap();
+    assert!(rendered.configs.values().all(|c| c.payload().is_gzip()));
+    for ns in rendered.configs.keys() {
+        let name = format!("{ns}.json");
+        assert_eq!(
+            std::fs::read_to_string(out.join(&name)).unwrap(),
+            std::fs::read_to_string(case.join("expected").join(&name)).unwrap()
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}

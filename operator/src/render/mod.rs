@@ -25,7 +25,7 @@ use mizzen_crds::{
     resource::{MeshResource, ObjectRef},
     validate::{Code, Problem},
 };
-use mizzen_proxy_config as pc;
+use mizzen_proxy_config::{self as pc, payload::Payload};
 
 use crate::{
     hash::Fnv64,
@@ -34,7 +34,9 @@ use crate::{
 pub use catalog::exported;
 use catalog::{Catalog, Source};
 
-/// Kubernetes refuses objects over 1 MiB; a ConfigMap also carries metadata.
+/// The API server refuses a ConfigMap whose values add up to more than 1 MiB; 1 KiB of margin
+/// (the object's metadata counts towards etcd's request limit). Checked against the stored
+/// size ([`RenderedConfig::stored_bytes`]).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024 - 1024;
 
 /// What the renderer needs besides the index.
@@ -44,8 +46,11 @@ pub struct RenderSettings {
     /// DestinationRules.
     pub root_namespace: String,
     pub trust_domain: String,
-    /// Configs larger than this are refused, never truncated.
+    /// Configs whose stored form is larger than this are refused, never truncated.
     pub max_config_bytes: usize,
+    /// Configs whose JSON is larger than this are stored gzip-compressed
+    /// ([`pc::payload::GZIP_ABOVE_BYTES`]; tests lower it).
+    pub gzip_above_bytes: usize,
     /// File mode: when the input holds no Namespace objects, every namespace with objects is
     /// meshed.
     pub implicit_namespaces: bool,
@@ -57,6 +62,7 @@ impl Default for RenderSettings {
             root_namespace: "mizzen-system".into(),
             trust_domain: "cluster.local".into(),
             max_config_bytes: MAX_CONFIG_BYTES,
+            gzip_above_bytes: pc::payload::GZIP_ABOVE_BYTES,
             implicit_namespaces: false,
         }
     }
@@ -75,14 +81,23 @@ pub struct ObjectStatus {
 }
 
 /// One namespace's config, as written to its ConfigMap. The JSON is assembled on demand from
-/// the shared service fragments, so a render of many namespaces holds each service once.
+/// the shared service fragments, so a render of many namespaces holds each service once. A
+/// config large enough to be stored compressed keeps its compressed bytes too (a seventeenth of
+/// the JSON at the scale benchmark), computed once per distinct content.
 #[derive(Clone)]
 pub struct RenderedConfig {
-    /// Content hash (16 hex digits), for the `mizzen.io/config-hash` annotation.
+    /// Content hash of the JSON (16 hex digits), for the `mizzen.io/config-hash` annotation:
+    /// the same JSON has the same hash however it is stored.
     pub hash: String,
     /// Size of [`RenderedConfig::json`].
     pub bytes: usize,
+    /// Size of the stored form, [`RenderedConfig::payload`], as counted against the ConfigMap
+    /// limit ([`Payload::stored_bytes`]).
+    pub stored_bytes: usize,
     parts: Arc<Parts>,
+    /// The stored form when it is compressed (shared with the renderer's cache); `None` when
+    /// the JSON is stored as text.
+    compressed: Option<Arc<Payload>>,
 }
 
 struct Parts {
@@ -111,6 +126,15 @@ impl RenderedConfig {
         json
     }
 
+    /// What the ConfigMap stores: the JSON as text, or gzip-compressed when it is larger than
+    /// [`RenderSettings::gzip_above_bytes`].
+    pub fn payload(&self) -> Payload {
+        match &self.compressed {
+            Some(payload) => Payload::clone(payload),
+            None => Payload::Text(self.json()),
+        }
+    }
+
     pub fn config(&self) -> pc::ProxyConfig {
         pc::ProxyConfig::from_json(self.json().as_bytes()).expect("rendered configs always parse")
     }
@@ -118,7 +142,10 @@ impl RenderedConfig {
 
 impl PartialEq for RenderedConfig {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.bytes == other.bytes && self.json() == other.json()
+        self.hash == other.hash
+            && self.bytes == other.bytes
+            && self.stored_bytes == other.stored_bytes
+            && self.json() == other.json()
     }
 }
 
@@ -129,6 +156,7 @@ impl std::fmt::Debug for RenderedConfig {
         f.debug_struct("RenderedConfig")
             .field("hash", &self.hash)
             .field("bytes", &self.bytes)
+            .field("stored_bytes", &self.stored_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -140,7 +168,7 @@ pub struct Rendered {
     pub meshed: BTreeSet<String>,
     pub configs: BTreeMap<String, RenderedConfig>,
     pub statuses: BTreeMap<ObjectRef, ObjectStatus>,
-    /// Why a meshed namespace has no config (too large).
+    /// Why a meshed namespace has no config (its stored form is too large).
     pub problems: BTreeMap<String, Vec<String>>,
 }
 
@@ -167,6 +195,9 @@ pub struct Renderer {
     services: BTreeMap<String, BTreeMap<String, Arc<Fragment>>>,
     /// Identical fragments shared across namespaces.
     interned: HashMap<u64, Arc<Fragment>>,
+    /// Per namespace, the hash and stored form of its last compressed config: an unchanged
+    /// config is not compressed again.
+    compressed: BTreeMap<String, (String, Arc<Payload>)>,
     valid: BTreeMap<ObjectRef, bool>,
 }
 
@@ -176,6 +207,7 @@ impl Renderer {
             settings,
             services: BTreeMap::new(),
             interned: HashMap::new(),
+            compressed: BTreeMap::new(),
             valid: BTreeMap::new(),
         }
     }
@@ -212,6 +244,7 @@ impl Renderer {
             meshed = index.namespaces_with_objects();
         }
         self.services.retain(|ns, _| meshed.contains(ns));
+        self.compressed.retain(|ns, _| meshed.contains(ns));
         let policies = Policies::new(index, &self.settings);
         let mut memo: HashMap<(String, View), Arc<Fragment>> = HashMap::new();
 
@@ -249,11 +282,24 @@ impl Renderer {
                     }
                 }
             }
-            let config = assemble(&catalog, &policies, ns, cache);
-            if config.bytes > self.settings.max_config_bytes {
+            let mut config = assemble(&catalog, &policies, ns, cache);
+            encode(
+                &mut self.compressed,
+                self.settings.gzip_above_bytes,
+                ns,
+                &mut config,
+            );
+            if config.stored_bytes > self.settings.max_config_bytes {
+                let form = if config.compressed.is_some() {
+                    format!(
+                        "{} bytes gzip-compressed ({} bytes of JSON)",
+                        config.stored_bytes, config.bytes
+                    )
+                } else {
+                    format!("{} bytes", config.stored_bytes)
+                };
                 out.problems.entry(ns.clone()).or_default().push(format!(
-                    "the proxy config of namespace {ns} is {} bytes, over the limit of {} bytes: it was not written (scope it with a Sidecar's egress hosts or exportTo)",
-                    config.bytes,
+                    "the proxy config of namespace {ns} is {form}, over the limit of {} bytes: it was not written (scope it with a Sidecar's egress hosts or exportTo)",
                     self.settings.max_config_bytes
                 ));
             } else {
@@ -264,6 +310,32 @@ impl Renderer {
         out.meshed = meshed;
         out
     }
+}
+
+/// Sets the stored form of `config`: text, or gzip, reused from `cache` (the namespace's last
+/// compressed config) while its hash is unchanged.
+fn encode(
+    cache: &mut BTreeMap<String, (String, Arc<Payload>)>,
+    gzip_above: usize,
+    ns: &str,
+    config: &mut RenderedConfig,
+) {
+    if !pc::payload::compresses(config.bytes, gzip_above) {
+        // Text: the JSON itself, assembled only when written.
+        cache.remove(ns);
+        config.stored_bytes = config.bytes;
+        return;
+    }
+    let payload = match cache.get(ns) {
+        Some((hash, payload)) if *hash == config.hash => payload.clone(),
+        _ => {
+            let payload = Arc::new(Payload::encode(config.json(), gzip_above));
+            cache.insert(ns.to_string(), (config.hash.clone(), payload.clone()));
+            payload
+        }
+    };
+    config.stored_bytes = payload.stored_bytes();
+    config.compressed = Some(payload);
 }
 
 fn intern(table: &mut HashMap<u64, Arc<Fragment>>, svc: &pc::Service) -> Arc<Fragment> {
@@ -323,11 +395,13 @@ fn assemble(
     RenderedConfig {
         hash: hash.hex(),
         bytes,
+        stored_bytes: bytes,
         parts: Arc::new(Parts {
             head,
             services,
             tail,
         }),
+        compressed: None,
     }
 }
 

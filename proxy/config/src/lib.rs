@@ -11,6 +11,7 @@
 
 mod inbound;
 mod mesh;
+pub mod payload;
 mod policy;
 mod route;
 mod service;
@@ -26,7 +27,8 @@ pub use service::*;
 /// The format this crate reads and writes.
 pub const FORMAT: &str = "mizzen.io/proxy-config/v1";
 
-/// The ConfigMap the operator writes in every meshed namespace, and its key.
+/// The ConfigMap the operator writes in every meshed namespace, and its key: under `data` for
+/// a small config, under `binaryData` for a large one (see [`payload`]).
 pub const CONFIG_MAP_NAME: &str = "mizzen-proxy-config";
 pub const CONFIG_MAP_KEY: &str = "config.json";
 
@@ -55,6 +57,9 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
     #[error("config format {found:?} is not supported (this proxy reads {FORMAT})")]
     Format { found: String },
+    /// The stored form (see [`payload`]) could not be decoded.
+    #[error(transparent)]
+    Payload(#[from] payload::PayloadError),
 }
 
 impl ProxyConfig {

@@ -1,5 +1,6 @@
 //! The rendered config, loaded from its file, compiled, and swapped atomically. Each request
-//! takes the snapshot current when it starts and keeps it to the end.
+//! takes the snapshot current when it starts and keeps it to the end. The file holds JSON or,
+//! for a large config, gzip-compressed JSON; [`mizzen_proxy_config::payload::decode`] reads both.
 
 mod watch;
 
@@ -12,7 +13,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use mizzen_proxy_config::{ConfigError, ProxyConfig};
+use mizzen_proxy_config::{ConfigError, ProxyConfig, payload};
 use mizzen_route::RouteTable;
 
 use crate::telemetry::Metrics;
@@ -23,9 +24,11 @@ pub use watch::watch;
 pub struct Snapshot {
     /// Increases with every swap; caches keyed on it know when to rebuild.
     pub version: u64,
-    /// The file's bytes, for `/config_dump`.
+    /// The config's JSON (decompressed when the file is gzip), for `/config_dump`.
     pub raw: String,
     pub routes: RouteTable,
+    /// The file's bytes when they are not `raw` itself (gzip), to recognise an unchanged file.
+    file: Option<Box<[u8]>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +45,30 @@ pub enum LoadError {
 }
 
 impl Snapshot {
+    /// Decodes (see [`payload::decode`]), parses and compiles the bytes of the config file.
     pub fn from_bytes(path: &Path, bytes: &[u8], version: u64) -> Result<Self, LoadError> {
-        let config = ProxyConfig::from_json(bytes).map_err(|source| LoadError::Parse {
+        let parse = |source: ConfigError| LoadError::Parse {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let json = payload::decode(bytes).map_err(|e| parse(e.into()))?;
+        let config = ProxyConfig::from_json(json.as_bytes()).map_err(parse)?;
         let routes = RouteTable::from_config(config).map_err(|e| LoadError::Compile {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        let file = (json.as_bytes() != bytes).then(|| bytes.into());
         Ok(Self {
             version,
-            raw: String::from_utf8_lossy(bytes).into_owned(),
+            raw: json.into_owned(),
             routes,
+            file,
         })
+    }
+
+    /// Whether `bytes` are the file this snapshot was loaded from.
+    fn loaded_from(&self, bytes: &[u8]) -> bool {
+        self.file.as_deref().unwrap_or(self.raw.as_bytes()) == bytes
     }
 }
 
@@ -114,7 +127,7 @@ impl ConfigStore {
                 });
             }
         };
-        if self.current.load().raw.as_bytes() == bytes.as_slice() {
+        if self.current.load().loaded_from(&bytes) {
             return Ok(false);
         }
         if let Ok(rejected) = self.rejected.lock()
@@ -193,6 +206,94 @@ mod tests {
         std::fs::write(&path, bad.to_json()).unwrap();
         assert!(matches!(store.reload(), Err(LoadError::Compile { .. })));
         assert_eq!(store.current().config().namespace, "b");
+    }
+
+    /// The stored form the operator writes for a large config.
+    fn gzip(config: &ProxyConfig) -> Vec<u8> {
+        let json = serde_json::to_string(config).unwrap();
+        match payload::Payload::encode(json, 0) {
+            payload::Payload::Gzip(bytes) => bytes,
+            payload::Payload::Text(_) => unreachable!("a threshold of 0 always compresses"),
+        }
+    }
+
+    #[test]
+    fn gzip_config_files_load_and_garbage_gzip_keeps_the_last_good_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, gzip(&ProxyConfig::new("a"))).unwrap();
+        let (registry, m) = metrics();
+        let store = ConfigStore::load(&path, m).unwrap();
+        assert_eq!(store.current().config().namespace, "a");
+        // The dump shows JSON, not the compressed bytes.
+        assert!(
+            store.current().raw.starts_with("{\"format\""),
+            "{}",
+            store.current().raw
+        );
+        // An unchanged compressed file is recognised as unchanged.
+        assert!(!store.reload().unwrap());
+        assert_eq!(store.current().version, 1);
+
+        // Text to gzip and back, as a config crosses the operator's threshold.
+        std::fs::write(&path, ProxyConfig::new("b").to_json()).unwrap();
+        assert!(store.reload().unwrap());
+        assert_eq!(store.current().config().namespace, "b");
+        let mut c = ProxyConfig::new("c");
+        c.services.push(mizzen_proxy_config::Service {
+            host: "reviews.c.svc.cluster.local".into(),
+            ..Default::default()
+        });
+        let good = gzip(&c);
+        std::fs::write(&path, &good).unwrap();
+        assert!(store.reload().unwrap());
+        assert_eq!(store.current().config().services.len(), 1);
+        let serving = store.current().version;
+
+        // A truncated file (a half-written or cut-off stream) is refused by name; the last
+        // good config keeps serving.
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        let err = store.reload().unwrap_err();
+        assert!(matches!(err, LoadError::Parse { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("config.json") && msg.contains("gzip-compressed but does not decompress"),
+            "{msg}"
+        );
+        assert_eq!(store.current().version, serving);
+        assert_eq!(store.current().config().namespace, "c");
+        // Garbage after the gzip magic, likewise.
+        std::fs::write(&path, [0x1f, 0x8b, 8, 0, 0xde, 0xad, 0xbe, 0xef]).unwrap();
+        assert!(matches!(store.reload(), Err(LoadError::Parse { .. })));
+        assert_eq!(store.current().version, serving);
+        let text = crate::telemetry::metrics::encode(&registry);
+        assert!(
+            text.contains("mizzen_proxy_config_reloads_total{result=\"failure\"} 2"),
+            "{text}"
+        );
+        // The good file back again is what is serving already: nothing to swap.
+        std::fs::write(&path, &good).unwrap();
+        assert!(!store.reload().unwrap());
+        assert_eq!(store.current().version, serving);
+    }
+
+    #[test]
+    fn a_garbage_gzip_file_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let good = gzip(&ProxyConfig::new("a"));
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let err = ConfigStore::load(&path, metrics().1).err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                LoadError::Parse {
+                    source: ConfigError::Payload(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
