@@ -1,0 +1,279 @@
+//! Feeds the [`EndpointsIndex`] from one watch each of Services, EndpointSlices and Pod metadata
+//! (cluster-wide, once per node, as kube-proxy does) and publishes a snapshot after each burst of
+//! changes has been quiet for the debounce interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::endpoints::{EndpointsEvent, EndpointsIndex};
+
+/// One change to the index.
+pub enum Change {
+    /// Boxed: a Service event is twice the size of the others.
+    Service(Box<watcher::Event<Service>>),
+    Slice(watcher::Event<EndpointSlice>),
+    Pod(watcher::Event<ObjectMeta>),
+}
+
+/// Objects gathered during a relist, swapped in when it is done.
+#[derive(Default)]
+struct Relists {
+    services: Option<Vec<Service>>,
+    slices: Option<Vec<EndpointSlice>>,
+    pods: Option<Vec<ObjectMeta>>,
+}
+
+/// Applies one watch event of one kind; true when the index changed.
+fn relist<K>(
+    index: &mut EndpointsIndex,
+    pending: &mut Option<Vec<K>>,
+    event: watcher::Event<K>,
+    ops: Ops<K>,
+) -> bool {
+    match event {
+        watcher::Event::Init => {
+            *pending = Some(Vec::new());
+            false
+        }
+        watcher::Event::InitApply(obj) => {
+            if let Some(list) = pending.as_mut() {
+                list.push(obj);
+            }
+            false
+        }
+        watcher::Event::InitDone => {
+            (ops.replace)(index, &pending.take().unwrap_or_default());
+            true
+        }
+        watcher::Event::Apply(obj) => {
+            (ops.apply)(index, &obj);
+            true
+        }
+        watcher::Event::Delete(obj) => {
+            (ops.delete)(index, &obj);
+            true
+        }
+    }
+}
+
+/// How one kind of object goes into the index.
+struct Ops<K> {
+    apply: fn(&mut EndpointsIndex, &K),
+    delete: fn(&mut EndpointsIndex, &K),
+    replace: fn(&mut EndpointsIndex, &[K]),
+}
+
+const SERVICES: Ops<Service> = Ops {
+    apply: |i, s| i.apply_service(s),
+    delete: |i, s| {
+        let (ns, name) = ns_name(&s.metadata);
+        i.delete_service(ns, name)
+    },
+    replace: |i, all| i.replace_services(all),
+};
+
+const SLICES: Ops<EndpointSlice> = Ops {
+    apply: |i, s| i.apply_slice(s),
+    delete: |i, s| {
+        let (ns, name) = ns_name(&s.metadata);
+        i.delete_slice(ns, name)
+    },
+    replace: |i, all| i.replace_slices(all),
+};
+
+const PODS: Ops<ObjectMeta> = Ops {
+    apply: |i, m| i.apply_pod(m),
+    delete: |i, m| {
+        let (ns, name) = ns_name(m);
+        i.delete_pod(ns, name)
+    },
+    replace: |i, all| i.replace_pods(all),
+};
+
+fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Applies `changes` to `index` and publishes a snapshot to `out` once no change has come for
+/// `debounce`, or at the latest `max_delay` after the first unpublished change (so steady churn
+/// cannot hold back a removed pod), and only when the snapshot differs. Returns when `changes`
+/// ends.
+pub async fn run_index(
+    mut index: EndpointsIndex,
+    changes: impl Stream<Item = Change>,
+    debounce: Duration,
+    max_delay: Duration,
+    out: watch::Sender<Arc<EndpointsEvent>>,
+) {
+    futures::pin_mut!(changes);
+    let mut relists = Relists::default();
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let next = match dirty_since {
+            Some(since) => {
+                let quiet = debounce.min(max_delay.saturating_sub(since.elapsed()));
+                match tokio::time::timeout(quiet, changes.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        publish(&index, &out);
+                        dirty_since = None;
+                        continue;
+                    }
+                }
+            }
+            None => changes.next().await,
+        };
+        let Some(change) = next else { return };
+        let touched = match change {
+            Change::Service(event) => relist(&mut index, &mut relists.services, *event, SERVICES),
+            Change::Slice(event) => relist(&mut index, &mut relists.slices, event, SLICES),
+            Change::Pod(event) => relist(&mut index, &mut relists.pods, event, PODS),
+        };
+        if touched && dirty_since.is_none() {
+            dirty_since = Some(Instant::now());
+        }
+    }
+}
+
+fn publish(index: &EndpointsIndex, out: &watch::Sender<Arc<EndpointsEvent>>) {
+    let snapshot = index.snapshot();
+    out.send_if_modified(|current| {
+        if **current == snapshot {
+            false
+        } else {
+            *current = Arc::new(snapshot);
+            true
+        }
+    });
+}
+
+/// The three cluster watches, merged into one stream of changes (errors are logged; the
+/// watchers retry with backoff).
+pub fn cluster_changes(client: kube::Client) -> impl Stream<Item = Change> + Send {
+    let services = watcher(
+        kube::Api::<Service>::all(client.clone()),
+        Default::default(),
+    )
+    .default_backoff()
+    .filter_map(|e| async { log_err(e).map(|e| Change::Service(Box::new(e))) });
+    let slices = watcher(
+        kube::Api::<EndpointSlice>::all(client.clone()),
+        Default::default(),
+    )
+    .default_backoff()
+    .filter_map(|e| async { log_err(e).map(Change::Slice) });
+    let pods = watcher(
+        kube::Api::<PartialObjectMeta<Pod>>::all(client),
+        Default::default(),
+    )
+    .default_backoff()
+    .filter_map(|e| async { log_err(e).map(|e| Change::Pod(e.map_metadata())) });
+    futures::stream::select(services, futures::stream::select(slices, pods))
+}
+
+fn log_err<T>(event: Result<T, watcher::Error>) -> Option<T> {
+    event
+        .inspect_err(|e| tracing::warn!(error = %e, "endpoints watch"))
+        .ok()
+}
+
+/// The metadata of a metadata-only watch event.
+trait MapMetadata {
+    fn map_metadata(self) -> watcher::Event<ObjectMeta>;
+}
+
+impl MapMetadata for watcher::Event<PartialObjectMeta<Pod>> {
+    fn map_metadata(self) -> watcher::Event<ObjectMeta> {
+        match self {
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+            watcher::Event::InitApply(p) => watcher::Event::InitApply(p.metadata),
+            watcher::Event::Apply(p) => watcher::Event::Apply(p.metadata),
+            watcher::Event::Delete(p) => watcher::Event::Delete(p.metadata),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 80}]}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bursts_are_published_once_after_quiet_and_relists_swap_in_whole() {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (out, mut snapshots) = watch::channel(Arc::new(EndpointsEvent::default()));
+        tokio::spawn(run_index(
+            EndpointsIndex::new("cluster.local"),
+            rx,
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+            out,
+        ));
+        snapshots.mark_unchanged();
+        let send = |e| tx.unbounded_send(Change::Service(Box::new(e))).unwrap();
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(service("a")));
+        send(watcher::Event::InitApply(service("b")));
+        send(watcher::Event::InitDone);
+        send(watcher::Event::Apply(service("c")));
+        tokio::time::timeout(Duration::from_secs(5), snapshots.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let hosts: Vec<String> = snapshots
+            .borrow_and_update()
+            .services
+            .iter()
+            .map(|s| s.host.clone())
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "a.shop.svc.cluster.local",
+                "b.shop.svc.cluster.local",
+                "c.shop.svc.cluster.local"
+            ]
+        );
+        // A relist that no longer has `a` and `c` removes them in one step.
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply(service("b")));
+        send(watcher::Event::InitDone);
+        tokio::time::timeout(Duration::from_secs(5), snapshots.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snapshots.borrow_and_update().services.len(), 1);
+        // Deleting a service publishes; a change that alters nothing does not.
+        send(watcher::Event::Apply(service("b")));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), snapshots.changed())
+                .await
+                .is_err()
+        );
+        send(watcher::Event::Delete(service("b")));
+        tokio::time::timeout(Duration::from_secs(5), snapshots.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(snapshots.borrow().services.is_empty());
+    }
+}
