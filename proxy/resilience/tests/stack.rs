@@ -80,7 +80,7 @@ fn stack(
     ServiceBuilder::new()
         .layer(FaultLayer::new(fault).with_draw(SharedDraw::new(RandomDraw::seeded(1))))
         .layer(TimeoutLayer::from_ms(timeout_ms))
-        .layer(RetryLayer::new(retry, limits.retry_budget()))
+        .layer(RetryLayer::new(&retry, limits.retry_budget()))
         .layer(CircuitLayer::new(limits))
         .service(tower::service_fn(move |req| up.clone().call(req)))
 }

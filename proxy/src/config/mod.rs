@@ -14,6 +14,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use mizzen_proxy_config::{ConfigError, ProxyConfig, payload};
+use mizzen_resilience::retry::RetryPolicy;
 use mizzen_route::RouteTable;
 
 use crate::telemetry::Metrics;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     /// The config's JSON (decompressed when the file is gzip), for `/config_dump`.
     pub raw: String,
     pub routes: RouteTable,
+    /// The mesh's default retry policy (routes without `retries`), compiled once.
+    pub default_retry: Arc<RetryPolicy>,
     /// The file's bytes when they are not `raw` itself (gzip), to recognise an unchanged file.
     file: Option<Box<[u8]>>,
 }
@@ -60,6 +63,7 @@ impl Snapshot {
         let file = (json.as_bytes() != bytes).then(|| bytes.into());
         Ok(Self {
             version,
+            default_retry: Arc::new(RetryPolicy::new(&routes.config().mesh.default_retry)),
             raw: json.into_owned(),
             routes,
             file,

@@ -137,21 +137,26 @@ async fn handle_inner(
             );
             ex.destination_service(upstream.service.clone());
             ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
-            parts.extensions.insert(ClientAddr(conn.peer.ip()));
+            if upstream.balancer.hash_key().is_some() {
+                parts.extensions.insert(ClientAddr(conn.peer.ip()));
+            }
             let req = Request::from_parts(parts, body);
             let mut resp = if upgrade {
                 upgrade::forward(upstream, req).await
             } else {
-                let retry = RetryLayer::new(
-                    route
-                        .retry
-                        .as_ref()
-                        .unwrap_or(&snap.config().mesh.default_retry),
-                    upstream.limits.retry_budget(),
-                );
+                let budget = upstream.limits.retry_budget();
+                let retry = match &route.retry {
+                    Some(r) => RetryLayer::new(r, budget),
+                    None => RetryLayer::from_policy(snap.default_retry.clone(), budget),
+                };
                 // Mirrors sit under fault injection: an aborted request is not copied.
                 let stack = ServiceBuilder::new()
-                    .layer(FaultLayer::new(route.fault.clone()))
+                    .option_layer(
+                        route
+                            .fault
+                            .is_some()
+                            .then(|| FaultLayer::new(route.fault.clone())),
+                    )
                     .option_layer(mirror::MirrorLayer::for_route(&shared, &snap, route, port))
                     .layer(TimeoutLayer::from_ms(route.timeout_ms))
                     .layer(retry)

@@ -83,6 +83,14 @@ impl RetryLayer {
         Self::from_policy(Arc::new(RetryPolicy::new(policy)), budget)
     }
 
+    /// For a rendered route's `retry`: `None` is Istio's default policy.
+    pub fn for_route(retry: Option<&mizzen_proxy_config::Retry>, budget: RetryBudget) -> Self {
+        match retry {
+            Some(r) => Self::new(r, budget),
+            None => Self::new(&mizzen_proxy_config::Retry::istio_default(), budget),
+        }
+    }
+
     /// A policy compiled once and shared, e.g. the mesh default of a config snapshot.
     pub fn from_policy(policy: Arc<RetryPolicy>, budget: RetryBudget) -> Self {
         Self {
