@@ -20,6 +20,8 @@ pub enum CsrError {
     San { id: String, source: rcgen::Error },
     #[error("serializing the certificate signing request: {0}")]
     Serialize(rcgen::Error),
+    #[error("reading the private key: {0}")]
+    KeyPem(rcgen::Error),
 }
 
 /// An ECDSA P-256 private key that never leaves memory.
@@ -51,6 +53,22 @@ impl PrivateKey {
     /// Wraps an rcgen key pair (for keys the CA crate loads from a file).
     pub fn from_key_pair(key: KeyPair) -> Self {
         PrivateKey(key)
+    }
+
+    /// A key read from PEM (PKCS#8 or SEC1), for certificates issued outside the agent: local
+    /// mode and benchmarks that hand the proxy key files.
+    pub fn from_pem(pem: &str) -> Result<Self, CsrError> {
+        KeyPair::from_pem(pem)
+            .map(PrivateKey)
+            .map_err(CsrError::KeyPem)
+    }
+
+    /// A second handle on the same key (the proxy installs it again with each renewal).
+    pub fn duplicate(&self) -> Result<Self, CsrError> {
+        let der = PrivatePkcs8KeyDer::from(self.0.serialize_der());
+        KeyPair::try_from(&der)
+            .map(PrivateKey)
+            .map_err(CsrError::KeyPem)
     }
 }
 
