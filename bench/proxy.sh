@@ -16,6 +16,10 @@
 #   - the highest rate held with zero errors and p90 under 5 ms.
 # Ends with Mizzen's figures as ratios to the HAProxy and nginx pairs. Paste the output into
 # bench/RESULTS.md (## Proxy) with the date and the machine it prints.
+#
+#   MTLS=1 bench/proxy.sh               # also the mTLS pairs (issue 6): the proxy-to-proxy hop
+#                                       # is mutual TLS with the same certificates for all three
+#                                       # (ECDSA P-256 leaves with SPIFFE ids from one root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mizzen/target}"
@@ -55,6 +59,10 @@ P_BACKEND=$BASE_PORT
 P_MZ_OUT=$((BASE_PORT + 101)) P_MZ_IN=$((BASE_PORT + 102))
 P_HA_OUT=$((BASE_PORT + 201)) P_HA_IN=$((BASE_PORT + 202))
 P_NG_OUT=$((BASE_PORT + 301)) P_NG_IN=$((BASE_PORT + 302))
+P_MZT_OUT=$((BASE_PORT + 401)) P_MZT_IN=$((BASE_PORT + 402))
+P_HAT_OUT=$((BASE_PORT + 501)) P_HAT_IN=$((BASE_PORT + 502))
+P_NGT_OUT=$((BASE_PORT + 601)) P_NGT_IN=$((BASE_PORT + 602))
+MTLS="${MTLS:-0}"
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
@@ -101,14 +109,17 @@ start backend nginx -c "$WORK/backend.conf"
 
 # --- Mizzen pair: outbound (service bench:80) -> inbound -> backend ---------------------------
 mkdir -p "$WORK/mizzen-out" "$WORK/mizzen-in" # own directories: the proxy watches its config directory
-python3 - "$WORK/mizzen-out/config.json" "$P_MZ_IN" <<'EOF'
+mizzen_config() { # path inbound-port meshed(0|1)
+python3 - "$1" "$2" "$3" <<'EOF'
 import json, sys
-path, inbound = sys.argv[1], int(sys.argv[2])
+path, inbound, meshed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 def svc(name, endpoints):
     return {"host": f"{name}.default.svc.cluster.local", "aliases": [name],
             "namespace": "default", "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
             "endpoints": endpoints}
-services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}}])]
+# A meshed endpoint carries the injector's label: the outbound proxy then speaks mTLS to it.
+labels = {"security.istio.io/tlsMode": "istio"} if meshed else {}
+services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}, "labels": labels}])]
 # 99 more services with routes and subsets, so memory reflects a realistic config.
 for i in range(99):
     s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
@@ -120,6 +131,8 @@ for i in range(99):
 services.sort(key=lambda s: s["host"])
 json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
 EOF
+}
+mizzen_config "$WORK/mizzen-out/config.json" "$P_MZ_IN" 0
 echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/mizzen-in/config.json"
 mz_common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
 start mz_out env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-out/config.json" \
@@ -161,6 +174,66 @@ for pair in "ng_out $P_NG_OUT $P_NG_IN" "ng_in $P_NG_IN $P_BACKEND"; do
   start "$1" nginx -c "$WORK/$1.conf"
 done
 
+# --- mTLS pairs (MTLS=1): the same topology, the proxy-to-proxy hop over mutual TLS ---------
+if [ "$MTLS" = 1 ]; then
+  # One root; a client and a server leaf (ECDSA P-256) with SPIFFE ids, and a DNS name on the
+  # server leaf for nginx's name check. Every pair uses these files.
+  C="$WORK/certs"
+  mkdir -p "$C"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$C/root.key" 2>/dev/null
+  openssl req -x509 -new -key "$C/root.key" -subj "/O=cluster.local/CN=bench root" -days 2 \
+    -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$C/root.pem" 2>/dev/null
+  for who in client server; do
+    openssl ecparam -name prime256v1 -genkey -noout -out "$C/$who.key.sec1" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$C/$who.key.sec1" -out "$C/$who.key"
+    san="URI:spiffe://cluster.local/ns/bench/sa/$who"
+    [ "$who" = server ] && san="$san,DNS:bench.mesh"
+    openssl req -new -key "$C/$who.key" -subj "/O=cluster.local" -out "$C/$who.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$san" >"$C/$who.ext"
+    openssl x509 -req -in "$C/$who.csr" -CA "$C/root.pem" -CAkey "$C/root.key" -CAcreateserial \
+      -days 1 -extfile "$C/$who.ext" -out "$C/$who.pem" 2>/dev/null
+    cat "$C/$who.pem" "$C/$who.key" >"$C/$who.bundle.pem" # HAProxy's crt: certificate then key
+  done
+  chmod 644 "$C"/*
+
+  mkdir -p "$WORK/mizzen-tout" "$WORK/mizzen-tin"
+  mizzen_config "$WORK/mizzen-tout/config.json" "$P_MZT_IN" 1
+  echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default","inbound":{"peerAuthentication":[{"name":"bench/default","mode":"STRICT"}]}}' >"$WORK/mizzen-tin/config.json"
+  start mzt_out env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-tout/config.json" \
+    --outbound "127.0.0.1:$P_MZT_OUT=bench.default.svc.cluster.local:80" \
+    --tls-cert "$C/client.pem" --tls-key "$C/client.key" --tls-roots "$C/root.pem" \
+    --admin 127.0.0.1:$((BASE_PORT + 410)) --health 127.0.0.1:$((BASE_PORT + 411)) --prometheus 127.0.0.1:$((BASE_PORT + 412))
+  start mzt_in env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-tin/config.json" \
+    --inbound "127.0.0.1:$P_MZT_IN=127.0.0.1:$P_BACKEND" \
+    --tls-cert "$C/server.pem" --tls-key "$C/server.key" --tls-roots "$C/root.pem" \
+    --admin 127.0.0.1:$((BASE_PORT + 420)) --health 127.0.0.1:$((BASE_PORT + 421)) --prometheus 127.0.0.1:$((BASE_PORT + 422))
+
+  haproxy_conf hat_out "$P_HAT_OUT" "$P_HAT_IN"
+  sed -i "s|^  server s .*|  server s 127.0.0.1:$P_HAT_IN ssl crt $C/client.bundle.pem ca-file $C/root.pem verify required alpn http/1.1|" "$WORK/hat_out.cfg"
+  haproxy_conf hat_in "$P_HAT_IN" "$P_BACKEND"
+  sed -i "s|^  bind .*|  bind 127.0.0.1:$P_HAT_IN ssl crt $C/server.bundle.pem ca-file $C/root.pem verify required alpn http/1.1|" "$WORK/hat_in.cfg"
+  start hat_out haproxy -f "$WORK/hat_out.cfg"
+  start hat_in haproxy -f "$WORK/hat_in.cfg"
+
+  nginx_conf ngt_out "upstream up { server 127.0.0.1:$P_NGT_IN; keepalive 64; }
+  server { listen 127.0.0.1:$P_NGT_OUT; location / { proxy_pass https://up; proxy_http_version 1.1; proxy_set_header Connection \"\";
+    proxy_ssl_certificate $C/client.pem; proxy_ssl_certificate_key $C/client.key;
+    proxy_ssl_trusted_certificate $C/root.pem; proxy_ssl_verify on; proxy_ssl_name bench.mesh;
+    proxy_ssl_server_name on; proxy_ssl_session_reuse on; } }"
+  nginx_conf ngt_in "upstream up { server 127.0.0.1:$P_BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$P_NGT_IN ssl; ssl_certificate $C/server.pem; ssl_certificate_key $C/server.key;
+    ssl_client_certificate $C/root.pem; ssl_verify_client on;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  start ngt_out nginx -c "$WORK/ngt_out.conf"
+  start ngt_in nginx -c "$WORK/ngt_in.conf"
+  for p in $P_MZT_OUT $P_HAT_OUT $P_NGT_OUT; do wait_port "$p"; done
+  for p in $P_MZT_OUT $P_HAT_OUT $P_NGT_OUT; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/")
+    [ "$code" = 200 ] || { echo "mTLS pair on port $p answers $code, not 200" >&2; exit 1; }
+  done
+fi
+
 for p in $P_BACKEND $P_MZ_OUT $P_HA_OUT $P_NG_OUT; do wait_port "$p"; done
 
 # nginx and haproxy fork/keep a master: measure every process of each instance.
@@ -186,11 +259,17 @@ rss_kib() { # field pids...
 
 declare -A TARGET=([direct]=$P_BACKEND [mizzen]=$P_MZ_OUT [haproxy]=$P_HA_OUT [nginx]=$P_NG_OUT)
 declare -A PROXIES=([direct]="" [mizzen]="$PID_mz_out $PID_mz_in" [haproxy]="$PID_ha_out $PID_ha_in" [nginx]="$PID_ng_out $PID_ng_in")
+PAIRS=(mizzen haproxy nginx)
+if [ "$MTLS" = 1 ]; then
+  TARGET+=([mizzen-mtls]=$P_MZT_OUT [haproxy-mtls]=$P_HAT_OUT [nginx-mtls]=$P_NGT_OUT)
+  PROXIES+=([mizzen-mtls]="$PID_mzt_out $PID_mzt_in" [haproxy-mtls]="$PID_hat_out $PID_hat_in" [nginx-mtls]="$PID_ngt_out $PID_ngt_in")
+  PAIRS+=(mizzen-mtls haproxy-mtls nginx-mtls)
+fi
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 
 idle_rss() {
-  for pair in mizzen haproxy nginx; do
+  for pair in "${PAIRS[@]}"; do
     local pids=()
     for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
     echo "{\"kind\":\"idle\",\"pair\":\"$pair\",\"rss_kib\":$(rss_kib VmRSS "${pids[@]}"),\"proxies\":2}" >>"$RESULTS"
@@ -244,7 +323,7 @@ max_rate() { # pair round: doubles the rate until errors or p90 >= 5 ms, then bi
 }
 
 idle_rss
-ORDER=(direct mizzen haproxy nginx)
+ORDER=(direct "${PAIRS[@]}")
 for round in $(seq "$ROUNDS"); do
   echo "round $round: ${ORDER[*]}" >&2
   for pair in "${ORDER[@]}"; do
@@ -254,15 +333,15 @@ for round in $(seq "$ROUNDS"); do
   ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
 done
 
-python3 - "$RESULTS" <<'EOF'
+python3 - "$RESULTS" "${PAIRS[@]}" <<'EOF'
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1])]
+pairs = sys.argv[2:]
 def med(xs): return statistics.median(xs) if xs else float("nan")
 def span(xs): return f"{med(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})" if xs else "n/a"
 def load(pair, conns, key, rate=None):
     return [r[key] for r in rows if r["kind"] == "load" and r["pair"] == pair and r["conns"] == conns
             and str(r["round"]).isdigit() and (rate is None or r["rate"] == rate)]
-pairs = ["mizzen", "haproxy", "nginx"]
 print("\n## Added latency over direct, ms (median, min-max over rounds)")
 for conns in (16, 4, 64):
     print(f"\n{conns} connections")
@@ -293,11 +372,14 @@ print("|---|---|")
 for p in pairs + ["direct"]:
     maxr = [r["rate"] for r in rows if r["kind"] == "max" and r["pair"] == p]
     print(f"| {p} | {med(maxr):.0f} ({min(maxr)}-{max(maxr)}) |")
-print("\n## Mizzen as a ratio of the reference pairs (lower is better except max rate)")
-print("| figure | / haproxy | / nginx |")
-print("|---|---|---|")
-m = summary["mizzen"]
-for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("peak", "peak RSS"), ("max", "max rate")):
-    r = lambda o: f"{m[k] / summary[o][k]:.2f}" if summary[o][k] else "n/a"
-    print(f"| {label} | {r('haproxy')} | {r('nginx')} |")
+for suffix in ("", "-mtls"):
+    if "mizzen" + suffix not in summary:
+        continue
+    print(f"\n## Mizzen{suffix} as a ratio of the reference pairs (lower is better except max rate)")
+    print(f"| figure | / haproxy{suffix} | / nginx{suffix} |")
+    print("|---|---|---|")
+    m = summary["mizzen" + suffix]
+    for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("peak", "peak RSS"), ("max", "max rate")):
+        r = lambda o: f"{m[k] / summary[o + suffix][k]:.2f}" if summary[o + suffix][k] else "n/a"
+        print(f"| {label} | {r('haproxy')} | {r('nginx')} |")
 EOF

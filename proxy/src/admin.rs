@@ -63,6 +63,9 @@ pub fn handle(port: Port, shared: &Shared, req: Request<Incoming>) -> Response<B
     let ready = || {
         if shared.drain.is_draining() {
             text(503, "DRAINING\n")
+        } else if shared.tls.as_ref().is_some_and(|t| !t.ready()) {
+            // Not ready to serve the mesh until the agent has issued our certificate.
+            text(503, "NO CERTIFICATE YET\n")
         } else {
             text(200, "LIVE\n")
         }

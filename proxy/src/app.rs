@@ -4,14 +4,18 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 
+use mizzen_identity::CertStore;
+
 use crate::{
     admin::{self, LogLevel},
+    agent::AgentEndpoints,
     config::{self, ConfigStore, LoadError},
     drain::Drain,
     endpoints::{ConfigEndpoints, EndpointSource},
     env::{Config, Workload},
     http::{mirror::Mirrors, server::ServerSettings},
     listener::{self, Role},
+    mtls::MeshTls,
     telemetry::Telemetry,
     upstream::Upstreams,
 };
@@ -29,12 +33,21 @@ pub struct Shared {
     pub drain: Drain,
     pub server: ServerSettings,
     pub log_level: Option<LogLevel>,
+    pub policy: crate::http::policy::PolicyCache,
+    /// Mesh mTLS, when this proxy has (or will get) a workload certificate.
+    pub tls: Option<Arc<crate::mtls::MeshTls>>,
+    /// Endpoints from the node agent, when there is one.
+    pub agent_endpoints: Option<Arc<AgentEndpoints>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] LoadError),
+    #[error("workload identity: {0}")]
+    Identity(#[from] mizzen_identity::spiffe::SpiffeIdError),
+    #[error("mTLS: {0}")]
+    Mtls(#[from] crate::mtls::MtlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -80,12 +93,27 @@ impl App {
     pub async fn bind(config: Config, log_level: Option<LogLevel>) -> Result<App, StartError> {
         let telemetry = Telemetry::new(config.access_log, &config.workload);
         let store = ConfigStore::load(&config.config_path, telemetry.metrics.clone())?;
-        let endpoints: Arc<dyn EndpointSource> = Arc::new(ConfigEndpoints::new(store.clone()));
+        // With a node agent, endpoints come from it (the config's for hosts it does not know)
+        // and the workload certificate too.
+        let agent_endpoints = config
+            .agent
+            .as_ref()
+            .map(|_| Arc::new(AgentEndpoints::new(store.clone())));
+        let endpoints: Arc<dyn EndpointSource> = match &agent_endpoints {
+            Some(a) => a.clone(),
+            None => Arc::new(ConfigEndpoints::new(store.clone())),
+        };
+        let mut config = config;
+        if config.tls.is_none() && config.agent.is_some() {
+            let trust_domain = store.current().config().mesh.trust_domain.clone();
+            let id = config.workload.spiffe_id(&trust_domain)?;
+            config.tls = Some(Arc::new(MeshTls::new(CertStore::new(id))?));
+        }
         let shared = Arc::new(Shared {
             store,
             endpoints,
-            upstreams: Upstreams::new(config.connect_timeout),
-            inbound: Upstreams::new(config.connect_timeout),
+            upstreams: Upstreams::new(config.connect_timeout, config.tls.clone()),
+            inbound: Upstreams::new(config.connect_timeout, None),
             telemetry,
             mirrors: Mirrors::default(),
             workload: config.workload.clone(),
@@ -95,6 +123,9 @@ impl App {
                 max_header_bytes: config.max_header_bytes,
             },
             log_level,
+            policy: crate::http::policy::PolicyCache::new(),
+            tls: config.tls.clone(),
+            agent_endpoints,
         });
         let mut jobs = Vec::new();
         let mut bound = Bound::default();
@@ -162,8 +193,37 @@ impl App {
         let watcher = tokio::spawn(config::watch(
             shared.store.clone(),
             self.config.poll_interval,
-            watch_rx,
+            watch_rx.clone(),
         ));
+        if let Some(agent) = &self.config.agent {
+            if let Some(tls) = &shared.tls {
+                tokio::spawn(crate::agent::keep_identity(
+                    agent.socket.clone(),
+                    agent.token_file.clone(),
+                    tls.store.clone(),
+                    watch_rx.clone(),
+                ));
+            }
+            if let Some(endpoints) = &shared.agent_endpoints {
+                tokio::spawn(crate::agent::follow_endpoints(
+                    agent.socket.clone(),
+                    endpoints.clone(),
+                    watch_rx.clone(),
+                ));
+            }
+        }
+        match crate::http::policy::HttpJwksSource::new() {
+            Ok(source) => {
+                tokio::spawn(crate::http::policy::refresh_jwks(
+                    shared.policy.jwks(),
+                    source,
+                    watch_rx.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no JWKS fetcher: jwksUri rules will refuse tokens")
+            }
+        }
         for job in self.jobs {
             let shared = shared.clone();
             match job {

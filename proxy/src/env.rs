@@ -52,6 +52,23 @@ pub struct WorkloadFlags {
 }
 
 impl Workload {
+    /// This workload's SPIFFE identity in `trust_domain` (its namespace and service account;
+    /// `default` when the pod names none, as Kubernetes does).
+    pub fn spiffe_id(
+        &self,
+        trust_domain: &str,
+    ) -> Result<mizzen_identity::SpiffeId, mizzen_identity::spiffe::SpiffeIdError> {
+        let sa = if self.service_account.is_empty() {
+            "default"
+        } else {
+            &self.service_account
+        };
+        mizzen_identity::SpiffeId::parse(&format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{sa}",
+            self.namespace
+        ))
+    }
+
     pub fn from_strings(strings: &impl Strings, flags: &WorkloadFlags) -> Self {
         let pod_name = strings.get(ENV_POD_NAME).unwrap_or_default();
         let namespace = flags
@@ -147,6 +164,21 @@ pub struct Config {
     pub workload: Workload,
     /// Write one JSON access log line per request on stdout.
     pub access_log: bool,
+    /// Mesh mTLS: inbound connections per PeerAuthentication, outbound to meshed endpoints.
+    /// Set from files (local mode, benchmarks); otherwise made from the node agent's
+    /// certificates when `agent` is set.
+    pub tls: Option<std::sync::Arc<crate::mtls::MeshTls>>,
+    /// The node agent: this workload's certificate and the endpoints of services.
+    pub agent: Option<AgentSettings>,
+}
+
+/// Where the node agent is and how the proxy proves who it is.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// The agent's Unix socket (`MIZZEN_AGENT_SOCKET`).
+    pub socket: PathBuf,
+    /// The projected service-account token, audience `mizzen-ca` (`MIZZEN_TOKEN`).
+    pub token_file: PathBuf,
 }
 
 impl Config {
@@ -169,6 +201,8 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             workload,
             access_log: true,
+            tls: None,
+            agent: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod balance;
 pub mod config;
@@ -20,6 +21,8 @@ pub mod endpoints;
 pub mod env;
 pub mod http;
 pub mod listener;
+pub mod mtls;
+pub mod stream;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::{Parser, Subcommand};
 use mizzen_proxy::{
     app::App,
-    env::{Config, Env, InboundListener, OutboundListener, Workload, WorkloadFlags},
+    env::{AgentSettings, Config, Env, InboundListener, OutboundListener, Workload, WorkloadFlags},
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
@@ -66,6 +66,28 @@ struct SidecarArgs {
     /// Worker threads (Istio's sidecar default is 2).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Mesh mTLS from files (local mode, benchmarks): the certificate chain, leaf first (PEM).
+    /// Needs `--tls-key` and `--tls-roots`; the identity is the leaf's SPIFFE id.
+    #[arg(long, requires_all = ["tls_key", "tls_roots"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The mesh's trust bundle (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_roots: Option<PathBuf>,
+    /// The node agent's Unix socket: the workload certificate (mTLS) and service endpoints
+    /// come from it. The injector sets it; without it the proxy runs plaintext, with the
+    /// config's endpoints.
+    #[arg(long, env = "MIZZEN_AGENT_SOCKET", conflicts_with = "tls_cert")]
+    agent_socket: Option<PathBuf>,
+    /// The projected service-account token (audience `mizzen-ca`) shown to the agent.
+    #[arg(
+        long,
+        env = "MIZZEN_TOKEN",
+        default_value = "/var/run/secrets/tokens/mizzen-token"
+    )]
+    token: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +124,15 @@ fn main() -> anyhow::Result<()> {
     config.prometheus = Some(args.prometheus);
     config.drain = Duration::from_secs_f64(args.drain_duration.max(0.0));
     config.access_log = !args.no_access_log;
+    if let (Some(cert), Some(key), Some(roots)) = (&args.tls_cert, &args.tls_key, &args.tls_roots) {
+        config.tls = Some(Arc::new(mizzen_proxy::mtls::MeshTls::from_files(
+            cert, key, roots,
+        )?));
+    }
+    config.agent = args.agent_socket.map(|socket| AgentSettings {
+        socket,
+        token_file: args.token,
+    });
     tracing::info!(config = ?config, "effective configuration");
 
     let set_level: mizzen_proxy::admin::LogLevel = Arc::new(move |level: &str| {

@@ -6,18 +6,21 @@ use std::{sync::Arc, time::Duration};
 
 use mizzen_proxy_config::{Destination, Service};
 use mizzen_route::UnknownHostAction;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use mizzen_resilience::ResponseFlags;
+use http::uri::Authority;
+use mizzen_resilience::{ResponseFlags, UpstreamError};
 
 use crate::{
     app::Shared,
-    listener::ConnMeta,
+    http::{body::BoxError, client},
+    listener::{ConnMeta, Identity},
+    mtls::{Alpn, MeshTls},
+    stream::Stream,
     telemetry::{Label, LabelParts, ServiceLabels},
 };
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The destination of a TCP connection to `service` on `port`: its first TCP route that
 /// applies, picked by weight, else the service itself.
@@ -37,7 +40,10 @@ fn tcp_destination(service: &Service, port: u16, random: u32) -> Destination {
         })
 }
 
-pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, shared: Arc<Shared>) {
+pub async fn forward<S>(stream: S, meta: Arc<ConnMeta>, outbound: bool, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let local = shared.telemetry.workload.clone();
     let (reporter, mut parts) = if outbound {
         let parts = LabelParts {
@@ -47,11 +53,14 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
         };
         ("source", parts)
     } else {
-        let parts = LabelParts {
+        let mut parts = LabelParts {
             destination: local,
             security_policy: Label::Static("none"),
             ..Default::default()
         };
+        if let Identity::Spiffe(id) = &meta.identity {
+            parts.mtls_source(id);
+        }
         ("destination", parts)
     };
     let mut no_route = false;
@@ -90,7 +99,17 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
                 picked.map(|i| {
                     let e = &up.endpoints[i];
                     parts.destination = e.peer.clone();
-                    e.name.clone()
+                    let mesh = up.mesh_hop(e).map(|hop| {
+                        hop.map(|h| MeshTarget {
+                            tls: shared.tls.clone(),
+                            host: h.host.to_string(),
+                            port: h.port,
+                        })
+                    });
+                    Target {
+                        addr: e.name.clone(),
+                        mesh,
+                    }
                 })
             }
             // An address no service has: passed through under ALLOW_ANY, refused (NR) under
@@ -99,7 +118,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
                 && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
             {
                 parts.service = ServiceLabels::of(&meta.orig_dst.ip().to_string(), "");
-                Some(meta.orig_dst.to_string())
+                Some(Target::plain(meta.orig_dst.to_string()))
             }
             None => {
                 no_route = meta.service_host.is_none();
@@ -107,7 +126,7 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
             }
         }
     } else {
-        Some(meta.orig_dst.to_string())
+        Some(Target::plain(meta.orig_dst.to_string()))
     };
     let m = &shared.telemetry.metrics;
     let labels = |flags| parts.labels(reporter, "tcp", flags);
@@ -121,18 +140,17 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
         m.tcp_closed.get_or_create(&labels).inc();
         return;
     };
-    let upstream =
-        match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target)).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                let labels = labels(ResponseFlags::UF);
-                m.tcp_opened.get_or_create(&labels).inc();
-                m.tcp_closed.get_or_create(&labels).inc();
-                tracing::debug!(%target, "tcp upstream connect failed");
-                return;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
+    let addr = target.addr.clone();
+    let upstream = match target.connect().await {
+        Ok(s) => s,
+        Err(e) => {
+            let labels = labels(ResponseFlags::UF);
+            m.tcp_opened.get_or_create(&labels).inc();
+            m.tcp_closed.get_or_create(&labels).inc();
+            tracing::debug!(target = %addr, error = %e, "tcp upstream connect failed");
+            return;
+        }
+    };
     let labels = labels(ResponseFlags::default());
     m.tcp_opened.get_or_create(&labels).inc();
     let (sent, received) = splice(stream, upstream).await;
@@ -140,6 +158,42 @@ pub async fn forward(stream: TcpStream, meta: Arc<ConnMeta>, outbound: bool, sha
     m.tcp_sent.get_or_create(&labels).inc_by(sent);
     m.tcp_received.get_or_create(&labels).inc_by(received);
     m.tcp_closed.get_or_create(&labels).inc();
+}
+
+/// Where a TCP connection goes: an address, and mesh mTLS to it when the hop is one (or the
+/// reason it cannot be made).
+struct Target {
+    addr: String,
+    mesh: Result<Option<MeshTarget>, UpstreamError>,
+}
+
+/// Mesh mTLS for a TCP connection: this proxy's TLS and the service (for SNI).
+struct MeshTarget {
+    tls: Option<Arc<MeshTls>>,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn plain(addr: String) -> Self {
+        Self {
+            addr,
+            mesh: Ok(None),
+        }
+    }
+
+    async fn connect(self) -> Result<Stream, BoxError> {
+        let mesh = self.mesh?;
+        let authority: Authority = self.addr.parse()?;
+        let tcp = client::connect(&authority, CONNECT_TIMEOUT).await?;
+        Ok(match mesh {
+            None => Stream::Plain(tcp),
+            Some(MeshTarget { tls, host, port }) => {
+                let tls = tls.ok_or("mTLS required but this proxy has no workload certificate")?;
+                Stream::Mtls(Box::new(tls.connect(tcp, &host, port, Alpn::Tcp).await?))
+            }
+        })
+    }
 }
 
 /// Copies both ways until both sides close; returns (bytes sent upstream, bytes received from

@@ -20,7 +20,7 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use mizzen_proxy_config::Destination;
-use mizzen_proxy_config::{Protocol, TrafficPolicy};
+use mizzen_proxy_config::{ClientTlsMode, Protocol, TrafficPolicy};
 use mizzen_resilience::{
     ResponseFlags, UpstreamError,
     circuit::{CircuitBreakers, ClusterLimits, overflow_response},
@@ -33,10 +33,14 @@ use crate::{
     endpoints::{Endpoint, EndpointSource},
     http::{
         body::{self, Body, BoxError},
-        client::{Pool, PoolSettings},
+        client::{MeshHop, Pool, PoolSettings},
     },
+    mtls::MeshTls,
     telemetry::{PeerLabels, ServiceLabels},
 };
+
+/// The label the injector puts on meshed pods; auto mTLS sends mTLS to endpoints that carry it.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamKey {
@@ -87,6 +91,8 @@ pub struct Upstream {
     /// Ejections (`outlierDetection`), keyed by endpoint name.
     pub outlier: Option<SharedOutlier<String>>,
     pool: Arc<Pool>,
+    /// This proxy's mesh mTLS, for endpoints that take it (see [`Upstream::mesh_hop`]).
+    mesh_tls: Option<Arc<MeshTls>>,
     generation: (u64, u64),
 }
 
@@ -100,6 +106,42 @@ impl Upstream {
             _ => self.pool.settings().h2 || downstream == Version::HTTP_2,
         }
     }
+
+    /// Whether the hop to `ep` is mesh mTLS, as Istio decides: the DestinationRule's
+    /// `ISTIO_MUTUAL` always; unset (auto mTLS), when the endpoint runs a sidecar (the injected
+    /// label `security.istio.io/tlsMode: istio`); `DISABLE` never. `SIMPLE` and `MUTUAL`
+    /// (origination with the user's certificates) are refused rather than sent in plaintext.
+    pub fn mesh_hop(&self, ep: &EndpointState) -> Result<Option<MeshHop<'_>>, UpstreamError> {
+        let mode = self.policy.tls.as_ref().map(|t| t.mode).unwrap_or_default();
+        let wanted = match mode {
+            ClientTlsMode::IstioMutual => true,
+            ClientTlsMode::Auto => {
+                ep.endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some("istio")
+                    && self.mesh_tls.is_some()
+            }
+            ClientTlsMode::Disable => false,
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                return Err(UpstreamError::connect_failure(format!(
+                    "{}: TLS origination (DestinationRule tls.mode {mode:?}) is not supported",
+                    self.cluster
+                )));
+            }
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        match self.mesh_tls.as_deref().filter(|t| t.ready()) {
+            Some(tls) => Ok(Some(MeshHop {
+                tls,
+                host: &self.key.host,
+                port: self.key.port,
+            })),
+            None => Err(UpstreamError::connect_failure(format!(
+                "{}: mTLS required but this proxy has no workload certificate yet",
+                self.cluster
+            ))),
+        }
+    }
 }
 
 /// The upstreams of one host, told apart by subset and port (a handful at most).
@@ -109,6 +151,7 @@ type ByHost = HashMap<String, Vec<Arc<Upstream>>, foldhash::fast::RandomState>;
 /// building a key.
 pub struct Upstreams {
     map: Mutex<ByHost>,
+    mesh_tls: Option<Arc<MeshTls>>,
     /// Single-address upstreams (original destinations, the app's ports), by address.
     passthrough: Mutex<HashMap<SocketAddr, Arc<Upstream>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
@@ -118,9 +161,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// `mesh_tls`: this proxy's mTLS for hops to meshed endpoints (`None`: plaintext only, as
+    /// towards the local app).
+    pub fn new(connect_timeout: Duration, mesh_tls: Option<Arc<MeshTls>>) -> Self {
         Self {
             map: Mutex::new(HashMap::default()),
+            mesh_tls,
             passthrough: Mutex::new(HashMap::default()),
             connect_timeout,
             breakers: CircuitBreakers::new(),
@@ -326,6 +372,7 @@ impl Upstreams {
             limits,
             outlier,
             pool,
+            mesh_tls: self.mesh_tls.clone(),
             generation,
         }
     }
@@ -460,7 +507,8 @@ where
                 }
             };
             let req = Request::from_parts(parts, body::boxed(body));
-            let result = up.pool.send(&endpoint, h2, req).await;
+            let mesh = up.mesh_hop(&ep)?;
+            let result = up.pool.send(&endpoint, h2, mesh, req).await;
             if let Some(o) = &up.outlier {
                 let outcome = match &result {
                     Ok(r) => Outcome::of_response(r),

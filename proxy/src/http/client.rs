@@ -25,6 +25,10 @@ use mizzen_resilience::UpstreamError;
 use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
+use crate::{
+    mtls::{Alpn, MeshTls},
+    stream::Stream,
+};
 
 /// Settings of one upstream's pool.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +41,17 @@ pub struct PoolSettings {
 /// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-type ByEndpoint<T> = Mutex<HashMap<Authority, T, foldhash::fast::RandomState>>;
+/// A pool's connections are told apart by endpoint and by whether they are mesh mTLS.
+type Key = (Authority, bool);
+type ByEndpoint<T> = Mutex<HashMap<Key, T, foldhash::fast::RandomState>>;
+
+/// Mesh mTLS for a connection: this proxy's TLS and the service it is for (SNI).
+#[derive(Clone, Copy)]
+pub struct MeshHop<'a> {
+    pub tls: &'a MeshTls,
+    pub host: &'a str,
+    pub port: u16,
+}
 
 /// The connections of one upstream, by endpoint.
 pub struct Pool {
@@ -73,33 +87,36 @@ impl Pool {
         &self,
         endpoint: &Authority,
         h2: bool,
+        mesh: Option<MeshHop<'_>>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
+        let key = (endpoint.clone(), mesh.is_some());
+        let target = Target { key: &key, mesh };
         if h2 {
-            self.send_h2(endpoint, req).await
+            self.send_h2(target, req).await
         } else {
-            self.send_h1(endpoint, origin_form(req)).await
+            self.send_h1(target, origin_form(req)).await
         }
     }
 
     async fn send_h1(
         &self,
-        endpoint: &Authority,
+        target: Target<'_>,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
         // A pooled connection the server closed just now may refuse the request before any of
         // it was written; it is then sent once more on a new connection, as clients do.
         let mut fresh = false;
         loop {
-            let mut tx = match self.checkout_h1(endpoint) {
+            let mut tx = match self.checkout_h1(target.key) {
                 Some(tx) => tx,
                 None => {
                     fresh = true;
-                    self.connect_h1(endpoint).await?
+                    self.connect_h1(target).await?
                 }
             };
             let sent = tx.try_send_request(req);
-            self.checkin_h1(endpoint, tx);
+            self.checkin_h1(target.key, tx);
             match sent.await {
                 Ok(resp) => return Ok(resp),
                 Err(e) => match unsent(e) {
@@ -118,25 +135,25 @@ impl Pool {
 
     async fn send_h2(
         &self,
-        endpoint: &Authority,
+        target: Target<'_>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
         let open = self
             .h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(endpoint)
+            .get(target.key)
             .filter(|tx| !tx.is_closed())
             .cloned();
         let (mut tx, fresh) = match open {
             Some(tx) => (tx, false),
-            None => (self.connect_h2(endpoint).await?, true),
+            None => (self.connect_h2(target).await?, true),
         };
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(e) => match unsent(e) {
                 Ok(req) if !fresh => {
-                    let mut tx = self.connect_h2(endpoint).await?;
+                    let mut tx = self.connect_h2(target).await?;
                     Ok(tx.send_request(req).await?)
                 }
                 Ok(_) => Err(
@@ -148,9 +165,9 @@ impl Pool {
     }
 
     /// A ready connection to `endpoint`, dropping closed ones and those idle too long.
-    fn checkout_h1(&self, endpoint: &Authority) -> Option<http1::SendRequest<Body>> {
+    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = map.get_mut(endpoint)?;
+        let conns = map.get_mut(key)?;
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let expired =
@@ -161,9 +178,9 @@ impl Pool {
     }
 
     /// Back in the pool right after sending: busy until the response ends, then ready.
-    fn checkin_h1(&self, endpoint: &Authority, tx: http1::SendRequest<Body>) {
+    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>) {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = map.entry(endpoint.clone()).or_default();
+        let conns = map.entry(key.clone()).or_default();
         if conns.len() < MAX_IDLE_PER_ENDPOINT {
             conns.push(Pooled {
                 tx,
@@ -172,10 +189,10 @@ impl Pool {
         }
     }
 
-    async fn connect_h1(&self, endpoint: &Authority) -> Result<http1::SendRequest<Body>, BoxError> {
-        let io = connect(endpoint, self.settings.connect_timeout).await?;
+    async fn connect_h1(&self, target: Target<'_>) -> Result<http1::SendRequest<Body>, BoxError> {
+        let io = self.open(target, Alpn::Http1).await?;
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
+            .handshake(io)
             .await
             .map_err(UpstreamError::connect_failure)?;
         tokio::spawn(async move {
@@ -186,13 +203,13 @@ impl Pool {
         Ok(tx)
     }
 
-    async fn connect_h2(&self, endpoint: &Authority) -> Result<http2::SendRequest<Body>, BoxError> {
-        let io = connect(endpoint, self.settings.connect_timeout).await?;
+    async fn connect_h2(&self, target: Target<'_>) -> Result<http2::SendRequest<Body>, BoxError> {
+        let io = self.open(target, Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .adaptive_window(true)
-            .handshake(TokioIo::new(io))
+            .handshake(io)
             .await
             .map_err(UpstreamError::connect_failure)?;
         tokio::spawn(async move {
@@ -203,9 +220,33 @@ impl Pool {
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(endpoint.clone(), tx.clone());
+            .insert(target.key.clone(), tx.clone());
         Ok(tx)
     }
+
+    /// A new stream to the endpoint: TCP, then mesh mTLS when the hop is one.
+    async fn open(&self, target: Target<'_>, alpn: Alpn) -> Result<TokioIo<Stream>, BoxError> {
+        let tcp = connect(&target.key.0, self.settings.connect_timeout).await?;
+        let stream = match target.mesh {
+            None => Stream::Plain(tcp),
+            Some(hop) => {
+                let tls = hop
+                    .tls
+                    .connect(tcp, hop.host, hop.port, alpn)
+                    .await
+                    .map_err(UpstreamError::connect_failure)?;
+                Stream::Mtls(Box::new(tls))
+            }
+        };
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// Where one request goes: the pool key and, for a mesh hop, its mTLS.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    key: &'a Key,
+    mesh: Option<MeshHop<'a>>,
 }
 
 /// The request back when it was never written, else the error.

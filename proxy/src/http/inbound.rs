@@ -15,7 +15,7 @@ use crate::{
         report::{Exchange, Head, RequestBytes},
         upgrade,
     },
-    listener::ConnMeta,
+    listener::{ConnMeta, Identity},
     telemetry::{ServiceLabels, trace},
     upstream::UpstreamService,
 };
@@ -55,6 +55,9 @@ async fn handle_inner(
             peer: conn.peer,
         },
     );
+    if let Identity::Spiffe(id) = &conn.identity {
+        ex.parts.mtls_source(id);
+    }
     ex.destination_service(match snap.routes.service_for_host(&authority) {
         Some(s) => ServiceLabels::of(&s.host, &s.namespace),
         None => ServiceLabels::of(
@@ -62,6 +65,10 @@ async fn handle_inner(
             &shared.workload.namespace,
         ),
     });
+    let policy = shared.policy.get(&snap, &shared.workload);
+    if let Err(resp) = policy.check(&mut parts, &conn) {
+        return Ok(ex.finish(resp));
+    }
     let upstream = shared.inbound.passthrough(conn.orig_dst);
     ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
     let body = Counted::new(

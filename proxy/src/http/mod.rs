@@ -7,6 +7,7 @@ pub mod headers;
 pub mod inbound;
 pub mod mirror;
 pub mod outbound;
+pub mod policy;
 pub mod report;
 pub mod server;
 pub mod upgrade;

@@ -10,7 +10,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpStream, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
 
 use super::body::Body;
 
@@ -20,12 +23,13 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
 }
 
-pub async fn serve<F, Fut>(
-    stream: TcpStream,
+pub async fn serve<S, F, Fut>(
+    stream: S,
     settings: ServerSettings,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
 {

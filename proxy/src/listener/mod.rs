@@ -13,8 +13,12 @@ mod orig_dst;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use mizzen_policy::MtlsMode;
 use mizzen_proxy_config::Protocol;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 use tracing::Instrument;
 
 pub use detect::{Detected, classify, detect};
@@ -23,11 +27,11 @@ pub use orig_dst::original_dst;
 use crate::{
     app::Shared,
     http::{inbound, outbound, server},
-    tcp,
+    mtls, tcp,
 };
 
-/// Who is on the other end of a connection, as far as TLS can tell. Plaintext for now; mTLS
-/// (a later issue) fills in the peer's SPIFFE identity.
+/// Who is on the other end of a connection, as far as TLS can tell: the SPIFFE id (URI) an mTLS
+/// peer presented, or nothing for plaintext.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Identity {
     #[default]
@@ -73,6 +77,9 @@ impl Role {
 
 /// How long to wait for a client's first bytes on a port of unknown protocol.
 const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long an mTLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts until shutdown; each connection runs in its own task.
 pub async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
@@ -142,20 +149,73 @@ async fn connection(stream: TcpStream, peer: SocketAddr, role: Role, shared: Arc
         }
         Role::Inbound { app } => (meta(peer, *app, app.port(), None), Protocol::Unknown),
     };
+    let mtls_mode = (!role.is_outbound()).then(|| {
+        shared
+            .policy
+            .get(&snap, &shared.workload)
+            .mtls_mode(meta.port)
+    });
     drop(snap);
+    if let Some(mode) = mtls_mode
+        && let Some(tls) = shared.tls.clone().filter(|t| t.ready())
+    {
+        let tls_first = mode != MtlsMode::Disable
+            && tokio::time::timeout(DETECT_TIMEOUT, mtls::starts_with_tls(&stream))
+                .await
+                .unwrap_or(false);
+        if tls_first {
+            return inbound_mtls(stream, meta, &tls, shared).await;
+        }
+        if mode == MtlsMode::Strict {
+            tracing::debug!(%peer, port = meta.port, "plaintext refused: mTLS is STRICT on this port");
+            mtls::refuse(stream).await;
+            return;
+        }
+    }
     let http = match protocol {
         p if p.is_http() => true,
         Protocol::Unknown => detect(&stream, DETECT_TIMEOUT).await == Detected::Http,
         _ => false,
     };
-    let meta = Arc::new(meta);
+    handle(stream, Arc::new(meta), http, role.is_outbound(), shared).await;
+}
+
+/// The server side of an mTLS connection from another proxy: the peer's identity goes with
+/// every request; ALPN says whether it is HTTP or raw TCP.
+async fn inbound_mtls(
+    stream: TcpStream,
+    mut meta: ConnMeta,
+    tls: &mtls::MeshTls,
+    shared: Arc<Shared>,
+) {
+    let accepted = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %meta.peer, error = %e, "mTLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %meta.peer, "mTLS handshake timed out");
+            return;
+        }
+    };
+    meta.identity = Identity::Spiffe(accepted.peer.uri());
+    let http = accepted.alpn != mtls::Alpn::Tcp;
+    handle(accepted.stream, Arc::new(meta), http, false, shared).await;
+}
+
+/// Hands a connection to the HTTP server or the TCP forwarder of its direction.
+async fn handle<S>(stream: S, meta: Arc<ConnMeta>, http: bool, outbound: bool, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     if !http {
-        tcp::forward(stream, meta, role.is_outbound(), shared).await;
+        tcp::forward(stream, meta, outbound, shared).await;
         return;
     }
     let settings = shared.server;
     let shutdown = shared.drain.signal();
-    if role.is_outbound() {
+    if outbound {
         server::serve(
             stream,
             settings,

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, fmt, hash, sync::Arc};
 use mizzen_resilience::ResponseFlags;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
+use super::metrics::LabelParts;
 use crate::env::Workload;
 
 const UNKNOWN: &str = "unknown";
@@ -145,6 +146,22 @@ impl PeerLabels {
             principal: Label::UNKNOWN,
             app: label("app").unwrap_or(Label::UNKNOWN),
             version: label("version").unwrap_or(Label::UNKNOWN),
+        }
+    }
+}
+
+impl LabelParts {
+    /// A meshed peer on the inbound side: the security policy is `mutual_tls` and the source
+    /// is known by its SPIFFE identity (its namespace is the id's).
+    pub fn mtls_source(&mut self, spiffe_uri: &str) {
+        self.security_policy = Label::Static("mutual_tls");
+        self.source.principal = Label::from(spiffe_uri);
+        if let Some(ns) = spiffe_uri
+            .split("/ns/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+        {
+            self.source.namespace = Label::from(ns);
         }
     }
 }

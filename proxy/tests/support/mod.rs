@@ -375,3 +375,74 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .reduce(|a, b| a + b)
 }
+
+/// The proxy with one inbound listener in front of `app` (local mode's `--inbound`).
+pub async fn start_inbound(cfg: &ProxyConfig, app: SocketAddr) -> Proxy {
+    start_with(cfg, |c| {
+        c.inbound = vec![mizzen_proxy::env::InboundListener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            app,
+        }];
+    })
+    .await
+}
+
+/// A backend that answers 200 with every request header it received, one `name: value` per
+/// line, so a test sees exactly what the proxy forwarded.
+pub async fn header_echo() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let text: String = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                        .collect();
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits }
+}
+
+/// A plain HTTP/1.1 server on loopback answering every request with `status` and `body`
+/// (`delay` first), counting requests.
+pub async fn text_server(status: u16, body: String, delay: Duration) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let body = Bytes::from(body);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counter, body) = (counter.clone(), body.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = body.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let mut resp = Response::new(Full::new(body));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits }
+}
