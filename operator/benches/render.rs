@@ -1,12 +1,13 @@
 //! Scale benchmark (run by `bench/operator.sh`; not a timed test): 1,000 Services with 3 subsets
 //! and 2 routes each, in 50 meshed namespaces. Measures the full render, the incremental render
 //! after one VirtualService changes, peak RSS, and the largest ConfigMap (its JSON and what is
-//! stored: gzip above `GZIP_ABOVE_BYTES`). Renders include compressing the configs that are
-//! stored compressed, since the size check needs the stored size.
+//! stored: gzip above `GZIP_ABOVE_BYTES`, as members of chunks of services). Renders include
+//! compressing the configs that are stored compressed, since the size check needs the stored
+//! size. Then the same at other chunk sizes, for the trade between ratio and time.
 
 use std::time::{Duration, Instant};
 
-use mizzen_operator::{Index, RenderSettings, Renderer, index::Changes};
+use mizzen_operator::{Index, RenderSettings, Rendered, Renderer, index::Changes};
 use mizzen_proxy_config::payload::{self, Payload};
 use serde_json::{Value, json};
 
@@ -69,9 +70,81 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
+}
+
+fn everything() -> Changes {
+    Changes {
+        all: true,
+        ..Changes::default()
+    }
+}
+
+/// Timings of full renders and of incremental renders after one VirtualService change each.
+struct Run {
+    fulls: Vec<Duration>,
+    incrementals: Vec<Duration>,
+    /// Building what the writer sends for the 50 changed ConfigMaps after each change.
+    assembles: Vec<Duration>,
+    /// Gzip members compressed by each incremental render.
+    recompressed: Vec<u64>,
+    /// Members compressed by a full render, and held after it.
+    full_members: (u64, usize),
+    renderer: Renderer,
+    rendered: Rendered,
+}
+
+/// `fulls` full renders, then `edits` incremental ones; `round` varies the edited weights so
+/// that every run changes something.
+fn run(index: &mut Index, settings: &RenderSettings, fulls: usize, edits: u32, round: u32) -> Run {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..fulls {
+        let mut r = Renderer::new(settings.clone());
+        let start = Instant::now();
+        let out = r.render(index, &everything());
+        times.push(start.elapsed());
+        last = Some((r, out));
+    }
+    let (mut renderer, rendered) = last.unwrap();
+    let full_members = (renderer.compressed_members(), renderer.cached_members());
+    index.take_changes();
+    let (mut incrementals, mut assembles, mut recompressed) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..edits {
+        let s = (i as usize * 37) % SERVICES;
+        // 11 to 99, never the generated 10 nor the previous round's weight.
+        let weight = 11 + (i + 20 * round) % 89;
+        let vs = virtual_service(&namespace(s % NAMESPACES), &format!("svc-{s:04}"), weight);
+        let before = renderer.compressed_members();
+        let start = Instant::now();
+        index.apply_document(&vs, "default").unwrap();
+        let changes = index.take_changes();
+        let out = renderer.render(index, &changes);
+        incrementals.push(start.elapsed());
+        recompressed.push(renderer.compressed_members() - before);
+        assert_eq!(out.configs.len(), NAMESPACES);
+        // Every namespace sees the changed host, so all 50 ConfigMaps are written: their stored
+        // form is built (one at a time, as the writer does: the members concatenated).
+        let start = Instant::now();
+        let bytes: usize = out
+            .configs
+            .values()
+            .map(|c| c.payload().as_bytes().len())
+            .sum();
+        assembles.push(start.elapsed());
+        assert!(bytes > 0);
+    }
+    Run {
+        fulls: times,
+        incrementals,
+        assembles,
+        recompressed,
+        full_members,
+        renderer,
+        rendered,
+    }
 }
 
 fn main() {
@@ -85,25 +158,15 @@ fn main() {
     drop(docs);
 
     let settings = RenderSettings::default();
-    let mut fulls = Vec::new();
-    let mut renderer = Renderer::new(settings.clone());
-    let mut rendered = None;
-    for _ in 0..5 {
-        let mut r = Renderer::new(settings.clone());
-        let start = Instant::now();
-        let out = r.render(
-            &index,
-            &Changes {
-                all: true,
-                ..Changes::default()
-            },
-        );
-        fulls.push(start.elapsed());
-        renderer = r;
-        rendered = Some(out);
-    }
-    let rendered = rendered.unwrap();
-    index.take_changes();
+    let Run {
+        fulls,
+        incrementals,
+        assembles,
+        recompressed,
+        full_members,
+        mut renderer,
+        rendered,
+    } = run(&mut index, &settings, 5, 20, 0);
     let invalid = rendered.statuses.values().filter(|s| !s.accepted).count();
     assert_eq!(invalid, 0, "every generated object is valid");
     assert_eq!(
@@ -112,7 +175,14 @@ fn main() {
         "{:?}",
         rendered.problems
     );
-    let largest = rendered.configs.values().max_by_key(|c| c.bytes).unwrap();
+    // The incremental result is the full result, stored bytes included.
+    let check = Renderer::new(settings.clone()).render(&index, &everything());
+    let current = renderer.render(&index, &Changes::default());
+    assert_eq!(current, check);
+    for (ns, c) in &current.configs {
+        assert_eq!(c.payload(), check.configs[ns].payload(), "{ns}");
+    }
+    let largest = current.configs.values().max_by_key(|c| c.bytes).unwrap();
     let largest_payload = largest.payload();
     let gzip_bytes = match &largest_payload {
         Payload::Gzip(b) => Some(b.len()),
@@ -123,51 +193,15 @@ fn main() {
     let json = payload::decode(largest_payload.as_bytes()).unwrap();
     let decoded = mizzen_proxy_config::ProxyConfig::from_json(json.as_bytes()).unwrap();
     let decode_time = start.elapsed();
-    assert_eq!(json.len(), largest.bytes);
+    assert_eq!(json, largest.json());
     drop((json, decoded));
     let (largest_json, largest_stored) = (largest.bytes, largest.stored_bytes);
-    let services_per_config = rendered
-        .configs
-        .values()
-        .next()
-        .unwrap()
-        .config()
-        .services
-        .len();
-
-    let mut incrementals = Vec::new();
-    let mut assembles = Vec::new();
-    for i in 0..20u32 {
-        let s = (i as usize * 37) % SERVICES;
-        let vs = virtual_service(&namespace(s % NAMESPACES), &format!("svc-{s:04}"), 11 + i);
-        let start = Instant::now();
-        index.apply_document(&vs, "default").unwrap();
-        let changes = index.take_changes();
-        let out = renderer.render(&index, &changes);
-        incrementals.push(start.elapsed());
-        assert_eq!(out.configs.len(), NAMESPACES);
-        // Every namespace sees the changed host, so all 50 ConfigMaps are written: their stored
-        // form is built (one at a time, as the writer does; the render already compressed it).
-        let start = Instant::now();
-        let bytes: usize = out
-            .configs
-            .values()
-            .map(|c| c.payload().as_bytes().len())
-            .sum();
-        assembles.push(start.elapsed());
-        assert!(bytes > 0);
-    }
-    // The incremental result is the full result.
-    let check = Renderer::new(settings.clone()).render(
-        &index,
-        &Changes {
-            all: true,
-            ..Changes::default()
-        },
-    );
-    assert_eq!(renderer.render(&index, &Changes::default()), check);
+    let members = largest.gzip_members();
+    let services_per_config = largest.config().services.len();
+    drop((current, check, rendered));
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |n: usize| n as f64 * 100.0 / 1_048_576.0;
     println!(
         "objects: {} namespaces, {} services, {} DestinationRules (3 subsets), {} VirtualServices (2 routes)",
         NAMESPACES, SERVICES, SERVICES, SERVICES
@@ -190,7 +224,14 @@ fn main() {
         ms(*assembles.iter().max().unwrap())
     );
     println!("services per namespace config: {services_per_config}");
-    let pct = |n: usize| n as f64 * 100.0 / 1_048_576.0;
+    println!(
+        "gzip members: {members} per config (head, chunks of about {} services, tail); a full render compressed {} distinct members for the 50 configs and keeps {}; an incremental render compressed {} (median; max {})",
+        settings.gzip_chunk_services,
+        full_members.0,
+        full_members.1,
+        median(recompressed.clone()),
+        recompressed.iter().max().unwrap()
+    );
     println!(
         "largest config, JSON: {largest_json} bytes ({:.1}% of 1 MiB)",
         pct(largest_json)
@@ -214,4 +255,26 @@ fn main() {
         "peak RSS (VmHWM): {:.1} MiB",
         peak_rss_kib() as f64 / 1024.0
     );
+    drop(renderer);
+
+    println!(
+        "chunk size (services per gzip member, on average): full render (median of 3) / incremental (median of 10) / largest stored / JSON/gzip"
+    );
+    for (round, chunk) in [4, 8, 32, 1000].into_iter().enumerate() {
+        let settings = RenderSettings {
+            gzip_chunk_services: chunk,
+            ..RenderSettings::default()
+        };
+        let r = run(&mut index, &settings, 3, 10, round as u32 + 1);
+        let c = r.rendered.configs.values().max_by_key(|c| c.bytes).unwrap();
+        let gz = c.payload().as_bytes().len();
+        println!(
+            "  {chunk:>4}: {:.1} ms / {:.2} ms / {} bytes ({:.1}%) / {:.1}x",
+            ms(median(r.fulls)),
+            ms(median(r.incrementals)),
+            c.stored_bytes,
+            pct(c.stored_bytes),
+            c.bytes as f64 / gz as f64
+        );
+    }
 }

@@ -10,6 +10,7 @@
 //! the same catalog with a gateway scope instead of the mesh scope.
 
 mod catalog;
+mod compress;
 mod inbound;
 mod policy;
 mod routes;
@@ -33,6 +34,8 @@ use crate::{
 };
 pub use catalog::exported;
 use catalog::{Catalog, Source};
+pub use compress::CHUNK_SERVICES;
+use compress::{Member, MemberCache};
 
 /// The API server refuses a ConfigMap whose values add up to more than 1 MiB; 1 KiB of margin
 /// (the object's metadata counts towards etcd's request limit). Checked against the stored
@@ -51,6 +54,9 @@ pub struct RenderSettings {
     /// Configs whose JSON is larger than this are stored gzip-compressed
     /// ([`pc::payload::GZIP_ABOVE_BYTES`]; tests lower it).
     pub gzip_above_bytes: usize,
+    /// Services per gzip member of a compressed config, on average ([`CHUNK_SERVICES`]; see
+    /// docs/operator.md, "Payload encoding").
+    pub gzip_chunk_services: usize,
     /// File mode: when the input holds no Namespace objects, every namespace with objects is
     /// meshed.
     pub implicit_namespaces: bool,
@@ -63,6 +69,7 @@ impl Default for RenderSettings {
             trust_domain: "cluster.local".into(),
             max_config_bytes: MAX_CONFIG_BYTES,
             gzip_above_bytes: pc::payload::GZIP_ABOVE_BYTES,
+            gzip_chunk_services: CHUNK_SERVICES,
             implicit_namespaces: false,
         }
     }
@@ -82,8 +89,9 @@ pub struct ObjectStatus {
 
 /// One namespace's config, as written to its ConfigMap. The JSON is assembled on demand from
 /// the shared service fragments, so a render of many namespaces holds each service once. A
-/// config large enough to be stored compressed keeps its compressed bytes too (a seventeenth of
-/// the JSON at the scale benchmark), computed once per distinct content.
+/// config large enough to be stored compressed holds the gzip members of its pieces (head,
+/// chunks of services, tail), shared with other namespaces' configs and kept by the
+/// [`Renderer`] between renders, and concatenates them on demand.
 #[derive(Clone)]
 pub struct RenderedConfig {
     /// Content hash of the JSON (16 hex digits), for the `mizzen.io/config-hash` annotation:
@@ -95,14 +103,17 @@ pub struct RenderedConfig {
     /// limit ([`Payload::stored_bytes`]).
     pub stored_bytes: usize,
     parts: Arc<Parts>,
-    /// The stored form when it is compressed (shared with the renderer's cache); `None` when
-    /// the JSON is stored as text.
-    compressed: Option<Arc<Payload>>,
+    /// The gzip members of the stored form when it is compressed (shared with the renderer's
+    /// cache); `None` when the JSON is stored as text.
+    compressed: Option<Arc<[Member]>>,
 }
 
+/// The JSON of a config is `head`, the services separated by commas, and `tail`.
 struct Parts {
+    /// Up to and including `"services":[`, when there are services.
     head: String,
     services: Vec<Arc<Fragment>>,
+    /// From the `]` closing the services, when there are any.
     tail: String,
 }
 
@@ -112,15 +123,11 @@ impl RenderedConfig {
         let p = &self.parts;
         let mut json = String::with_capacity(self.bytes);
         json.push_str(&p.head);
-        if !p.services.is_empty() {
-            json.push_str(",\"services\":[");
-            for (i, f) in p.services.iter().enumerate() {
-                if i > 0 {
-                    json.push(',');
-                }
-                json.push_str(&f.json);
+        for (i, f) in p.services.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
             }
-            json.push(']');
+            json.push_str(&f.json);
         }
         json.push_str(&p.tail);
         json
@@ -130,9 +137,14 @@ impl RenderedConfig {
     /// [`RenderSettings::gzip_above_bytes`].
     pub fn payload(&self) -> Payload {
         match &self.compressed {
-            Some(payload) => Payload::clone(payload),
+            Some(members) => Payload::from_members(members.iter().map(|m| &m[..])),
             None => Payload::Text(self.json()),
         }
+    }
+
+    /// How many gzip members the stored form holds; 0 when it is text.
+    pub fn gzip_members(&self) -> usize {
+        self.compressed.as_ref().map_or(0, |m| m.len())
     }
 
     pub fn config(&self) -> pc::ProxyConfig {
@@ -186,6 +198,8 @@ pub fn render(index: &Index, settings: &RenderSettings) -> Rendered {
 struct Fragment {
     json: String,
     hash: u64,
+    /// Where compressed chunks end ([`compress::boundary_hash`] of the host).
+    boundary_hash: u32,
 }
 
 /// A renderer that remembers what it rendered, for incremental renders.
@@ -195,9 +209,9 @@ pub struct Renderer {
     services: BTreeMap<String, BTreeMap<String, Arc<Fragment>>>,
     /// Identical fragments shared across namespaces.
     interned: HashMap<u64, Arc<Fragment>>,
-    /// Per namespace, the hash and stored form of its last compressed config: an unchanged
-    /// config is not compressed again.
-    compressed: BTreeMap<String, (String, Arc<Payload>)>,
+    /// The gzip members of the pieces of compressed configs, shared across namespaces and
+    /// renders.
+    members: MemberCache,
     valid: BTreeMap<ObjectRef, bool>,
 }
 
@@ -207,13 +221,25 @@ impl Renderer {
             settings,
             services: BTreeMap::new(),
             interned: HashMap::new(),
-            compressed: BTreeMap::new(),
+            members: MemberCache::default(),
             valid: BTreeMap::new(),
         }
     }
 
     pub fn settings(&self) -> &RenderSettings {
         &self.settings
+    }
+
+    /// How many gzip members this renderer has compressed so far: the misses of its member
+    /// cache (a piece already compressed for another namespace or an earlier render is
+    /// reused).
+    pub fn compressed_members(&self) -> u64 {
+        self.members.compressed()
+    }
+
+    /// How many gzip members the renderer keeps: those the last render used.
+    pub fn cached_members(&self) -> usize {
+        self.members.len()
     }
 
     /// Renders after `changes` (from [`Index::take_changes`]); with `changes.all` everything.
@@ -244,7 +270,7 @@ impl Renderer {
             meshed = index.namespaces_with_objects();
         }
         self.services.retain(|ns, _| meshed.contains(ns));
-        self.compressed.retain(|ns, _| meshed.contains(ns));
+        self.members.begin_render();
         let policies = Policies::new(index, &self.settings);
         let mut memo: HashMap<(String, View), Arc<Fragment>> = HashMap::new();
 
@@ -283,12 +309,7 @@ impl Renderer {
                 }
             }
             let mut config = assemble(&catalog, &policies, ns, cache);
-            encode(
-                &mut self.compressed,
-                self.settings.gzip_above_bytes,
-                ns,
-                &mut config,
-            );
+            encode(&mut self.members, &self.settings, &mut config);
             if config.stored_bytes > self.settings.max_config_bytes {
                 let form = if config.compressed.is_some() {
                     format!(
@@ -306,36 +327,24 @@ impl Renderer {
                 out.configs.insert(ns.clone(), config);
             }
         }
+        self.members.end_render();
         self.interned.retain(|_, f| Arc::strong_count(f) > 1);
         out.meshed = meshed;
         out
     }
 }
 
-/// Sets the stored form of `config`: text, or gzip, reused from `cache` (the namespace's last
-/// compressed config) while its hash is unchanged.
-fn encode(
-    cache: &mut BTreeMap<String, (String, Arc<Payload>)>,
-    gzip_above: usize,
-    ns: &str,
-    config: &mut RenderedConfig,
-) {
-    if !pc::payload::compresses(config.bytes, gzip_above) {
+/// Sets the stored form of `config`: text, or the gzip members of its pieces.
+fn encode(members: &mut MemberCache, settings: &RenderSettings, config: &mut RenderedConfig) {
+    if !pc::payload::compresses(config.bytes, settings.gzip_above_bytes) {
         // Text: the JSON itself, assembled only when written.
-        cache.remove(ns);
         config.stored_bytes = config.bytes;
         return;
     }
-    let payload = match cache.get(ns) {
-        Some((hash, payload)) if *hash == config.hash => payload.clone(),
-        _ => {
-            let payload = Arc::new(Payload::encode(config.json(), gzip_above));
-            cache.insert(ns.to_string(), (config.hash.clone(), payload.clone()));
-            payload
-        }
-    };
-    config.stored_bytes = payload.stored_bytes();
-    config.compressed = Some(payload);
+    let members = members.members(&config.parts, settings.gzip_chunk_services);
+    let gzip_bytes = members.iter().map(|m| m.len()).sum();
+    config.stored_bytes = pc::payload::base64_len(gzip_bytes);
+    config.compressed = Some(members.into());
 }
 
 fn intern(table: &mut HashMap<u64, Arc<Fragment>>, svc: &pc::Service) -> Arc<Fragment> {
@@ -346,7 +355,11 @@ fn intern(table: &mut HashMap<u64, Arc<Fragment>>, svc: &pc::Service) -> Arc<Fra
     {
         return f.clone();
     }
-    let f = Arc::new(Fragment { json, hash });
+    let f = Arc::new(Fragment {
+        json,
+        hash,
+        boundary_hash: compress::boundary_hash(&svc.host),
+    });
     table.insert(hash, f.clone());
     f
 }
@@ -367,31 +380,35 @@ fn assemble(
         default_mtls: policies.mesh_mtls,
     };
     let inbound = policies.inbound(ns);
-    let head = format!(
+    let mut head = format!(
         "{{\"format\":{},\"namespace\":{},\"mesh\":{}",
         serde_json::to_string(pc::FORMAT).expect("strings serialise"),
         serde_json::to_string(ns).expect("strings serialise"),
         serde_json::to_string(&mesh).expect("mesh serialises"),
     );
-    let tail = format!(
+    let mut tail = format!(
         ",\"inbound\":{}}}",
         serde_json::to_string(&inbound).expect("inbound serialises")
     );
+    // The hash covers the head and tail without the brackets of `services`, as it always has,
+    // so that the annotation of an unchanged config stays the same.
     let mut hash = Fnv64::new();
     hash.write(head.as_bytes());
-    let mut bytes = head.len() + tail.len();
-    if !services.is_empty() {
-        bytes += ",\"services\":[]".len() + services.len() - 1;
-    }
     let services: Vec<Arc<Fragment>> = services
         .values()
         .map(|f| {
             hash.write(&f.hash.to_le_bytes());
-            bytes += f.json.len();
             f.clone()
         })
         .collect();
     hash.write(tail.as_bytes());
+    if !services.is_empty() {
+        head.push_str(",\"services\":[");
+        tail.insert(0, ']');
+    }
+    let commas = services.len().saturating_sub(1);
+    let bytes =
+        head.len() + tail.len() + commas + services.iter().map(|f| f.json.len()).sum::<usize>();
     RenderedConfig {
         hash: hash.hex(),
         bytes,

@@ -7,12 +7,17 @@
 //! file of the mounted volume; [`decode`] tells them apart by the gzip magic bytes, so the
 //! proxy reads either without being told which it got.
 //!
+//! The compressed form may hold several gzip members back to back, which decode to their
+//! contents concatenated (RFC 1952 §2.2; `gunzip` reads them the same way). The operator uses
+//! that to compress a config in pieces ([`gzip_member`], [`Payload::from_members`]) and keep
+//! each piece's member between renders, so an edit recompresses only the pieces it changed.
+//!
 //! This module is the only place that encodes or decodes the stored form: the operator writes
-//! through [`Payload::encode`], the proxy reads through [`decode`].
+//! through [`Payload::encode`] or [`Payload::from_members`], the proxy reads through [`decode`].
 
 use std::{borrow::Cow, io::Read};
 
-use flate2::{Compression, read::GzDecoder, write::GzEncoder};
+use flate2::{Compression, read::MultiGzDecoder, write::GzEncoder};
 
 /// Configs whose compact JSON is larger than this are stored gzip-compressed. Below it the
 /// JSON is stored as text, so the configs of small and medium meshes stay readable with
@@ -51,21 +56,23 @@ pub enum PayloadError {
 }
 
 impl Payload {
-    /// `json` as text when it is at most `gzip_above` bytes long, else gzip-compressed.
-    /// Deterministic: the same JSON always gives the same bytes (the gzip header carries no
-    /// time stamp or file name).
-    ///
-    /// The fastest level: the operator compresses every changed config of every namespace on
-    /// each render, so time counts more than the last bytes. On the 880 KB config of the scale
-    /// benchmark it gives 17x in 2.3 ms, against 26x in 13 ms at the default level; either is a
-    /// small fraction of the limit.
+    /// `json` as text when it is at most `gzip_above` bytes long, else gzip-compressed as one
+    /// member ([`gzip_member`]).
     pub fn encode(json: String, gzip_above: usize) -> Self {
         if !compresses(json.len(), gzip_above) {
             return Self::Text(json);
         }
-        let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 8), Compression::fast());
-        std::io::Write::write_all(&mut gz, json.as_bytes()).expect("writing to a Vec never fails");
-        Self::Gzip(gz.finish().expect("writing to a Vec never fails"))
+        Self::Gzip(gzip_member(json.as_bytes()))
+    }
+
+    /// The compressed form made of `members` in order, each a whole gzip member (from
+    /// [`gzip_member`]): it decodes to their pieces concatenated.
+    pub fn from_members<'a>(members: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut bytes = Vec::new();
+        for m in members {
+            bytes.extend_from_slice(m);
+        }
+        Self::Gzip(bytes)
     }
 
     /// The bytes of the mounted file.
@@ -93,6 +100,22 @@ impl Payload {
     }
 }
 
+/// `piece` compressed as one complete gzip member. Deterministic: the same bytes always give
+/// the same member (the header carries no time stamp or file name).
+///
+/// The fastest level: the operator compresses every changed piece on each render, so time
+/// counts more than the last bytes. On the 880 KB config of the scale benchmark as one member
+/// it gives 17x in 2.3 ms, against 26x in 13 ms at the default level; in members of 16
+/// services, 12x. Any of them is a small fraction of the limit.
+pub fn gzip_member(piece: &[u8]) -> Vec<u8> {
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(piece.len() / 8 + 32),
+        Compression::fast(),
+    );
+    std::io::Write::write_all(&mut gz, piece).expect("writing to a Vec never fails");
+    gz.finish().expect("writing to a Vec never fails")
+}
+
 /// Whether [`Payload::encode`] compresses JSON of `json_len` bytes: only above `gzip_above`.
 /// A writer that caches compressed bytes asks this before building the JSON at all.
 pub const fn compresses(json_len: usize, gzip_above: usize) -> bool {
@@ -104,8 +127,8 @@ pub const fn base64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
 
-/// The JSON text of a stored config: gzip (recognised by [`GZIP_MAGIC`]) is decompressed, up to
-/// [`MAX_DECODED_BYTES`]; anything else is taken as text. Borrows when nothing was compressed.
+/// The JSON text of a stored config: gzip (recognised by [`GZIP_MAGIC`]) is decompressed, every
+/// member in turn, up to [`MAX_DECODED_BYTES`] in all; anything else is taken as text. Borrows when nothing was compressed.
 pub fn decode(bytes: &[u8]) -> Result<Cow<'_, str>, PayloadError> {
     decode_capped(bytes, MAX_DECODED_BYTES)
 }
@@ -118,7 +141,9 @@ fn decode_capped(bytes: &[u8], limit: usize) -> Result<Cow<'_, str>, PayloadErro
     // Read one byte past the limit: reaching it means the stream is larger than allowed,
     // without ever holding more than `limit + 1` bytes.
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    GzDecoder::new(bytes)
+    // Every member must be whole: a truncated or corrupt one, or bytes after the last member
+    // that do not start another, fail the read.
+    MultiGzDecoder::new(bytes)
         .take(cap)
         .read_to_end(&mut out)
         .map_err(PayloadError::Gzip)?;
@@ -207,6 +232,62 @@ mod tests {
             decode(&[0xff, 0xfe, 0x00]),
             Err(PayloadError::NotUtf8(_))
         ));
+    }
+
+    /// The members of `json` cut at `cuts` (byte offsets), and the payload they make.
+    fn in_members(json: &str, cuts: &[usize]) -> (Vec<Vec<u8>>, Payload) {
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(json.len());
+        let members: Vec<Vec<u8>> = bounds
+            .windows(2)
+            .map(|w| gzip_member(&json.as_bytes()[w[0]..w[1]]))
+            .collect();
+        let payload = Payload::from_members(members.iter().map(Vec::as_slice));
+        (members, payload)
+    }
+
+    #[test]
+    fn members_decode_to_their_pieces_concatenated() {
+        let json = big_json();
+        let (members, p) = in_members(&json, &[100, 101, json.len() / 2]);
+        assert_eq!(members.len(), 4);
+        let Payload::Gzip(bytes) = &p else {
+            panic!("expected gzip");
+        };
+        assert_eq!(*bytes, members.concat());
+        assert_eq!(p.stored_bytes(), base64_len(members.concat().len()));
+        assert_eq!(decode(bytes).unwrap(), json);
+        // An empty piece is a valid member too, and one member is what `encode` writes.
+        let (_, p) = in_members(&json, &[0]);
+        assert_eq!(decode(p.as_bytes()).unwrap(), json);
+        let (_, one) = in_members(&json, &[]);
+        assert_eq!(one, Payload::encode(json.clone(), 0));
+        assert_eq!(gzip_member(b"{}"), gzip_member(b"{}"), "deterministic");
+    }
+
+    #[test]
+    fn a_truncated_or_foreign_later_member_is_refused() {
+        let json = big_json();
+        let (members, p) = in_members(&json, &[json.len() / 2]);
+        let bytes = p.as_bytes();
+        let first = members[0].len();
+        // The second member cut short, or cut right after its header.
+        for end in [bytes.len() - 1, bytes.len() - 9, first + 12] {
+            let err = decode(&bytes[..end]).unwrap_err();
+            assert!(matches!(err, PayloadError::Gzip(_)), "{end}: {err:?}");
+            assert!(err.to_string().contains("does not decompress"), "{err}");
+        }
+        // Bytes after the last member that are not another member.
+        let mut trailing = bytes.to_vec();
+        trailing.extend_from_slice(b"{\"x\":1}");
+        assert!(matches!(decode(&trailing), Err(PayloadError::Gzip(_))));
+        // The cap counts every member, not each alone.
+        assert!(matches!(
+            decode_capped(bytes, json.len() - 1),
+            Err(PayloadError::TooLarge { .. })
+        ));
+        assert_eq!(decode_capped(bytes, json.len()).unwrap(), json);
     }
 
     #[test]
