@@ -16,8 +16,8 @@
 //! - The client side ignores the SNI for authentication: the server is accepted when its SPIFFE
 //!   id is one of the expected identities (Istio's secure naming). For SNI use
 //!   [`outbound_sni`], Istio's `outbound_.<port>_.<subset>_.<host>` form.
-//! - Session resumption keeps rustls's defaults: a resumed session was verified when it was
-//!   first established and is not checked again against newer roots.
+//! - No session resumption, on either side: a resumed session would skip the certificate
+//!   checks, letting a peer back in after its certificate expired or its root was withdrawn.
 
 use std::fmt;
 use std::sync::Arc;
@@ -239,6 +239,11 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(StoreResolver(store.clone())));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // No resumption: a resumed session skips the certificate checks, so a peer could come back
+    // after its certificate expired or its root was withdrawn. Mesh connections are pooled, so
+    // a full handshake per connection costs little.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -258,6 +263,8 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(StoreResolver(store.clone())));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // As on the server side: every connection verifies the peer's current certificate.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -298,6 +305,45 @@ impl ResolvesClientCert for StoreResolver {
     }
 }
 
+/// The handshake-signature checks both verifiers share: the ring provider's algorithms.
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &PROVIDER.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &PROVIDER.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            PROVIDER
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 /// Verifies client chains against the store's current roots.
 #[derive(Debug)]
 struct ClientVerifier {
@@ -326,39 +372,7 @@ impl ClientCertVerifier for ClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        PROVIDER
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// Verifies server chains against the store's current roots, then secure naming.
@@ -386,39 +400,7 @@ impl ServerCertVerifier for ServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        PROVIDER
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// Maps a verification failure to the rustls error that selects the right TLS alert.

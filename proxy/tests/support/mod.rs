@@ -446,3 +446,4 @@ pub async fn text_server(status: u16, body: String, delay: Duration) -> Backend 
     });
     Backend { addr, hits }
 }
+pub mod agent;
