@@ -125,9 +125,12 @@ pub fn desired_trust_bundles(
         return Vec::new();
     };
     let hash = crate::hash::Fnv64::of(pem.as_bytes());
+    // The root namespace too: the node agents read the roots there, and it is never meshed.
+    let root = index.root_namespace().to_string();
     rendered
         .meshed
         .iter()
+        .chain(std::iter::once(&root).filter(|r| !rendered.meshed.contains(*r)))
         .map(|ns| Desired {
             namespace: ns.clone(),
             name: TRUST_BUNDLE_NAME,
@@ -160,6 +163,10 @@ pub fn plan(
     meshed: &BTreeSet<String>,
 ) -> Plan {
     let mut out = Plan::default();
+    let wanted: BTreeSet<(String, String)> = desired
+        .iter()
+        .map(|d| (d.namespace.clone(), d.name.to_string()))
+        .collect();
     for d in desired {
         let key = (d.namespace.clone(), d.name.to_string());
         if existing.get(&key).and_then(Option::as_deref) == Some(d.hash.as_str()) {
@@ -170,7 +177,10 @@ pub fn plan(
     }
     for (ns, name) in existing.keys() {
         let ours = name == mizzen_proxy_config::CONFIG_MAP_NAME || name == TRUST_BUNDLE_NAME;
-        if ours && !meshed.contains(ns) {
+        // A meshed namespace whose config was refused keeps its last good one; the root
+        // namespace keeps the trust bundle it is given although it is not meshed.
+        let keep = meshed.contains(ns) || wanted.contains(&(ns.clone(), name.clone()));
+        if ours && !keep {
             out.delete.push((ns.clone(), name.clone()));
         }
     }
@@ -254,27 +264,29 @@ impl ConfigMapWriter {
             .collect())
     }
 
-    /// Reads the root certificate: Secret `cacerts` (`root-cert.pem`), else `mizzen-ca`
-    /// (`ca.crt`), in `namespace`. `None` when neither exists yet.
+    /// Reads the trust bundle: Secret `cacerts` (`root-cert.pem`), else `mizzen-ca`
+    /// (`roots.pem`, else `ca.crt`), in `namespace`; the choice is
+    /// [`crate::ca::secret::trust_bundle_pem`]. `None` when neither exists yet.
     pub async fn root_certificate(&self, namespace: &str) -> Result<Option<String>, ApplyError> {
+        use crate::ca::secret::{PLUGIN_SECRET_NAME, SECRET_NAME, data_of, trust_bundle_pem};
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        for (name, key) in [("cacerts", "root-cert.pem"), ("mizzen-ca", "ca.crt")] {
-            let secret = api
-                .get_opt(name)
-                .await
-                .map_err(|source| ApplyError::Secret {
-                    name: name.into(),
-                    source,
-                })?;
-            if let Some(pem) = secret
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(key).cloned())
-                .and_then(|b| String::from_utf8(b.0).ok())
-            {
-                return Ok(Some(pem));
+        let read = |name: &'static str| {
+            let api = api.clone();
+            async move {
+                let secret = api
+                    .get_opt(name)
+                    .await
+                    .map_err(|source| ApplyError::Secret {
+                        name: name.into(),
+                        source,
+                    })?;
+                Ok::<_, ApplyError>(secret.as_ref().map(data_of))
             }
+        };
+        if let Some(pem) = trust_bundle_pem(read(PLUGIN_SECRET_NAME).await?.as_ref(), None) {
+            return Ok(Some(pem));
         }
-        Ok(None)
+        Ok(trust_bundle_pem(None, read(SECRET_NAME).await?.as_ref()))
     }
 
     pub async fn execute(&self, plan: &Plan) -> Result<SyncReport, ApplyError> {

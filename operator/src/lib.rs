@@ -4,6 +4,7 @@
 //! [`status`], [`reconcile`]), only while it holds the Lease ([`leader`]).
 
 pub mod apply;
+pub mod ca;
 pub mod files;
 pub mod hash;
 pub mod index;

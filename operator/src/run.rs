@@ -310,6 +310,28 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         )
         .instrument(tracing::info_span!("webhook-certs")),
     );
+    let (authority_tx, authority_rx) = watch::channel(None);
+    tokio::spawn(
+        crate::ca::keeper::keep_current(
+            client.clone(),
+            crate::ca::KeeperSettings::new(
+                opts.settings.root_namespace.clone(),
+                opts.settings.trust_domain.clone(),
+            ),
+            leading.clone(),
+            authority_tx,
+        )
+        .instrument(tracing::info_span!("mesh-ca")),
+    );
+    tokio::spawn(
+        crate::ca::signer::run(
+            client.clone(),
+            crate::ca::SignerSettings::new(&opts.settings.root_namespace),
+            leading.clone(),
+            authority_rx,
+        )
+        .instrument(tracing::info_span!("node-ca-signer")),
+    );
 
     let (tx, rx) = mpsc::channel::<Update>(1024);
     for kind in [

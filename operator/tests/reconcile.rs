@@ -399,9 +399,13 @@ async fn writes_the_trust_bundle_from_the_ca_secret() {
             answer.clone(),
         )
         .await;
-        let bundle = expect(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/configmaps/mizzen-ca-root-cert?&force=true&fieldManager=mizzen-operator", StatusCode::OK, answer).await;
+        let bundle = expect(&mut handle, Method::PATCH, "/api/v1/namespaces/shop/configmaps/mizzen-ca-root-cert?&force=true&fieldManager=mizzen-operator", StatusCode::OK, answer.clone()).await;
         assert_eq!(bundle["data"]["root-cert.pem"], "-----ROOT-----\n");
         assert_eq!(bundle["metadata"]["ownerReferences"][0]["uid"], "uid-shop");
+        // The root namespace gets the bundle too (the node agents read it there), though it
+        // is never meshed.
+        let bundle = expect(&mut handle, Method::PATCH, "/api/v1/namespaces/mizzen-system/configmaps/mizzen-ca-root-cert?&force=true&fieldManager=mizzen-operator", StatusCode::OK, answer).await;
+        assert_eq!(bundle["data"]["root-cert.pem"], "-----ROOT-----\n");
         for name in ["bad"] {
             expect(
                 &mut handle,
@@ -423,7 +427,7 @@ async fn writes_the_trust_bundle_from_the_ca_secret() {
         .await;
     });
     let out = run(&mut r).await;
-    assert_eq!(out.config_maps_applied, 2);
+    assert_eq!(out.config_maps_applied, 3);
     server.await.unwrap();
 }
 
