@@ -227,7 +227,8 @@ async fn the_budget_counts_retries_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn bodies_over_the_limit_are_sent_once() {
-    let layer = RetryLayer::new(&config(3, &["5xx"]), RetryBudget::unlimited()).with_replay_limit(4);
+    let layer =
+        RetryLayer::new(&config(3, &["5xx"]), RetryBudget::unlimited()).with_replay_limit(4);
     let (call, mut handle) = start(layer, "more than four bytes");
     let (req, send) = handle.next_request().await.unwrap();
     assert_eq!(body_of(req).await, "more than four bytes");
