@@ -457,20 +457,16 @@ where
                 balance::request_key(key, req.headers(), req.uri().query(), ip)
                     .map(|k| balance::hash::hash64(&k))
             });
-            let healthy: Option<Vec<String>> = up.outlier.as_ref().map(|o| {
-                let names: Vec<String> = up.endpoints.iter().map(|e| e.name.clone()).collect();
-                o.healthy(&names)
-            });
+            let eligible: Option<Vec<bool>> = up
+                .outlier
+                .as_ref()
+                .map(|o| o.eligible(up.endpoints.iter().map(|e| &e.name)));
             let picked = up.balancer.pick(
                 up.endpoints.len(),
                 hash,
                 rand::random::<u32>,
                 |i| up.endpoints[i].active.load(Ordering::Relaxed),
-                |i| {
-                    healthy
-                        .as_ref()
-                        .is_none_or(|h| h.contains(&up.endpoints[i].name))
-                },
+                |i| eligible.as_ref().is_none_or(|e| e[i]),
             );
             let Some(i) = picked else {
                 return Ok(mizzen_resilience::reply::local_reply(

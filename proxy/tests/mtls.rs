@@ -111,6 +111,20 @@ async fn strict_serves_mtls_from_the_mesh_and_refuses_plaintext() {
             ("response_code", "200"),
         ],
     );
+    // The caller's proxy reports the server's identity from the handshake.
+    let m = metrics(p.outbound.prometheus).await;
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            (
+                "destination_principal",
+                "spiffe://cluster.local/ns/default/sa/serviceb",
+            ),
+            ("response_code", "200"),
+        ],
+    );
     // A plaintext client straight to the inbound port is refused, not served.
     let plain = tokio::time::timeout(
         Duration::from_secs(5),

@@ -207,15 +207,26 @@ impl<E: Eq + Hash + Clone> OutlierDetector<E> {
     /// The endpoints the balancer may pick from: those not ejected, or all of them when
     /// fewer than `minHealthPercent` are healthy (panic mode).
     pub fn healthy<'a>(&self, endpoints: &'a [E], now: Instant) -> Vec<&'a E> {
-        let healthy: Vec<&E> = endpoints
+        let eligible = self.eligible(endpoints.iter(), now);
+        endpoints
             .iter()
-            .filter(|e| !self.is_ejected(e, now))
-            .collect();
+            .zip(eligible)
+            .filter_map(|(e, ok)| ok.then_some(e))
+            .collect()
+    }
+
+    /// For each endpoint in order, whether the balancer may pick it (see [`Self::healthy`]).
+    pub fn eligible<'a>(&self, endpoints: impl Iterator<Item = &'a E>, now: Instant) -> Vec<bool>
+    where
+        E: 'a,
+    {
+        let mut eligible: Vec<bool> = endpoints.map(|e| !self.is_ejected(e, now)).collect();
+        let healthy = eligible.iter().filter(|ok| **ok).count() as u64;
         let min = u64::from(self.config.min_health_percent);
-        if (healthy.len() as u64) * 100 < min * endpoints.len() as u64 {
-            return endpoints.iter().collect();
+        if healthy * 100 < min * eligible.len() as u64 {
+            eligible.fill(true);
         }
-        healthy
+        eligible
     }
 }
 
@@ -248,6 +259,15 @@ impl<E: Eq + Hash + Clone> SharedOutlier<E> {
 
     pub fn is_ejected(&self, endpoint: &E) -> bool {
         self.lock().is_ejected(endpoint, Instant::now())
+    }
+
+    /// For each endpoint in order, whether the balancer may pick it now (see
+    /// [`OutlierDetector::eligible`]); one lock, no copies of the endpoint names.
+    pub fn eligible<'a>(&self, endpoints: impl Iterator<Item = &'a E>) -> Vec<bool>
+    where
+        E: 'a,
+    {
+        self.lock().eligible(endpoints, Instant::now())
     }
 
     /// The endpoints to balance over now (see [`OutlierDetector::healthy`]).

@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -57,13 +57,22 @@ pub struct MeshHop<'a> {
 pub struct Pool {
     settings: PoolSettings,
     h1: ByEndpoint<Vec<Pooled>>,
-    h2: ByEndpoint<http2::SendRequest<Body>>,
+    h2: ByEndpoint<(http2::SendRequest<Body>, Peer)>,
 }
+
+/// The SPIFFE id (URI) the server of a mesh connection presented; `None` for plaintext.
+type Peer = Option<Arc<str>>;
+
+/// The server identity of the mesh connection a response came over (in its extensions), for
+/// the `destination_principal` label.
+#[derive(Clone, Debug)]
+pub struct PeerPrincipal(pub Arc<str>);
 
 /// An HTTP/1.1 connection in the pool: idle, or busy until its response ends (then hyper
 /// reports it ready again).
 struct Pooled {
     tx: http1::SendRequest<Body>,
+    peer: Peer,
     last_used: Instant,
 }
 
@@ -92,33 +101,37 @@ impl Pool {
     ) -> Result<Response<Incoming>, BoxError> {
         let key = (endpoint.clone(), mesh.is_some());
         let target = Target { key: &key, mesh };
-        if h2 {
-            self.send_h2(target, req).await
+        let (mut resp, peer) = if h2 {
+            self.send_h2(target, req).await?
         } else {
-            self.send_h1(target, origin_form(req)).await
+            self.send_h1(target, origin_form(req)).await?
+        };
+        if let Some(peer) = peer {
+            resp.extensions_mut().insert(PeerPrincipal(peer));
         }
+        Ok(resp)
     }
 
     async fn send_h1(
         &self,
         target: Target<'_>,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<(Response<Incoming>, Peer), BoxError> {
         // A pooled connection the server closed just now may refuse the request before any of
         // it was written; it is then sent once more on a new connection, as clients do.
         let mut fresh = false;
         loop {
-            let mut tx = match self.checkout_h1(target.key) {
-                Some(tx) => tx,
+            let (mut tx, peer) = match self.checkout_h1(target.key) {
+                Some(conn) => conn,
                 None => {
                     fresh = true;
                     self.connect_h1(target).await?
                 }
             };
             let sent = tx.try_send_request(req);
-            self.checkin_h1(target.key, tx);
+            self.checkin_h1(target.key, tx, peer.clone());
             match sent.await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, peer)),
                 Err(e) => match unsent(e) {
                     Ok(back) if !fresh => req = back,
                     Ok(_) => {
@@ -137,24 +150,24 @@ impl Pool {
         &self,
         target: Target<'_>,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<(Response<Incoming>, Peer), BoxError> {
         let open = self
             .h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(target.key)
-            .filter(|tx| !tx.is_closed())
+            .filter(|(tx, _)| !tx.is_closed())
             .cloned();
-        let (mut tx, fresh) = match open {
-            Some(tx) => (tx, false),
+        let ((mut tx, peer), fresh) = match open {
+            Some(conn) => (conn, false),
             None => (self.connect_h2(target).await?, true),
         };
         match tx.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => Ok((resp, peer)),
             Err(e) => match unsent(e) {
                 Ok(req) if !fresh => {
-                    let mut tx = self.connect_h2(target).await?;
-                    Ok(tx.send_request(req).await?)
+                    let (mut tx, peer) = self.connect_h2(target).await?;
+                    Ok((tx.send_request(req).await?, peer))
                 }
                 Ok(_) => Err(
                     UpstreamError::reset("connection closed before the request was sent").into(),
@@ -165,7 +178,7 @@ impl Pool {
     }
 
     /// A ready connection to `endpoint`, dropping closed ones and those idle too long.
-    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
+    fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer)> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.get_mut(key)?;
         let now = Instant::now();
@@ -174,23 +187,28 @@ impl Pool {
             |c: &Pooled| c.tx.is_ready() && now.duration_since(c.last_used) > idle_timeout;
         conns.retain(|c| !c.tx.is_closed() && !expired(c));
         let i = conns.iter().rposition(|c| c.tx.is_ready())?;
-        Some(conns.swap_remove(i).tx)
+        let c = conns.swap_remove(i);
+        Some((c.tx, c.peer))
     }
 
     /// Back in the pool right after sending: busy until the response ends, then ready.
-    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>) {
+    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer) {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.entry(key.clone()).or_default();
         if conns.len() < MAX_IDLE_PER_ENDPOINT {
             conns.push(Pooled {
                 tx,
+                peer,
                 last_used: Instant::now(),
             });
         }
     }
 
-    async fn connect_h1(&self, target: Target<'_>) -> Result<http1::SendRequest<Body>, BoxError> {
-        let io = self.open(target, Alpn::Http1).await?;
+    async fn connect_h1(
+        &self,
+        target: Target<'_>,
+    ) -> Result<(http1::SendRequest<Body>, Peer), BoxError> {
+        let (io, peer) = self.open(target, Alpn::Http1).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -200,11 +218,14 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(tx)
+        Ok((tx, peer))
     }
 
-    async fn connect_h2(&self, target: Target<'_>) -> Result<http2::SendRequest<Body>, BoxError> {
-        let io = self.open(target, Alpn::H2).await?;
+    async fn connect_h2(
+        &self,
+        target: Target<'_>,
+    ) -> Result<(http2::SendRequest<Body>, Peer), BoxError> {
+        let (io, peer) = self.open(target, Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -220,25 +241,31 @@ impl Pool {
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(target.key.clone(), tx.clone());
-        Ok(tx)
+            .insert(target.key.clone(), (tx.clone(), peer.clone()));
+        Ok((tx, peer))
     }
 
     /// A new stream to the endpoint: TCP, then mesh mTLS when the hop is one.
-    async fn open(&self, target: Target<'_>, alpn: Alpn) -> Result<TokioIo<Stream>, BoxError> {
+    async fn open(
+        &self,
+        target: Target<'_>,
+        alpn: Alpn,
+    ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
         let tcp = connect(&target.key.0, self.settings.connect_timeout).await?;
-        let stream = match target.mesh {
-            None => Stream::Plain(tcp),
+        let (stream, peer) = match target.mesh {
+            None => (Stream::Plain(tcp), None),
             Some(hop) => {
                 let tls = hop
                     .tls
                     .connect(tcp, hop.host, hop.port, alpn)
                     .await
                     .map_err(UpstreamError::connect_failure)?;
-                Stream::Mtls(Box::new(tls))
+                let peer = mizzen_identity::tls::peer_identity(tls.get_ref().1)
+                    .map(|id| Arc::from(id.uri()));
+                (Stream::Mtls(Box::new(tls)), peer)
             }
         };
-        Ok(TokioIo::new(stream))
+        Ok((TokioIo::new(stream), peer))
     }
 }
 

@@ -13,7 +13,10 @@ use http::Response;
 use mizzen_resilience::ResponseFlags;
 
 use crate::{
-    http::body::{Body, BodyEnd, Counted, OnEnd},
+    http::{
+        body::{Body, BodyEnd, Counted, OnEnd},
+        client::PeerPrincipal,
+    },
     telemetry::{
         AccessLogEntry, Label, LabelParts, PeerLabels, RequestLabels, ServiceLabels, Telemetry,
         access_log::rfc3339,
@@ -125,6 +128,11 @@ impl Exchange {
             if self.reporter == "source" {
                 self.parts.destination = ep.peer.clone();
             }
+        }
+        if self.reporter == "source"
+            && let Some(PeerPrincipal(principal)) = response.extensions().get::<PeerPrincipal>()
+        {
+            self.parts.destination.principal = Label::Shared(principal.clone());
         }
         if let Some(g) = response
             .headers()
