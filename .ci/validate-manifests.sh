@@ -84,6 +84,69 @@ else
   "$venv/bin/python" "$checker" "${crd_files[@]}" || failed=1
 fi
 
+# The observability add-ons (manifests/addons/*.yaml, applied on their own: `kubectl apply -f
+# manifests/` does not descend into addons/) are built-in kinds too: --strict, no WARN. The
+# Prometheus configuration their ConfigMap carries must parse as one (promtool, when installed,
+# checks it fully).
+addons=(manifests/addons/*.yaml)
+if [ ${#addons[@]} -eq 0 ]; then
+  echo "SKIPPED: no manifests/addons/*.yaml"
+else
+  for k8s in "${K8S_VERSIONS[@]}"; do
+    echo "==> kubernetes-validate $KV_VERSION --strict -k $k8s: ${addons[*]}"
+    out="$("$kv" --strict -k "$k8s" "${addons[@]}" 2>&1)" || failed=1
+    [ -n "$out" ] && printf '%s\n' "$out"
+    if grep -q '^WARN' <<<"$out"; then
+      echo "FAIL: kubernetes-validate found no schema for some add-on object above" >&2
+      failed=1
+    fi
+  done
+  promdir="$(mktemp -d)"
+  echo "==> the Prometheus configuration in manifests/addons"
+  "$venv/bin/python" - "$promdir" "${addons[@]}" <<'PY' || failed=1
+import os, re, sys, yaml
+out, paths = sys.argv[1], sys.argv[2:]
+problems, found = [], 0
+for path in paths:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or doc.get("kind") != "ConfigMap" or "prometheus.yml" not in doc.get("data", {}):
+            continue
+        found += 1
+        where = f"{path}: ConfigMap {doc['metadata']['name']}: prometheus.yml"
+        text = doc["data"]["prometheus.yml"]
+        open(os.path.join(out, f"prometheus-{found}.yml"), "w").write(text)
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problems.append(f"{where}: not YAML: {e}")
+            continue
+        jobs = [job.get("job_name") for job in config.get("scrape_configs", [])]
+        if not jobs or len(jobs) != len(set(jobs)) or not all(jobs):
+            problems.append(f"{where}: job names missing or repeated: {jobs}")
+        for job in config.get("scrape_configs", []):
+            for rule in job.get("relabel_configs", []):
+                if not isinstance(rule, dict):
+                    problems.append(f"{where}: job {job.get('job_name')}: a relabel rule is not a mapping: {rule!r}")
+                    continue
+                try:
+                    re.compile(rule.get("regex", "(.*)"))
+                except re.error as e:
+                    problems.append(f"{where}: job {job.get('job_name')}: regex {rule.get('regex')!r}: {e}")
+if not found:
+    problems.append("no ConfigMap with a prometheus.yml in manifests/addons")
+for p in problems:
+    print(f"FAIL: {p}", file=sys.stderr)
+print(f"    {found} Prometheus configuration(s) parsed")
+sys.exit(1 if problems else 0)
+PY
+  if command -v promtool >/dev/null 2>&1; then
+    for f in "$promdir"/*.yml; do promtool check config --syntax-only "$f" || failed=1; done
+  else
+    echo "    promtool not installed: the scrape configuration was parsed, not checked by Prometheus"
+  fi
+  rm -rf "$promdir"
+fi
+
 if [ "$failed" -ne 0 ]; then
   echo "FAIL: manifests did not validate" >&2
   exit 1

@@ -34,3 +34,17 @@ if [ -x e2e/kind.sh ] && command -v kubectl >/dev/null 2>&1 && kubectl cluster-i
 else
   echo "SKIPPED: the kind e2e suite needs a reachable Kubernetes cluster (Docker + kind); none is reachable here."
 fi
+
+step "container images: Dockerfile checks"
+python3 scripts/check-dockerfiles.py
+if command -v hadolint >/dev/null 2>&1; then
+  hadolint images/Dockerfile
+else
+  echo "SKIPPED: hadolint is not installed, so images/Dockerfile was not linted (the binary and image-name check above ran)"
+fi
+
+step "container images: build"
+bash scripts/build-images.sh
+
+step "observability add-ons: the Grafana dashboard parses and queries only exported metrics"
+python3 scripts/check-dashboard.py

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod ca;
+pub mod canary;
 pub mod files;
 pub mod hash;
 pub mod index;

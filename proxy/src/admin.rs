@@ -76,7 +76,11 @@ pub fn handle(port: Port, shared: &Shared, req: Request<Incoming>) -> Response<B
             let mut r = text(200, &shared.telemetry.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                // prometheus-client writes OpenMetrics text (`# EOF`, counter families
+                // without `_total`): say so, or Prometheus drops the types.
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
