@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, client::Body};
+use kube::{Api, Client};
 use mizzen_ca::root::{PLUGIN_CA_CERT, PLUGIN_CA_KEY, PLUGIN_ROOT_CERT};
 use mizzen_ca::{Authority, RootCa, node_ca_request};
 use mizzen_identity::TrustBundle;
@@ -18,57 +18,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Respond = tower_test::mock::SendResponse<Response<Body>>;
+mod support;
+use support::{Handle, expect, mock, next, reply};
 
 const SECRETS: &str = "/api/v1/namespaces/mizzen-system/secrets";
 const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 const AGENT: &str = "system:serviceaccount:mizzen-system:mizzen-agent";
-
-fn mock() -> (Client, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(svc, "default"), handle)
-}
-
-/// The next request: method, path with query, JSON body (`Null` when empty), and its responder.
-async fn next(handle: &mut Handle) -> (Method, String, Value, Respond) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-        .await
-        .expect("a request within 10 s")
-        .expect("client alive");
-    let method = req.method().clone();
-    let path = req.uri().path_and_query().unwrap().to_string();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (method, path, body, send)
-}
-
-/// Expects `method path` exactly; answers `status` with `answer`; returns the request body.
-async fn expect(
-    handle: &mut Handle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    answer: Value,
-) -> Value {
-    let (m, p, body, send) = next(handle).await;
-    assert_eq!((m, p.as_str()), (method, path), "unexpected request");
-    reply(send, status, &answer);
-    body
-}
-
-fn reply(send: Respond, status: StatusCode, answer: &Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(answer).unwrap()))
-            .unwrap(),
-    );
-}
 
 fn status(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason, "code": code, "message": reason})

@@ -3,51 +3,20 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, StatusCode};
 use k8s_openapi::jiff::Timestamp;
-use kube::{Client, client::Body};
+
 use mizzen_operator::leader::{LeaderElector, LeaseSettings};
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod support;
+use support::{Handle, expect, mock};
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/mizzen-system/leases/mizzen-operator";
 
-async fn expect(
-    handle: &mut Handle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    answer: Value,
-) -> Value {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("expected a request")
-        .unwrap();
-    assert_eq!(
-        (req.method(), req.uri().path_and_query().unwrap().as_str()),
-        (&method, path)
-    );
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
-
 fn elector() -> (LeaderElector, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (e, _rx) = LeaderElector::new(
-        Client::new(svc, "default"),
-        LeaseSettings::new("mizzen-system", "pod-a"),
-    );
+    let (client, handle) = mock();
+    let (e, _rx) = LeaderElector::new(client, LeaseSettings::new("mizzen-system", "pod-a"));
     (e, handle)
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::{Client, client::Body};
+use http::{Method, StatusCode};
+
 use mizzen_operator::{
     RenderSettings,
     files::load_text,
@@ -14,7 +14,8 @@ use mizzen_operator::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod support;
+use support::{Handle, expect, mock};
 
 const INPUT: &str = r#"
 apiVersion: v1
@@ -52,8 +53,7 @@ fn reconciler_with(
     leading: bool,
     settings: RenderSettings,
 ) -> (Reconciler, Handle, watch::Sender<bool>) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
+    let (client, handle) = mock();
     let (tx, rx) = watch::channel(leading);
     let mut registry = prometheus_client::registry::Registry::default();
     let mut r = Reconciler::new(
@@ -65,49 +65,6 @@ fn reconciler_with(
     );
     load_text(r.index_mut(), INPUT, "default", "test.yaml".as_ref()).unwrap();
     (r, handle, tx)
-}
-
-/// One expected request: method and path (query included); the answer; the request body.
-async fn expect(
-    handle: &mut Handle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    answer: Value,
-) -> Value {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-        .expect("client gone");
-    let got = req.uri().path_and_query().unwrap().to_string();
-    assert_eq!(
-        (req.method(), got.as_str()),
-        (&method, path),
-        "unexpected request"
-    );
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    if method == Method::PATCH && path.contains("fieldManager") {
-        assert_eq!(
-            content_type.as_deref(),
-            Some("application/apply-patch+yaml")
-        );
-    }
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-            .unwrap(),
-    );
-    body
 }
 
 fn not_found() -> Value {
