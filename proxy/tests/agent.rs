@@ -2,6 +2,8 @@
 //! temporary directory. The fake speaks the workload API's wire form (JSON lines over HTTP/1.1),
 //! signs CSRs with an in-memory `mizzen-ca` root, and can refuse, renew, go away and come back.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
 use mizzen_ca::{Authority, RootCa};
 use mizzen_identity::svid;
 use mizzen_identity::workload_api::{Event, SignRequest};
@@ -26,9 +27,8 @@ use mizzen_proxy::telemetry::Metrics;
 use mizzen_proxy_config::{
     Endpoint as ConfigEndpoint, Protocol, ProxyConfig, Service, ServicePort,
 };
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 const ID: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 /// How long any one expectation may take before the test fails.
@@ -139,24 +139,7 @@ impl Fake {
 
 /// The fake agent serving at `socket`; aborting the task closes the socket's connections too.
 fn serve(fake: Arc<Fake>, socket: &Path) -> JoinHandle<()> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).unwrap();
-    tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let fake = fake.clone();
-            connections.spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let fake = fake.clone();
-                    async move { Ok::<_, Infallible>(fake.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
+    support::agent::serve_unix(socket, move |req| fake.clone().handle(req))
 }
 
 /// Waits, within [`BOUND`], until `ready` returns something.

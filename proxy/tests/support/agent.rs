@@ -192,24 +192,8 @@ impl FakeAgent {
             issued: AtomicUsize::new(0),
         });
         let socket = dir.join("agent.sock");
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).expect("bind the fake agent's socket");
         let serving = inner.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                let inner = serving.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let inner = inner.clone();
-                        async move { Ok::<_, Infallible>(inner.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = serve_unix(&socket, move |req| serving.clone().handle(req));
         FakeAgent {
             inner,
             socket,
@@ -288,4 +272,30 @@ impl Drop for FakeAgent {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves HTTP/1.1 on a Unix socket at `socket` (replacing a stale one), each request answered
+/// by `handle`, until the task is aborted (which closes its connections too).
+pub fn serve_unix<F, Fut>(socket: &Path, handle: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).expect("bind the fake agent's socket");
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
