@@ -307,6 +307,7 @@ impl Upstreams {
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_secs(60)),
             h2: pool.h2_upgrade,
+            max_requests: pool.max_requests_per_connection.filter(|n| *n > 0),
         };
         let states: Vec<Arc<EndpointState>> = endpoints
             .into_iter()
@@ -330,13 +331,7 @@ impl Upstreams {
         let weights: Vec<u32> = states.iter().map(|s| s.endpoint.weight).collect();
         let balancer = Balancer::new(policy.load_balancer.as_ref(), &names, &weights);
         let pool = match &old {
-            Some(o)
-                if o.pool.settings().connect_timeout == settings.connect_timeout
-                    && o.pool.settings().idle_timeout == settings.idle_timeout
-                    && o.pool.settings().h2 == settings.h2 =>
-            {
-                o.pool.clone()
-            }
+            Some(o) if o.pool.settings() == settings => o.pool.clone(),
             _ => Arc::new(Pool::new(settings)),
         };
         let limits = self.breakers.limits(

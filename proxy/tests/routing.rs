@@ -524,3 +524,48 @@ async fn stale_pooled_connections_are_not_a_failure() {
         }
     }
 }
+
+/// DestinationRule `connectionPool.http.maxRequestsPerConnection`: 1 turns keep-alive to the
+/// upstream off (a connection per request); unset, one connection carries them all.
+#[tokio::test]
+async fn max_requests_per_connection_retires_upstream_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A backend that counts the connections it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    for (limit, expected) in [(Some(1), 5), (None, 1)] {
+        accepted.store(0, Ordering::SeqCst);
+        let mut svc = serviceb(vec![endpoint(addr, "v1")], vec![]);
+        svc.policy = Some(TrafficPolicy {
+            connection_pool: Some(ConnectionPool {
+                max_requests_per_connection: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let proxy = start(&config(vec![svc])).await;
+        let c = client();
+        for _ in 0..5 {
+            let r = get(&c, proxy.outbound, "/").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), expected, "limit {limit:?}");
+    }
+}

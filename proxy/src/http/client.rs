@@ -31,11 +31,14 @@ use crate::{
 };
 
 /// Settings of one upstream's pool.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub h2: bool,
+    /// `maxRequestsPerConnection`: a connection is retired after carrying this many requests
+    /// (1 turns keep-alive off). `None`: no limit.
+    pub max_requests: Option<u32>,
 }
 
 /// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
@@ -57,7 +60,7 @@ pub struct MeshHop<'a> {
 pub struct Pool {
     settings: PoolSettings,
     h1: ByEndpoint<Vec<Pooled>>,
-    h2: ByEndpoint<(http2::SendRequest<Body>, Peer)>,
+    h2: ByEndpoint<(http2::SendRequest<Body>, Peer, u32)>,
 }
 
 /// The SPIFFE id (URI) the server of a mesh connection presented; `None` for plaintext.
@@ -74,6 +77,8 @@ struct Pooled {
     tx: http1::SendRequest<Body>,
     peer: Peer,
     last_used: Instant,
+    /// Requests this connection has carried.
+    served: u32,
 }
 
 impl Pool {
@@ -121,15 +126,16 @@ impl Pool {
         // it was written; it is then sent once more on a new connection, as clients do.
         let mut fresh = false;
         loop {
-            let (mut tx, peer) = match self.checkout_h1(target.key) {
+            let (mut tx, peer, served) = match self.checkout_h1(target.key) {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
-                    self.connect_h1(target).await?
+                    let (tx, peer) = self.connect_h1(target).await?;
+                    (tx, peer, 0)
                 }
             };
             let sent = tx.try_send_request(req);
-            self.checkin_h1(target.key, tx, peer.clone());
+            self.checkin_h1(target.key, tx, peer.clone(), served + 1);
             match sent.await {
                 Ok(resp) => return Ok((resp, peer)),
                 Err(e) => match unsent(e) {
@@ -151,13 +157,7 @@ impl Pool {
         target: Target<'_>,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Peer), BoxError> {
-        let open = self
-            .h2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(target.key)
-            .filter(|(tx, _)| !tx.is_closed())
-            .cloned();
+        let open = self.checkout_h2(target.key);
         let ((mut tx, peer), fresh) = match open {
             Some(conn) => (conn, false),
             None => (self.connect_h2(target).await?, true),
@@ -178,7 +178,7 @@ impl Pool {
     }
 
     /// A ready connection to `endpoint`, dropping closed ones and those idle too long.
-    fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer)> {
+    fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer, u32)> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.get_mut(key)?;
         let now = Instant::now();
@@ -188,11 +188,28 @@ impl Pool {
         conns.retain(|c| !c.tx.is_closed() && !expired(c));
         let i = conns.iter().rposition(|c| c.tx.is_ready())?;
         let c = conns.swap_remove(i);
-        Some((c.tx, c.peer))
+        Some((c.tx, c.peer, c.served))
+    }
+
+    /// The open HTTP/2 connection to `key`, counting the request it will carry; one that
+    /// reaches `maxRequestsPerConnection` is retired (its streams in flight finish).
+    fn checkout_h2(&self, key: &Key) -> Option<(http2::SendRequest<Body>, Peer)> {
+        let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        let (tx, peer, served) = map.get_mut(key).filter(|(tx, _, _)| !tx.is_closed())?;
+        *served += 1;
+        let conn = (tx.clone(), peer.clone());
+        if self.settings.max_requests.is_some_and(|max| *served >= max) {
+            map.remove(key);
+        }
+        Some(conn)
     }
 
     /// Back in the pool right after sending: busy until the response ends, then ready.
-    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer) {
+    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer, served: u32) {
+        if self.settings.max_requests.is_some_and(|max| served >= max) {
+            // Retired: dropping the sender closes the connection once its response ends.
+            return;
+        }
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.entry(key.clone()).or_default();
         if conns.len() < MAX_IDLE_PER_ENDPOINT {
@@ -200,6 +217,7 @@ impl Pool {
                 tx,
                 peer,
                 last_used: Instant::now(),
+                served,
             });
         }
     }
@@ -238,10 +256,13 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        self.h2
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(target.key.clone(), (tx.clone(), peer.clone()));
+        // This connection carries the request being sent: share it only if it may carry more.
+        if self.settings.max_requests.is_none_or(|max| max > 1) {
+            self.h2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(target.key.clone(), (tx.clone(), peer.clone(), 1));
+        }
         Ok((tx, peer))
     }
 
