@@ -25,6 +25,26 @@ const SECRETS: &str = "/api/v1/namespaces/mizzen-system/secrets";
 const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 const AGENT: &str = "system:serviceaccount:mizzen-system:mizzen-agent";
 
+/// The keeper's two reads: no plug-in CA (`cacerts` is 404), then `mizzen-ca` as `stored`.
+async fn reads_without_plugin(handle: &mut Handle, stored: Value) {
+    expect(
+        handle,
+        Method::GET,
+        &format!("{SECRETS}/cacerts"),
+        StatusCode::NOT_FOUND,
+        status(404, "NotFound"),
+    )
+    .await;
+    expect(
+        handle,
+        Method::GET,
+        &format!("{SECRETS}/mizzen-ca"),
+        StatusCode::OK,
+        stored,
+    )
+    .await;
+}
+
 fn status(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason, "code": code, "message": reason})
 }
@@ -207,22 +227,7 @@ async fn a_root_in_its_last_fifth_is_rotated_with_the_read_resource_version() {
     let ca = fresh_ca();
     let late = ca.signing_validity().not_after - Duration::from_secs(30 * 86400);
     let pass = spawn_pass(client, late);
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/cacerts"),
-        StatusCode::NOT_FOUND,
-        status(404, "NotFound"),
-    )
-    .await;
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/mizzen-ca"),
-        StatusCode::OK,
-        stored_secret(&ca, "7"),
-    )
-    .await;
+    reads_without_plugin(&mut handle, stored_secret(&ca, "7")).await;
     let (m, p, replaced, send) = next(&mut handle).await;
     assert_eq!(
         (m, p.as_str()),
@@ -255,22 +260,7 @@ async fn current_pass(ca: &MeshCa, last: Option<secret::SecretData>) -> keeper::
         let api: Api<Secret> = Api::namespaced(client, "mizzen-system");
         keeper::check_once(&api, &keeper_settings(), SystemTime::now(), last.as_ref()).await
     });
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/cacerts"),
-        StatusCode::NOT_FOUND,
-        status(404, "NotFound"),
-    )
-    .await;
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/mizzen-ca"),
-        StatusCode::OK,
-        stored_secret(ca, "4"),
-    )
-    .await;
+    reads_without_plugin(&mut handle, stored_secret(ca, "4")).await;
     pass.await.unwrap().unwrap()
 }
 
@@ -292,22 +282,7 @@ async fn a_conflicting_rotation_writes_nothing_more_and_keeps_the_authority() {
     let ca = fresh_ca();
     let late = ca.signing_validity().not_after - Duration::from_secs(30 * 86400);
     let pass = spawn_pass(client, late);
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/cacerts"),
-        StatusCode::NOT_FOUND,
-        status(404, "NotFound"),
-    )
-    .await;
-    expect(
-        &mut handle,
-        Method::GET,
-        &format!("{SECRETS}/mizzen-ca"),
-        StatusCode::OK,
-        stored_secret(&ca, "7"),
-    )
-    .await;
+    reads_without_plugin(&mut handle, stored_secret(&ca, "7")).await;
     expect(
         &mut handle,
         Method::PUT,
