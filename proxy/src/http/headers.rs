@@ -69,6 +69,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     .contains(name)
 }
 
+/// The request target's path and query, `/` when it has none.
+pub fn path_and_query(parts: &Parts) -> String {
+    parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+}
+
 /// Whether a request asks to switch protocols (WebSocket and the like) over HTTP/1.1.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -9,14 +9,14 @@ use hyper::body::Incoming;
 use crate::{
     app::Shared,
     http::{
-        body::{self, Body, Counted},
-        headers::{is_upgrade, request_protocol, strip_hop_by_hop},
+        body::Body,
+        headers::{is_upgrade, path_and_query, strip_hop_by_hop},
         outbound::call,
-        report::{Exchange, Head, RequestBytes},
+        report::Exchange,
         upgrade,
     },
     listener::{ConnMeta, Identity},
-    telemetry::{ServiceLabels, trace},
+    telemetry::ServiceLabels,
     upstream::UpstreamService,
 };
 
@@ -35,25 +35,15 @@ async fn handle_inner(
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.store.current();
     let (mut parts, body) = req.into_parts();
-    let request_id = trace::ensure(&mut parts.headers);
     let authority = super::headers::request_authority(&parts).unwrap_or_default();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let mut ex = Exchange::new(
+    let path = path_and_query(&parts);
+    let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "destination",
-        Head {
-            method: parts.method.as_str(),
-            path: &path,
-            protocol: request_protocol(&parts.headers),
-            authority: &authority,
-            request_id: request_id.to_str().unwrap_or_default(),
-            version: parts.version,
-            peer: conn.peer,
-        },
+        &mut parts,
+        &authority,
+        &path,
+        conn.peer,
     );
     if let Identity::Spiffe(id) = &conn.identity {
         ex.parts.mtls_source(id);
@@ -71,11 +61,7 @@ async fn handle_inner(
     }
     let upstream = shared.inbound.passthrough(conn.orig_dst);
     ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
-    let body = Counted::new(
-        body::boxed(body),
-        Box::new(RequestBytes(ex.request_bytes.clone())),
-    )
-    .boxed_body();
+    let body = ex.counted_body(body);
     let upgrade = is_upgrade(&parts.headers);
     if !upgrade {
         strip_hop_by_hop(&mut parts.headers);

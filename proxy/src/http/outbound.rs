@@ -18,14 +18,14 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::{
     app::Shared,
     http::{
-        body::{self, Body, Counted},
-        headers::{is_upgrade, request_protocol, strip_hop_by_hop},
+        body::{self, Body},
+        headers::{is_upgrade, path_and_query, strip_hop_by_hop},
         mirror,
-        report::{Exchange, Head, RequestBytes},
+        report::Exchange,
         upgrade,
     },
     listener::ConnMeta,
-    telemetry::{ServiceLabels, trace},
+    telemetry::ServiceLabels,
     upstream::{ClientAddr, UpstreamService},
 };
 
@@ -45,36 +45,22 @@ async fn handle_inner(
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.store.current();
     let (mut parts, body) = req.into_parts();
-    let request_id = trace::ensure(&mut parts.headers);
     let authority = match &conn.service_host {
         Some(h) => h.clone(),
         None => super::headers::request_authority(&parts)
             .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path_and_query = path_and_query(&parts);
     let method = parts.method.clone();
-    let mut ex = Exchange::new(
+    let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "source",
-        Head {
-            method: method.as_str(),
-            path: &path_and_query,
-            protocol: request_protocol(&parts.headers),
-            authority: &authority,
-            request_id: request_id.to_str().unwrap_or_default(),
-            version: parts.version,
-            peer: conn.peer,
-        },
+        &mut parts,
+        &authority,
+        &path_and_query,
+        conn.peer,
     );
-    let body = Counted::new(
-        body::boxed(body),
-        Box::new(RequestBytes(ex.request_bytes.clone())),
-    )
-    .boxed_body();
+    let body = ex.counted_body(body);
 
     let info = RequestInfo {
         authority: &authority,

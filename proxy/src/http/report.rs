@@ -16,10 +16,11 @@ use crate::{
     http::{
         body::{Body, BodyEnd, Counted, OnEnd},
         client::PeerPrincipal,
+        headers::request_protocol,
     },
     telemetry::{
         AccessLogEntry, Label, LabelParts, PeerLabels, RequestLabels, ServiceLabels, Telemetry,
-        access_log::rfc3339,
+        access_log::rfc3339, trace,
     },
     upstream::UpstreamHost,
 };
@@ -49,7 +50,7 @@ impl OnEnd for RequestBytes {
 }
 
 /// The facts of a request the report starts from.
-pub struct Head<'a> {
+struct Head<'a> {
     pub method: &'a str,
     pub path: &'a str,
     /// `http` or `grpc`.
@@ -62,7 +63,7 @@ pub struct Head<'a> {
 
 impl Exchange {
     /// `reporter` is `source` (outbound: this workload is the source) or `destination`.
-    pub fn new(telemetry: Arc<Telemetry>, reporter: &'static str, head: Head<'_>) -> Self {
+    fn new(telemetry: Arc<Telemetry>, reporter: &'static str, head: Head<'_>) -> Self {
         let local = telemetry.workload.clone();
         let parts = if reporter == "destination" {
             LabelParts {
@@ -104,6 +105,38 @@ impl Exchange {
             response_code: 0,
             grpc_status: Label::EMPTY,
         }
+    }
+
+    /// Starts the report of a request arriving with `parts`: makes sure it carries a request
+    /// id and trace context (adding what is missing), then records its head.
+    pub fn start(
+        telemetry: Arc<Telemetry>,
+        reporter: &'static str,
+        parts: &mut http::request::Parts,
+        authority: &str,
+        path: &str,
+        peer: std::net::SocketAddr,
+    ) -> Self {
+        let request_id = trace::ensure(&mut parts.headers);
+        let head = Head {
+            method: parts.method.as_str(),
+            path,
+            protocol: request_protocol(&parts.headers),
+            authority,
+            request_id: request_id.to_str().unwrap_or_default(),
+            version: parts.version,
+            peer,
+        };
+        Self::new(telemetry, reporter, head)
+    }
+
+    /// The request's body, its size counted into this report when it ends.
+    pub fn counted_body(&self, body: hyper::body::Incoming) -> Body {
+        Counted::new(
+            crate::http::body::boxed(body),
+            Box::new(RequestBytes(self.request_bytes.clone())),
+        )
+        .boxed_body()
     }
 
     /// Fills in the access-log entry, when there is one.
