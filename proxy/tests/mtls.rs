@@ -175,4 +175,23 @@ async fn a_client_from_another_mesh_is_refused() {
     .await;
     let r = get(&client(), outsider.outbound, "/").await;
     assert_eq!(r.status, 503, "{}", r.body);
+    // The 503 is the handshake failing, not an answer from the inbound side: it served nothing.
+    assert!(
+        r.body.contains("connection failure"),
+        "expected a connection failure, got: {}",
+        r.body
+    );
+    let m = metrics(p.inbound.prometheus).await;
+    assert_eq!(
+        sample(
+            &m,
+            "istio_requests_total",
+            &[(
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/intruder"
+            )]
+        ),
+        None,
+        "the inbound proxy served the intruder"
+    );
 }
