@@ -9,6 +9,7 @@
 //! Every struct denies unknown fields, so a proxy never half-reads a config from a newer
 //! operator; a change that old proxies cannot read gets a new format version.
 
+mod gateway;
 mod inbound;
 mod mesh;
 pub mod payload;
@@ -18,6 +19,7 @@ mod service;
 
 use serde::{Deserialize, Serialize};
 
+pub use gateway::*;
 pub use inbound::*;
 pub use mesh::*;
 pub use policy::*;
@@ -48,6 +50,9 @@ pub struct ProxyConfig {
     /// Policies for traffic arriving at workloads of this namespace.
     #[serde(default)]
     pub inbound: InboundConfig,
+    /// Ingress gateway configs only (ConfigMap [`GATEWAY_CONFIG_MAP_NAME`]): the Gateway servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// Why a config could not be read.
@@ -70,6 +75,7 @@ impl ProxyConfig {
             mesh: MeshConfig::default(),
             services: Vec::new(),
             inbound: InboundConfig::default(),
+            gateway: None,
         }
     }
 
