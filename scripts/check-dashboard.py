@@ -28,7 +28,7 @@ SOURCE_DIRS = ("proxy", "operator", "webhook")
 # The canary controller's metrics, used by the "Canary rollouts" row before the controller
 # exists: mizzen_canary_weight{namespace, name} (percent of traffic to the canary) and
 # mizzen_canary_phase{namespace, name, phase} (1 for the Canary's current phase, else 0).
-PENDING = {"mizzen_canary_weight", "mizzen_canary_phase"}
+PENDING: set[str] = set()
 
 SERIES_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 

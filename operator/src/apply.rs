@@ -96,14 +96,22 @@ impl Desired {
     }
 }
 
-/// The proxy-config ConfigMap of every namespace that has a config.
+/// The proxy-config ConfigMap of every namespace that has a config, and the gateway-config
+/// ConfigMap of every gateway namespace that has one (same key, same payload rules).
 pub fn desired_config_maps(rendered: &Rendered, index: &Index) -> Vec<Desired> {
-    rendered
+    let sidecars = rendered
         .configs
         .iter()
-        .map(|(ns, c)| Desired {
+        .map(|c| (mizzen_proxy_config::CONFIG_MAP_NAME, c));
+    let gateways = rendered
+        .gateway_configs
+        .iter()
+        .map(|c| (mizzen_proxy_config::GATEWAY_CONFIG_MAP_NAME, c));
+    sidecars
+        .chain(gateways)
+        .map(|(name, (ns, c))| Desired {
             namespace: ns.clone(),
-            name: mizzen_proxy_config::CONFIG_MAP_NAME,
+            name,
             key: mizzen_proxy_config::CONFIG_MAP_KEY,
             data: Content::Config(c.clone()),
             hash: c.hash.clone(),
@@ -115,7 +123,8 @@ pub fn desired_config_maps(rendered: &Rendered, index: &Index) -> Vec<Desired> {
         .collect()
 }
 
-/// The trust bundle ConfigMap of every meshed namespace, when a root certificate exists.
+/// The trust bundle ConfigMap of every meshed namespace and every gateway namespace (the
+/// gateway verifies the mesh's servers with it), when a root certificate exists.
 pub fn desired_trust_bundles(
     rendered: &Rendered,
     index: &Index,
@@ -127,10 +136,18 @@ pub fn desired_trust_bundles(
     let hash = crate::hash::Fnv64::of(pem.as_bytes());
     // The root namespace too: the node agents read the roots there, and it is never meshed.
     let root = index.root_namespace().to_string();
-    rendered
-        .meshed
-        .iter()
-        .chain(std::iter::once(&root).filter(|r| !rendered.meshed.contains(*r)))
+    let mut namespaces: Vec<&String> = rendered.meshed.iter().collect();
+    for ns in rendered
+        .gateway_configs
+        .keys()
+        .chain(std::iter::once(&root))
+    {
+        if !namespaces.contains(&ns) {
+            namespaces.push(ns);
+        }
+    }
+    namespaces
+        .into_iter()
         .map(|ns| Desired {
             namespace: ns.clone(),
             name: TRUST_BUNDLE_NAME,
@@ -156,7 +173,9 @@ pub struct Plan {
 }
 
 /// Applies what differs, deletes ours in namespaces that are no longer meshed. A meshed
-/// namespace whose config was refused (too large) keeps its last good ConfigMap.
+/// namespace whose config was refused (too large) keeps its last good ConfigMap. A gateway
+/// config is never deleted here: gateway namespaces come from the operator's flags, and a
+/// refused one keeps serving its last good config.
 pub fn plan(
     desired: Vec<Desired>,
     existing: &BTreeMap<(String, String), Option<String>>,

@@ -25,6 +25,15 @@ struct Args {
     /// SPIFFE trust domain written into every proxy config.
     #[arg(long, env = "MIZZEN_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+    /// A namespace of ingress gateway workloads: it gets the `mizzen-gateway-config`
+    /// ConfigMap. Repeatable (or comma-separated in the environment).
+    #[arg(
+        long = "gateway-namespace",
+        env = "MIZZEN_GATEWAY_NAMESPACES",
+        value_delimiter = ',',
+        default_value = mizzen_operator::render::DEFAULT_GATEWAY_NAMESPACE
+    )]
+    gateway_namespaces: Vec<String>,
     /// Leader-election identity.
     #[arg(long, env = "POD_NAME", default_value = "mizzen-operator")]
     pod_name: String,
@@ -56,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = RenderSettings {
         root_namespace: args.namespace.clone(),
         trust_domain: args.trust_domain.clone(),
+        gateway_namespaces: args.gateway_namespaces.clone(),
         ..RenderSettings::default()
     };
     if let (Some(input), Some(output)) = (&args.from_files, &args.output) {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub objects: Family<Labels, Gauge>,
     /// 1 while this replica leads.
     pub leader: Gauge,
+    /// The canary controller's `mizzen_canary_*` series.
+    pub canary: crate::canary::metrics::CanaryMetrics,
 }
 
 impl Metrics {
@@ -38,6 +40,7 @@ impl Metrics {
             config_json_bytes: Family::default(),
             objects: Family::default(),
             leader: Gauge::default(),
+            canary: crate::canary::metrics::CanaryMetrics::new(registry),
         };
         let r = registry.sub_registry_with_prefix("mizzen_operator");
         r.register("reconciles", "Reconcile passes", m.reconciles.clone());

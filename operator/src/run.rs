@@ -74,6 +74,17 @@ impl Update {
 /// Applies one update to the index.
 pub fn apply_update(index: &mut crate::Index, update: Update) {
     let root = index.root_namespace().to_string();
+    // A Gateway shapes only the gateway configs, which the index's change tracking (hosts and
+    // namespaces of sidecar configs) does not cover: render everything again. Gateways change
+    // rarely; unchanged configs are not rewritten.
+    let gateway = match &update {
+        Update::Mesh(kind, _) => *kind == "Gateway",
+        Update::MeshDeleted(o) => o.kind == "Gateway",
+        _ => false,
+    };
+    if gateway {
+        index.touch_all();
+    }
     match update {
         Update::Mesh(_, Feed::Apply(r)) => index.apply_resource(r),
         Update::Mesh(_, Feed::Delete(r)) => index.delete_resource(&r.object_ref(&root)),
@@ -332,6 +343,19 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         )
         .instrument(tracing::info_span!("node-ca-signer")),
     );
+    // Canaries: a round per Canary when due, only while leading (like the renderer's writes).
+    tokio::spawn(
+        crate::canary::kube::run(
+            client.clone(),
+            crate::canary::kube::Context::new(
+                client.clone(),
+                opts.identity.clone(),
+                leading.clone(),
+                metrics.canary.clone(),
+            ),
+        )
+        .instrument(tracing::info_span!("canary")),
+    );
 
     let (tx, rx) = mpsc::channel::<Update>(1024);
     for kind in [
@@ -512,6 +536,30 @@ mod tests {
         let bad = parse_mesh(&ar, &obj(serde_json::json!({"hosts": "a"}))).unwrap_err();
         assert_eq!(bad.name.as_deref(), Some("x"));
         assert!(bad.problem.path.contains("hosts"), "{:?}", bad.problem);
+    }
+
+    #[test]
+    fn a_gateway_change_triggers_a_render() {
+        let mut index = crate::Index::new("mizzen-system");
+        index.take_changes();
+        let gw = MeshResource::from_value(&serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "edge"},
+            "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}
+        }))
+        .unwrap()
+        .unwrap();
+        apply_update(&mut index, Update::Mesh("Gateway", Feed::Apply(gw)));
+        assert!(!index.take_changes().is_empty());
+        apply_update(
+            &mut index,
+            Update::MeshDeleted(ObjectRef {
+                kind: "Gateway".into(),
+                namespace: "edge".into(),
+                name: "gw".into(),
+            }),
+        );
+        assert!(!index.take_changes().is_empty());
     }
 
     #[test]

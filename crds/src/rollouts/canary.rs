@@ -354,6 +354,11 @@ pub struct CanaryStatus {
     /// RFC 3339 time of the last phase change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// RFC 3339 time of the last analysis round (or of the analysis start). The next round is
+    /// due one `analysis.interval` later, and webhook answers older than it are stale; kept in
+    /// status so a restarted or newly elected controller keeps the rollout's pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_time: Option<String>,
     /// Why the last transition happened (`MetricsFailed`, `Promoted`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -7,11 +7,14 @@
 //! behind small traits ([`authz::TokenReviewer`], [`node_ca::NodeCaSigner`]) or in feeders
 //! ([`pods`], [`endpoints_feed`], [`node_ca::watch_roots`]); [`server`] is the workload API,
 //! [`admin`] the health and metrics port, [`local`] the cluster-free mode, [`run`] the wiring.
+//! [`credentials`] is a separate mode (`mizzen-agent credentials`): the ingress gateway's
+//! syncer of TLS Secrets into files.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod authz;
 pub mod certify;
+pub mod credentials;
 pub mod endpoints;
 pub mod endpoints_feed;
 pub mod local;

@@ -46,6 +46,26 @@ struct Args {
     /// Local mode: JSON file mapping each workload's token to its SPIFFE id.
     #[arg(long, env = "MIZZEN_LOCAL_IDENTITIES", requires = "local_ca")]
     local_identities: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Beside an ingress gateway: copy the TLS Secrets of this pod's namespace into files the
+    /// gateway reads (`<dir>/<secret>/{tls.crt,tls.key,ca.crt}`).
+    Credentials {
+        /// The directory shared with the gateway (an in-memory emptyDir).
+        #[arg(
+            long,
+            env = "MIZZEN_CREDENTIALS_DIR",
+            default_value = "/var/run/mizzen/credentials"
+        )]
+        dir: PathBuf,
+        /// The namespace whose Secrets are read: the pod's own (default: the client's).
+        #[arg(long = "secrets-namespace", env = "POD_NAMESPACE")]
+        secrets_namespace: Option<String>,
+    },
 }
 
 /// `<number><unit>` with unit `s`, `m` or `h` (a bare number is seconds).
@@ -80,6 +100,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    if let Some(Command::Credentials {
+        dir,
+        secrets_namespace,
+    }) = args.command
+    {
+        let client = kube::Client::try_default().await?;
+        let ns = secrets_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+        return mizzen_agent::credentials::run(client, &ns, dir).await;
+    }
     let (mode, node) = match (args.local_ca, args.local_identities) {
         (Some(ca_dir), Some(identities)) => (
             Mode::Local { ca_dir, identities },

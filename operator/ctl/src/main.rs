@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use mizzen_crds::resource;
 
 mod analyze;
+mod canary;
 mod inject;
 mod install;
 mod proxy_config;
@@ -31,6 +32,8 @@ enum Command {
     Inject(inject::Args),
     /// Print the proxy config a namespace would receive, rendered offline from YAML.
     ProxyConfig(proxy_config::Args),
+    /// Show a Canary rollout: `canary status NAME [-n NS] [-f FILE]`.
+    Canary(canary::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -42,5 +45,6 @@ fn main() -> anyhow::Result<ExitCode> {
             install::run(args, &resource::crds_yaml(&resource::crds())).map(|()| ExitCode::SUCCESS)
         }
         Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Canary(args) => canary::run(args),
     }
 }

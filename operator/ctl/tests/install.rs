@@ -18,7 +18,7 @@ use serde_json::Value;
 const DEFAULT_HUB: &str = "ghcr.io/mizzen-mesh";
 const DEFAULT_TAG: &str = env!("CARGO_PKG_VERSION");
 
-const FILES: [&str; 7] = [
+const FILES: [&str; 8] = [
     "00-namespace.yaml",
     "01-crds.yaml",
     "02-rbac.yaml",
@@ -26,6 +26,7 @@ const FILES: [&str; 7] = [
     "04-webhook.yaml",
     "05-agent.yaml",
     "06-webhook-configurations.yaml",
+    "07-ingress-gateway.yaml",
 ];
 
 fn repo_root() -> PathBuf {
@@ -198,13 +199,16 @@ fn hub_and_tag_move_every_image_and_nothing_else() {
 
     // Every image reference, the proxy image the injector adds included, moved to hub and tag.
     let mut images = BTreeSet::new();
+    let mut references = 0;
     for doc in parse("stream", &custom) {
         if let Some(spec) = doc.pointer("/spec/template/spec") {
             for container in spec["containers"].as_array().unwrap() {
                 images.insert(container["image"].as_str().unwrap().to_string());
+                references += 1;
                 let args = strings(&container["args"]);
                 if let Some(i) = args.iter().position(|a| a == "--proxy-image") {
                     images.insert(args[i + 1].clone());
+                    references += 1;
                 }
             }
         }
@@ -220,7 +224,7 @@ fn hub_and_tag_move_every_image_and_nothing_else() {
     .collect();
     assert_eq!(images, expected);
     assert!(!custom.contains(DEFAULT_HUB));
-    assert_eq!(default.matches(DEFAULT_HUB).count(), expected.len());
+    assert_eq!(default.matches(DEFAULT_HUB).count(), references);
 }
 
 #[test]
@@ -247,9 +251,15 @@ fn every_document_is_a_named_kubernetes_object() {
                     labels["app.kubernetes.io/version"], DEFAULT_TAG,
                     "{file}: {name:?}"
                 );
+                // The ingress gateway has its own namespace (docs/rbac.md).
+                let home = if file == "07-ingress-gateway.yaml" {
+                    "mizzen-ingress"
+                } else {
+                    "mizzen-system"
+                };
                 let namespace = &doc["metadata"]["namespace"];
                 assert!(
-                    namespace.is_null() || namespace == "mizzen-system",
+                    namespace.is_null() || namespace == home,
                     "{file}: {name:?} in {namespace}"
                 );
             }
@@ -277,6 +287,14 @@ fn every_document_is_a_named_kubernetes_object() {
         "05-agent.yaml DaemonSet mizzen-agent",
         "06-webhook-configurations.yaml MutatingWebhookConfiguration mizzen-sidecar-injector",
         "06-webhook-configurations.yaml ValidatingWebhookConfiguration mizzen-validator",
+        "07-ingress-gateway.yaml Namespace mizzen-ingress",
+        "07-ingress-gateway.yaml ServiceAccount mizzen-ingressgateway",
+        "07-ingress-gateway.yaml Role mizzen-ingressgateway",
+        "07-ingress-gateway.yaml RoleBinding mizzen-ingressgateway",
+        "07-ingress-gateway.yaml Deployment mizzen-ingressgateway",
+        "07-ingress-gateway.yaml Service mizzen-ingressgateway",
+        "07-ingress-gateway.yaml PodDisruptionBudget mizzen-ingressgateway",
+        "07-ingress-gateway.yaml HorizontalPodAutoscaler mizzen-ingressgateway",
     ]
     .into_iter()
     .map(String::from)
@@ -289,7 +307,7 @@ fn every_document_is_a_named_kubernetes_object() {
 fn every_container_has_resources_and_a_locked_down_security_context() {
     let objects = objects();
     let workloads = pod_specs(&objects);
-    assert_eq!(workloads.len(), 3);
+    assert_eq!(workloads.len(), 4);
     for (workload, spec) in workloads {
         assert!(spec.get("hostNetwork").is_none() && spec.get("hostPID").is_none());
         let containers = spec["containers"].as_array().unwrap().iter();
@@ -318,6 +336,10 @@ fn every_container_has_resources_and_a_locked_down_security_context() {
                 // Root only as the owner of the kubelet-created socket directory (05-agent.yaml).
                 assert_eq!(sc["runAsNonRoot"], false, "{at}");
                 assert_eq!(sc["runAsUser"], 0, "{at}");
+            } else if workload == "mizzen-ingressgateway" {
+                // The proxy's UID, as in a sidecar; the credentials syncer shares its files.
+                assert_eq!(sc["runAsNonRoot"], true, "{at}");
+                assert_eq!(sc["runAsUser"], 1337, "{at}");
             } else {
                 assert_eq!(sc["runAsNonRoot"], true, "{at}");
                 assert_eq!(sc["runAsUser"], 65532, "{at}");
@@ -327,9 +349,16 @@ fn every_container_has_resources_and_a_locked_down_security_context() {
                 env.iter().any(|e| e["name"] == "RUST_LOG"),
                 "{at}: no RUST_LOG"
             );
+            // The gateway runs the proxy and the agent's credentials mode; every other
+            // workload its own image.
+            let image = match (workload.as_str(), c["name"].as_str().unwrap()) {
+                ("mizzen-ingressgateway", "credentials") => "mizzen-agent",
+                ("mizzen-ingressgateway", _) => "mizzen-proxy",
+                (w, _) => w,
+            };
             assert_eq!(
                 c["image"].as_str().unwrap(),
-                format!("{DEFAULT_HUB}/{workload}:{DEFAULT_TAG}")
+                format!("{DEFAULT_HUB}/{image}:{DEFAULT_TAG}")
             );
         }
         // Only the agent mounts a host path, and only its socket directory.
@@ -339,7 +368,9 @@ fn every_container_has_resources_and_a_locked_down_security_context() {
             .flatten()
             .filter_map(|v| v["hostPath"]["path"].as_str())
             .collect();
-        let expected: &[&str] = if workload == "mizzen-agent" {
+        // The agent, and the gateway as a sidecar does, for the agent's socket.
+        let expected: &[&str] = if workload == "mizzen-agent" || workload == "mizzen-ingressgateway"
+        {
             &["/var/run/mizzen"]
         } else {
             &[]
@@ -591,7 +622,11 @@ fn docs_rbac_lists_every_rule() {
     let doc = fs::read_to_string(repo_root().join("docs/rbac.md")).unwrap();
     let documented: BTreeSet<RuleRow> = doc
         .lines()
-        .filter(|line| line.starts_with("| operator |") || line.starts_with("| agent |"))
+        .filter(|line| {
+            ["| operator |", "| agent |", "| ingressgateway |"]
+                .iter()
+                .any(|p| line.starts_with(p))
+        })
         .map(|line| {
             let cells: Vec<_> = line.trim_matches('|').split('|').map(str::trim).collect();
             assert_eq!(

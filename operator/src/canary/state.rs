@@ -88,14 +88,35 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
-/// What the machine reads and writes: the CRD's status plus the time of the last round, which
-/// `CanaryStatus` has no field for yet (`status.lastAnalysisTime`, RFC 3339, is needed).
+/// What the machine reads and writes: the CRD's status, with the time of the last round parsed
+/// (it is kept in `status.lastAnalysisTime` as RFC 3339; [`CanaryState::from_status`] and
+/// [`CanaryState::to_status`] convert, and the machine itself reads only this field).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CanaryState {
     pub status: CanaryStatus,
     /// When the last round ran (or the analysis started): the next round is due one
     /// `analysis.interval` later, and webhook answers older than this are stale.
     pub last_analysis_time: Option<Timestamp>,
+}
+
+impl CanaryState {
+    /// The state a stored status stands for. An unreadable `lastAnalysisTime` counts as none:
+    /// the next round is due at once.
+    pub fn from_status(status: CanaryStatus) -> Self {
+        let last_analysis_time = parse_time(status.last_analysis_time.as_deref());
+        Self {
+            status,
+            last_analysis_time,
+        }
+    }
+
+    /// The status to store, `lastAnalysisTime` included.
+    pub fn to_status(&self) -> CanaryStatus {
+        CanaryStatus {
+            last_analysis_time: self.last_analysis_time.map(|t| t.to_string()),
+            ..self.status.clone()
+        }
+    }
 }
 
 /// What the shell observed just before the call.

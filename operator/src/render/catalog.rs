@@ -80,6 +80,10 @@ pub struct Catalog<'a> {
     vs_exact: BTreeMap<String, Vec<usize>>,
     vs_wild: Vec<usize>,
     pub vss: Vec<VsEntry<'a>>,
+    /// VirtualServices bound to at least one Gateway (see [`routes::bound_gateways`]), oldest
+    /// first: what the gateway renderer reads. A VirtualService bound to `mesh` as well is in
+    /// `vss` too.
+    pub bound: Vec<VsEntry<'a>>,
     delegates: BTreeMap<(String, String), &'a VirtualServiceSpec>,
     sidecars: BTreeMap<String, &'a SidecarSpec>,
     workload_entries: Vec<(&'a Stored, &'a WorkloadEntrySpec)>,
@@ -99,6 +103,7 @@ impl<'a> Catalog<'a> {
             vs_exact: BTreeMap::new(),
             vs_wild: Vec::new(),
             vss: Vec::new(),
+            bound: Vec::new(),
             delegates: BTreeMap::new(),
             sidecars: BTreeMap::new(),
             workload_entries: Vec::new(),
@@ -134,12 +139,19 @@ impl<'a> Catalog<'a> {
                             .insert((ns.to_string(), s.object.name.clone()), &vs.spec);
                         continue;
                     }
+                    let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| fqdn(h, ns)).collect();
+                    if !routes::bound_gateways(&vs.spec, ns).is_empty() {
+                        c.bound.push(VsEntry {
+                            stored: s,
+                            spec: &vs.spec,
+                            hosts: hosts.clone(),
+                        });
+                    }
                     if !routes::applies_to_mesh(&vs.spec.gateways) {
-                        // Gateway-bound routes are for the gateway renderer.
+                        // Routes bound to gateways only are for the gateway renderer.
                         continue;
                     }
                     let i = c.vss.len();
-                    let hosts: Vec<String> = vs.spec.hosts.iter().map(|h| fqdn(h, ns)).collect();
                     for h in &hosts {
                         if h.contains('*') {
                             if !c.vs_wild.contains(&i) {

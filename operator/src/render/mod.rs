@@ -5,12 +5,14 @@
 //! namespace (as JSON fragments) between calls, so a change to one VirtualService re-renders only
 //! the hosts it names; the result is byte for byte what a full render gives.
 //!
-//! Only sidecar configs are rendered here. VirtualServices bound to gateways (their `gateways`
-//! list does not name `mesh`) are skipped by [`catalog::Catalog`]; the gateway renderer will read
-//! the same catalog with a gateway scope instead of the mesh scope.
+//! Each gateway namespace ([`RenderSettings::gateway_namespaces`]) gets a config of the same
+//! shape with a `gateway` section ([`gateway`]): the servers of every Gateway and the rules of
+//! the VirtualServices bound to them, converted by the same [`routes`] code under a gateway
+//! [`routes::Scope`]; its services are those a sidecar of that namespace would see.
 
 mod catalog;
 mod compress;
+mod gateway;
 mod inbound;
 mod policy;
 mod routes;
@@ -60,7 +62,13 @@ pub struct RenderSettings {
     /// File mode: when the input holds no Namespace objects, every namespace with objects is
     /// meshed.
     pub implicit_namespaces: bool,
+    /// Namespaces of ingress gateway workloads: each that exists gets the gateway config
+    /// (ConfigMap [`pc::GATEWAY_CONFIG_MAP_NAME`]).
+    pub gateway_namespaces: Vec<String>,
 }
+
+/// The namespace the installed ingress gateway runs in.
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "mizzen-ingress";
 
 impl Default for RenderSettings {
     fn default() -> Self {
@@ -71,6 +79,7 @@ impl Default for RenderSettings {
             gzip_above_bytes: pc::payload::GZIP_ABOVE_BYTES,
             gzip_chunk_services: CHUNK_SERVICES,
             implicit_namespaces: false,
+            gateway_namespaces: vec![DEFAULT_GATEWAY_NAMESPACE.into()],
         }
     }
 }
@@ -79,7 +88,8 @@ impl Default for RenderSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectStatus {
     pub accepted: bool,
-    /// `Accepted` or `Invalid`.
+    /// `Accepted` or `Invalid`, or why a gateway binding does not resolve (`UnknownGateway`,
+    /// `HostNotServed`, `PortConflict`; see [`gateway`]).
     pub reason: &'static str,
     /// For an invalid object, its first problems (`spec.http[0].route: ...`); warnings for an
     /// accepted one; empty otherwise.
@@ -179,6 +189,8 @@ pub struct Rendered {
     /// Meshed namespaces, whether or not their config could be rendered.
     pub meshed: BTreeSet<String>,
     pub configs: BTreeMap<String, RenderedConfig>,
+    /// The gateway config of each gateway namespace (with a `gateway` section).
+    pub gateway_configs: BTreeMap<String, RenderedConfig>,
     pub statuses: BTreeMap<ObjectRef, ObjectStatus>,
     /// Why a meshed namespace has no config (its stored form is too large).
     pub problems: BTreeMap<String, Vec<String>>,
@@ -260,6 +272,9 @@ impl Renderer {
         let catalog = Catalog::new(index, &self.settings, |s| {
             statuses.get(&s.object).is_none_or(|st| st.accepted)
         });
+        let gateways = gateway::Gateways::new(index, &catalog, |s| {
+            statuses.get(&s.object).is_none_or(|st| st.accepted)
+        });
 
         let mut meshed: BTreeSet<String> = index
             .namespaces()
@@ -269,7 +284,18 @@ impl Renderer {
         if self.settings.implicit_namespaces && index.namespaces().next().is_none() {
             meshed = index.namespaces_with_objects();
         }
-        self.services.retain(|ns, _| meshed.contains(ns));
+        // A gateway namespace gets its config once it exists (a ConfigMap cannot be written
+        // into a missing namespace); in file mode without Namespace objects, always.
+        let implicit = self.settings.implicit_namespaces && index.namespaces().next().is_none();
+        let gateway_namespaces: BTreeSet<String> = self
+            .settings
+            .gateway_namespaces
+            .iter()
+            .filter(|ns| implicit || index.namespace(ns).is_some())
+            .cloned()
+            .collect();
+        let namespaces: BTreeSet<String> = meshed.union(&gateway_namespaces).cloned().collect();
+        self.services.retain(|ns, _| namespaces.contains(ns));
         self.members.begin_render();
         let policies = Policies::new(index, &self.settings);
         let mut memo: HashMap<(String, View), Arc<Fragment>> = HashMap::new();
@@ -278,7 +304,8 @@ impl Renderer {
             statuses,
             ..Rendered::default()
         };
-        for ns in &meshed {
+        gateways.merge_statuses(&mut out.statuses);
+        for ns in &namespaces {
             let full =
                 changes.all || changes.namespaces.contains(ns) || !self.services.contains_key(ns);
             let cache = self.services.entry(ns.clone()).or_default();
@@ -308,23 +335,27 @@ impl Renderer {
                     }
                 }
             }
-            let mut config = assemble(&catalog, &policies, ns, cache);
-            encode(&mut self.members, &self.settings, &mut config);
-            if config.stored_bytes > self.settings.max_config_bytes {
-                let form = if config.compressed.is_some() {
-                    format!(
-                        "{} bytes gzip-compressed ({} bytes of JSON)",
-                        config.stored_bytes, config.bytes
-                    )
-                } else {
-                    format!("{} bytes", config.stored_bytes)
-                };
-                out.problems.entry(ns.clone()).or_default().push(format!(
-                    "the proxy config of namespace {ns} is {form}, over the limit of {} bytes: it was not written (scope it with a Sidecar's egress hosts or exportTo)",
-                    self.settings.max_config_bytes
-                ));
-            } else {
-                out.configs.insert(ns.clone(), config);
+            let cache = &self.services[ns];
+            if meshed.contains(ns) {
+                let mut config = assemble(&catalog, &policies, ns, cache, None);
+                encode(&mut self.members, &self.settings, &mut config);
+                match too_large(&self.settings, &config, "proxy config", ns) {
+                    Some(p) => out.problems.entry(ns.clone()).or_default().push(p),
+                    None => {
+                        out.configs.insert(ns.clone(), config);
+                    }
+                }
+            }
+            if gateway_namespaces.contains(ns) {
+                let section = gateways.config(&catalog, ns);
+                let mut config = assemble(&catalog, &policies, ns, cache, Some(&section));
+                encode(&mut self.members, &self.settings, &mut config);
+                match too_large(&self.settings, &config, "gateway config", ns) {
+                    Some(p) => out.problems.entry(ns.clone()).or_default().push(p),
+                    None => {
+                        out.gateway_configs.insert(ns.clone(), config);
+                    }
+                }
             }
         }
         self.members.end_render();
@@ -332,6 +363,31 @@ impl Renderer {
         out.meshed = meshed;
         out
     }
+}
+
+/// Why `config` (the `what` of namespace `ns`) cannot be written, if its stored form is over
+/// the limit: it is refused, never truncated.
+fn too_large(
+    settings: &RenderSettings,
+    config: &RenderedConfig,
+    what: &str,
+    ns: &str,
+) -> Option<String> {
+    if config.stored_bytes <= settings.max_config_bytes {
+        return None;
+    }
+    let form = if config.compressed.is_some() {
+        format!(
+            "{} bytes gzip-compressed ({} bytes of JSON)",
+            config.stored_bytes, config.bytes
+        )
+    } else {
+        format!("{} bytes", config.stored_bytes)
+    };
+    Some(format!(
+        "the {what} of namespace {ns} is {form}, over the limit of {} bytes: it was not written (scope it with a Sidecar's egress hosts or exportTo)",
+        settings.max_config_bytes
+    ))
 }
 
 /// Sets the stored form of `config`: text, or the gzip members of its pieces.
@@ -370,6 +426,7 @@ fn assemble(
     policies: &Policies<'_>,
     ns: &str,
     services: &BTreeMap<String, Arc<Fragment>>,
+    gateway: Option<&pc::GatewayConfig>,
 ) -> RenderedConfig {
     let settings = catalog.settings;
     let mesh = pc::MeshConfig {
@@ -387,9 +444,14 @@ fn assemble(
         serde_json::to_string(&mesh).expect("mesh serialises"),
     );
     let mut tail = format!(
-        ",\"inbound\":{}}}",
+        ",\"inbound\":{}",
         serde_json::to_string(&inbound).expect("inbound serialises")
     );
+    if let Some(g) = gateway {
+        tail.push_str(",\"gateway\":");
+        tail.push_str(&serde_json::to_string(g).expect("gateway serialises"));
+    }
+    tail.push('}');
     // The hash covers the head and tail without the brackets of `services`, as it always has,
     // so that the annotation of an unchanged config stays the same.
     let mut hash = Fnv64::new();
@@ -679,33 +741,62 @@ fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service 
     }
 
     for v in view.virtual_services.iter().map(|i| &catalog.vss[*i]) {
-        let vns = v.stored.namespace();
-        let vname = &v.stored.object.name;
-        for (i, rule) in v.spec.http.iter().enumerate() {
-            match &rule.delegate {
-                None => svc
-                    .http_routes
-                    .extend(routes::http_route(rule, vns, vname, i)),
-                Some(d) => {
-                    let dns = d.namespace.as_deref().unwrap_or(vns);
-                    if let Some(child) = catalog.delegate(dns, &d.name) {
-                        for (j, r) in routes::resolve_delegate(rule, &child.http)
-                            .iter()
-                            .enumerate()
-                        {
-                            svc.http_routes
-                                .extend(routes::http_route(r, dns, &d.name, j));
-                        }
+        let r = vs_routes(catalog, v, routes::Scope::Mesh);
+        svc.http_routes.extend(r.http);
+        svc.tcp_routes.extend(r.tcp);
+        svc.tls_routes.extend(r.tls);
+    }
+    svc
+}
+
+/// The rules of one VirtualService as the proxies of one scope get them.
+struct VsRoutes {
+    http: Vec<pc::HttpRoute>,
+    tcp: Vec<pc::TcpRoute>,
+    tls: Vec<pc::TlsRoute>,
+}
+
+/// The rules of `v` that apply in `scope`, in order, with delegates resolved: the one
+/// conversion both sidecars and gateways use.
+fn vs_routes(
+    catalog: &Catalog<'_>,
+    v: &catalog::VsEntry<'_>,
+    scope: routes::Scope<'_>,
+) -> VsRoutes {
+    let vns = v.stored.namespace();
+    let vname = &v.stored.object.name;
+    let mut http = Vec::new();
+    for (i, rule) in v.spec.http.iter().enumerate() {
+        match &rule.delegate {
+            None => http.extend(routes::http_route(rule, scope, vns, vname, i)),
+            Some(d) => {
+                let dns = d.namespace.as_deref().unwrap_or(vns);
+                if let Some(child) = catalog.delegate(dns, &d.name) {
+                    for (j, r) in routes::resolve_delegate(rule, &child.http)
+                        .iter()
+                        .enumerate()
+                    {
+                        http.extend(routes::http_route(r, scope, dns, &d.name, j));
                     }
                 }
             }
         }
-        svc.tcp_routes
-            .extend(v.spec.tcp.iter().filter_map(|r| routes::tcp_route(r, vns)));
-        svc.tls_routes
-            .extend(v.spec.tls.iter().filter_map(|r| routes::tls_route(r, vns)));
     }
-    svc
+    VsRoutes {
+        http,
+        tcp: v
+            .spec
+            .tcp
+            .iter()
+            .filter_map(|r| routes::tcp_route(r, scope, vns))
+            .collect(),
+        tls: v
+            .spec
+            .tls
+            .iter()
+            .filter_map(|r| routes::tls_route(r, scope, vns))
+            .collect(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

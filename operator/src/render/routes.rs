@@ -12,6 +12,105 @@ pub fn applies_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
 }
 
+/// The reserved gateway name for every sidecar of the mesh.
+pub const MESH: &str = "mesh";
+
+/// A `gateways` entry of a VirtualService in `vs_ns` as `namespace/name`: a name without a
+/// namespace is the VirtualService's own namespace; `mesh` stays `mesh`.
+pub fn gateway_ref(name: &str, vs_ns: &str) -> String {
+    if name == MESH || name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{vs_ns}/{name}")
+    }
+}
+
+/// The Gateways (`namespace/name`, never `mesh`) a VirtualService in `vs_ns` is bound to: its
+/// own `gateways` and those its matches name (Istio indexes a VirtualService by both), each
+/// with the first field path that names it, in order.
+pub fn bound_gateways(spec: &vs::VirtualServiceSpec, vs_ns: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut add = |path: String, g: &String| {
+        let g = gateway_ref(g, vs_ns);
+        if g != MESH && !out.iter().any(|(o, _)| *o == g) {
+            out.push((g, path));
+        }
+    };
+    for (i, g) in spec.gateways.iter().enumerate() {
+        add(format!("spec.gateways[{i}]"), g);
+    }
+    for (i, r) in spec.http.iter().enumerate() {
+        for (j, m) in r.r#match.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                add(format!("spec.http[{i}].match[{j}].gateways[{k}]"), g);
+            }
+        }
+    }
+    for (i, r) in spec.tcp.iter().enumerate() {
+        for (j, m) in r.r#match.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                add(format!("spec.tcp[{i}].match[{j}].gateways[{k}]"), g);
+            }
+        }
+    }
+    for (i, r) in spec.tls.iter().enumerate() {
+        for (j, m) in r.r#match.iter().enumerate() {
+            for (k, g) in m.gateways.iter().enumerate() {
+                add(format!("spec.tls[{i}].match[{j}].gateways[{k}]"), g);
+            }
+        }
+    }
+    out
+}
+
+/// Which proxies rules are rendered for. A match that lists `gateways` applies to those only
+/// (Istio: it overrides the VirtualService's list); a match that lists none inherits the
+/// VirtualService's binding, which the caller has already checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// The sidecars of the mesh.
+    Mesh,
+    /// One server of an ingress gateway: the Gateway (`namespace/name`) and the server's port.
+    /// Matches for another port are dropped, the others lose their `port` (already narrowed).
+    Gateway {
+        gateway: &'a str,
+        port: u16,
+        /// Whether the VirtualService's own `gateways` list names this Gateway: matches that
+        /// list no gateways apply only then.
+        bound: bool,
+    },
+}
+
+impl Scope<'_> {
+    /// Whether a match with these `gateways` (and `port`) of a VirtualService in `vs_ns` applies.
+    fn admits(&self, gateways: &[String], port: Option<u32>, vs_ns: &str) -> bool {
+        match *self {
+            Self::Mesh => applies_to_mesh(gateways),
+            Self::Gateway {
+                gateway,
+                port: server_port,
+                bound,
+            } => {
+                let named = if gateways.is_empty() {
+                    bound
+                } else {
+                    gateways.iter().any(|g| gateway_ref(g, vs_ns) == gateway)
+                };
+                named && port.is_none_or(|p| p == u32::from(server_port))
+            }
+        }
+    }
+
+    /// The `port` a rendered match keeps: sidecars match on it, a gateway server has already
+    /// narrowed by it.
+    fn kept_port(&self, port: Option<u32>) -> Option<u16> {
+        match self {
+            Self::Mesh => port.and_then(self::port),
+            Self::Gateway { .. } => None,
+        }
+    }
+}
+
 fn ms(d: &mizzen_crds::Duration) -> u64 {
     u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
 }
@@ -55,9 +154,9 @@ fn header_ops(h: Option<&vs::Headers>) -> pc::HeaderOps {
     }
 }
 
-/// One match of a rule; `None` when it is bound to gateways only (not to sidecars).
-fn http_match(m: &vs::HttpMatchRequest) -> Option<pc::HttpMatch> {
-    if !applies_to_mesh(&m.gateways) {
+/// One match of a rule; `None` when it does not apply in `scope`.
+fn http_match(m: &vs::HttpMatchRequest, scope: Scope<'_>, vs_ns: &str) -> Option<pc::HttpMatch> {
+    if !scope.admits(&m.gateways, m.port, vs_ns) {
         return None;
     }
     let mut headers: Vec<pc::HeaderMatch> = m
@@ -89,19 +188,23 @@ fn http_match(m: &vs::HttpMatchRequest) -> Option<pc::HttpMatch> {
             })
             .collect(),
         ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
-        port: m.port.and_then(port),
+        port: scope.kept_port(m.port),
         source_labels: m.source_labels.clone(),
         source_namespace: m.source_namespace.clone(),
         gateways: Vec::new(),
     })
 }
 
-/// The matches of a rule for sidecars; `None` when every match is for gateways only.
-fn http_matches(rule: &vs::HttpRoute) -> Option<Vec<pc::HttpMatch>> {
+/// The matches of a rule in `scope`; `None` when none of them applies there.
+fn http_matches(rule: &vs::HttpRoute, scope: Scope<'_>, vs_ns: &str) -> Option<Vec<pc::HttpMatch>> {
     if rule.r#match.is_empty() {
         return Some(Vec::new());
     }
-    let out: Vec<_> = rule.r#match.iter().filter_map(http_match).collect();
+    let out: Vec<_> = rule
+        .r#match
+        .iter()
+        .filter_map(|m| http_match(m, scope, vs_ns))
+        .collect();
     (!out.is_empty()).then_some(out)
 }
 
@@ -269,15 +372,17 @@ fn mirrors(rule: &vs::HttpRoute, ns: &str) -> Vec<pc::Mirror> {
     out
 }
 
-/// One HTTP rule of VirtualService `vs_ns/vs_name` at `index`, for sidecars. `None` when the rule
-/// only applies to gateways. `rule` must not be a delegate (see [`resolve_delegate`]).
+/// One HTTP rule of VirtualService `vs_ns/vs_name` at `index`, for the proxies of `scope`.
+/// `None` when none of its matches applies there. `rule` must not be a delegate (see
+/// [`resolve_delegate`]).
 pub fn http_route(
     rule: &vs::HttpRoute,
+    scope: Scope<'_>,
     vs_ns: &str,
     vs_name: &str,
     index: usize,
 ) -> Option<pc::HttpRoute> {
-    let matches = http_matches(rule)?;
+    let matches = http_matches(rule, scope, vs_ns)?;
     Some(pc::HttpRoute {
         name: rule
             .name
@@ -361,10 +466,10 @@ pub fn resolve_delegate(parent: &vs::HttpRoute, delegate: &[vs::HttpRoute]) -> V
         .collect()
 }
 
-fn l4_match(m: &vs::L4MatchAttributes) -> Option<pc::L4Match> {
-    applies_to_mesh(&m.gateways).then(|| pc::L4Match {
+fn l4_match(m: &vs::L4MatchAttributes, scope: Scope<'_>, ns: &str) -> Option<pc::L4Match> {
+    scope.admits(&m.gateways, m.port, ns).then(|| pc::L4Match {
         destination_subnets: m.destination_subnets.clone(),
-        port: m.port.and_then(port),
+        port: scope.kept_port(m.port),
         source_labels: m.source_labels.clone(),
         gateways: Vec::new(),
     })
@@ -386,8 +491,13 @@ fn weighted(routes: &[vs::RouteDestination], ns: &str) -> Vec<pc::WeightedDestin
         .collect()
 }
 
-pub fn tcp_route(rule: &vs::TcpRoute, ns: &str) -> Option<pc::TcpRoute> {
-    let matches: Vec<_> = rule.r#match.iter().filter_map(l4_match).collect();
+/// One TCP rule for the proxies of `scope`; `None` when none of its matches applies there.
+pub fn tcp_route(rule: &vs::TcpRoute, scope: Scope<'_>, ns: &str) -> Option<pc::TcpRoute> {
+    let matches: Vec<_> = rule
+        .r#match
+        .iter()
+        .filter_map(|m| l4_match(m, scope, ns))
+        .collect();
     if !rule.r#match.is_empty() && matches.is_empty() {
         return None;
     }
@@ -397,15 +507,16 @@ pub fn tcp_route(rule: &vs::TcpRoute, ns: &str) -> Option<pc::TcpRoute> {
     })
 }
 
-pub fn tls_route(rule: &vs::TlsRoute, ns: &str) -> Option<pc::TlsRoute> {
+/// One TLS rule for the proxies of `scope`; `None` when none of its matches applies there.
+pub fn tls_route(rule: &vs::TlsRoute, scope: Scope<'_>, ns: &str) -> Option<pc::TlsRoute> {
     let matches: Vec<_> = rule
         .r#match
         .iter()
-        .filter(|m| applies_to_mesh(&m.gateways))
+        .filter(|m| scope.admits(&m.gateways, m.port, ns))
         .map(|m| pc::TlsMatch {
             sni_hosts: m.sni_hosts.iter().map(|h| fqdn(h, ns)).collect(),
             destination_subnets: m.destination_subnets.clone(),
-            port: m.port.and_then(port),
+            port: scope.kept_port(m.port),
             source_labels: m.source_labels.clone(),
             gateways: Vec::new(),
         })
@@ -468,6 +579,50 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(http_route(&rule, "ns", "vs", 0).is_none());
+        assert!(http_route(&rule, Scope::Mesh, "ns", "vs", 0).is_none());
+    }
+
+    #[test]
+    fn gateway_scope_narrows_by_gateway_and_port() {
+        let at = |gateway, port, bound| Scope::Gateway {
+            gateway,
+            port,
+            bound,
+        };
+        assert_eq!(gateway_ref("gw", "shop"), "shop/gw");
+        assert_eq!(gateway_ref("edge/gw", "shop"), "edge/gw");
+        assert_eq!(gateway_ref("mesh", "shop"), "mesh");
+        let rule = vs::HttpRoute {
+            r#match: vec![
+                vs::HttpMatchRequest {
+                    gateways: vec!["gw".into()],
+                    port: Some(443),
+                    ..Default::default()
+                },
+                vs::HttpMatchRequest {
+                    port: Some(80),
+                    ..Default::default()
+                },
+                vs::HttpMatchRequest {
+                    gateways: vec!["mesh".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        // Port 443 of shop/gw: the first match only, its port already narrowed.
+        let r = http_route(&rule, at("shop/gw", 443, true), "shop", "vs", 0).unwrap();
+        assert_eq!(r.matches.len(), 1);
+        assert_eq!(r.matches[0].port, None);
+        // Port 80 of a Gateway the VirtualService itself names: the match without gateways.
+        let r = http_route(&rule, at("shop/gw", 80, true), "shop", "vs", 0).unwrap();
+        assert_eq!(r.matches.len(), 1);
+        // Bound only through a match's `gateways`: matches without gateways do not inherit it.
+        assert!(http_route(&rule, at("shop/gw", 80, false), "shop", "vs", 0).is_none());
+        assert!(http_route(&rule, at("other/gw", 443, true), "shop", "vs", 0).is_none());
+        // Sidecars keep the port match and the `mesh` match.
+        let r = http_route(&rule, Scope::Mesh, "shop", "vs", 0).unwrap();
+        assert_eq!(r.matches.len(), 2);
+        assert_eq!(r.matches[0].port, Some(80));
     }
 }

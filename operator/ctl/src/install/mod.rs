@@ -20,9 +20,10 @@ pub const CRDS_FILE: &str = "01-crds.yaml";
 
 /// Every part in `kubectl apply` order (it applies a directory's files alphabetically): the
 /// namespace before what lives in it, the CRDs before anything that names their kinds, the
-/// webhook configurations last so they never point at a Service that does not exist yet.
-/// `None` marks the CRDs.
-const PARTS: [(&str, Option<&str>); 7] = [
+/// webhook configurations after the webhook so they never point at a Service that does not
+/// exist yet, and the ingress gateway (its own namespace, RBAC and workload in one file) last:
+/// nothing else depends on it. `None` marks the CRDs.
+const PARTS: [(&str, Option<&str>); 8] = [
     ("00-namespace.yaml", Some(include_str!("00-namespace.yaml"))),
     (CRDS_FILE, None),
     ("02-rbac.yaml", Some(include_str!("02-rbac.yaml"))),
@@ -32,6 +33,10 @@ const PARTS: [(&str, Option<&str>); 7] = [
     (
         "06-webhook-configurations.yaml",
         Some(include_str!("06-webhook-configurations.yaml")),
+    ),
+    (
+        "07-ingress-gateway.yaml",
+        Some(include_str!("07-ingress-gateway.yaml")),
     ),
 ];
 
@@ -178,7 +183,8 @@ mod tests {
                 "03-operator.yaml",
                 "04-webhook.yaml",
                 "05-agent.yaml",
-                "06-webhook-configurations.yaml"
+                "06-webhook-configurations.yaml",
+                "07-ingress-gateway.yaml"
             ]
         );
         for (name, text) in &parts {
