@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Mizzen's container images from images/Dockerfile, one target per component, named as
-# `mizzenctl install` renders them: <hub>/mizzen-{operator,webhook,agent,proxy}:<tag>.
+# `mizzenctl install` renders them: <hub>/mizzen-{operator,webhook,agent,proxy}:<tag>, and the
+# demo app's image <hub>/mizzen-demo:<tag> that the kind e2e suite deploys.
 #
 #   scripts/build-images.sh [--hub HUB] [--tag TAG] [--list] [COMPONENT...]
 #
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(operator webhook agent proxy)
+all=(operator webhook agent proxy demo)
 hub="$(sed -n 's/^pub const DEFAULT_HUB: &str = "\(.*\)";$/\1/p' operator/ctl/src/install/mod.rs)"
 tag="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"$/\1/p' Cargo.toml)"
 list=0
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --hub) hub="${2:?--hub needs a value}"; shift 2 ;;
     --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
     --list) list=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     -*) echo "build-images.sh: unknown option $1" >&2; exit 2 ;;
     *)
       [[ " ${all[*]} " == *" $1 "* ]] || { echo "build-images.sh: unknown component $1 (one of: ${all[*]})" >&2; exit 2; }

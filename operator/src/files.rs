@@ -99,10 +99,20 @@ pub fn render_dir(
     let settings = file_settings(settings.clone());
     let index = load_dir(input, &settings)?;
     let rendered = render(&index, &settings);
+    write_configs(&rendered, output)?;
+    Ok(rendered)
+}
+
+/// Writes each config of `rendered` to `<output>/<namespace>.json`.
+pub fn write_configs(rendered: &Rendered, output: &Path) -> Result<(), FileError> {
     std::fs::create_dir_all(output).map_err(io(output))?;
     for (ns, cfg) in &rendered.configs {
+        // Written aside and renamed over, so a proxy watching the file (the local mesh
+        // re-renders while its proxies run) never reads half a config.
         let path = output.join(format!("{ns}.json"));
-        std::fs::write(&path, cfg.config().to_json() + "\n").map_err(io(&path))?;
+        let partial = output.join(format!(".{ns}.json.tmp"));
+        std::fs::write(&partial, cfg.config().to_json() + "\n").map_err(io(&partial))?;
+        std::fs::rename(&partial, &path).map_err(io(&path))?;
     }
-    Ok(rendered)
+    Ok(())
 }

@@ -34,6 +34,8 @@ enum Command {
     ProxyConfig(proxy_config::Args),
     /// Show a Canary rollout: `canary status NAME [-n NS] [-f FILE]`.
     Canary(canary::Args),
+    /// Run a mesh on this machine from a directory of Istio YAML (`local up examples/bookinfo`).
+    Local(mizzen_local::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -46,5 +48,6 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::ProxyConfig(args) => proxy_config::run(args),
         Command::Canary(args) => canary::run(args),
+        Command::Local(args) => mizzen_local::run(args),
     }
 }
