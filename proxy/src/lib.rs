@@ -20,6 +20,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod env;
 pub mod http;
+pub mod init;
 pub mod listener;
 pub mod mtls;
 pub mod stream;

@@ -21,10 +21,14 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start and matched at once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy beside an app (in a pod, or on this machine with explicit listeners).
     Sidecar(SidecarArgs),
+    /// Install the pod's iptables redirection to the sidecar and exit (the init container).
+    Init(mizzen_proxy::init::InitArgs),
 }
 
 #[derive(clap::Args)]
@@ -102,7 +106,10 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr),
         )
         .init();
-    let Command::Sidecar(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Sidecar(args) => args,
+        Command::Init(args) => return Ok(mizzen_proxy::init::run(&args)?),
+    };
     let workload = Workload::from_strings(
         &Env,
         &WorkloadFlags {
