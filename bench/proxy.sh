@@ -31,13 +31,8 @@ LOADGEN_CPU="${LOADGEN_CPU:-0}"
 SERVER_CPU="${SERVER_CPU:-1}"
 BASE_PORT="${BASE_PORT:-18000}"
 
-bash "$(dirname "$0")/install-tools.sh"
-export PATH="$HOME/.cargo/bin:$PATH"
-if oha --help 2>/dev/null | grep -q -- '--output-format'; then
-  OHA_JSON=(--output-format json)
-else
-  OHA_JSON=(--json)
-fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # MIZZEN_BIN: a prebuilt release binary (skips the build).
 if [ -z "${MIZZEN_BIN:-}" ]; then
@@ -64,46 +59,12 @@ P_HAT_OUT=$((BASE_PORT + 501)) P_HAT_IN=$((BASE_PORT + 502))
 P_NGT_OUT=$((BASE_PORT + 601)) P_NGT_IN=$((BASE_PORT + 602))
 MTLS="${MTLS:-0}"
 
-echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "versions: $(oha --version | head -1); $(haproxy -v | head -1); $(nginx -v 2>&1)"
+machine_header
 echo "settings: rounds=$ROUNDS duration=$DURATION rate=$RATE loadgen-cpu=$LOADGEN_CPU server-cpu=$SERVER_CPU"
 
 # --- backend: nginx serving 1 KiB -------------------------------------------------------------
 mkdir -p "$WORK/www" "$WORK/nginx-tmp"
 head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
-nginx_conf() { # name body
-  cat >"$WORK/$1.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/$1.pid;
-error_log $WORK/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-tmp; proxy_temp_path $WORK/nginx-tmp;
-  fastcgi_temp_path $WORK/nginx-tmp; uwsgi_temp_path $WORK/nginx-tmp; scgi_temp_path $WORK/nginx-tmp;
-  keepalive_requests 100000;
-  $2
-}
-EOF
-}
-start() { # name command... ; records the pid in PID_<name>
-  local name=$1
-  shift
-  taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
-  PIDS+=($!)
-  printf -v "PID_$name" '%s' "$!"
-}
-wait_port() {
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers on port $1" >&2
-  exit 1
-}
-
 nginx_conf backend "server { listen 127.0.0.1:$P_BACKEND; root $WORK/www; }"
 start backend nginx -c "$WORK/backend.conf"
 
@@ -236,27 +197,6 @@ fi
 
 for p in $P_BACKEND $P_MZ_OUT $P_HA_OUT $P_NG_OUT; do wait_port "$p"; done
 
-# nginx and haproxy fork/keep a master: measure every process of each instance.
-pids_of() { # pid -> pid and its children
-  echo "$1"
-  pgrep -P "$1" || true
-}
-cpu_ticks() { # pids...
-  local t=0
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-rss_kib() { # field pids...
-  local f=$1 t=0
-  shift
-  for p in "$@"; do
-    [ -r "/proc/$p/status" ] && t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status")))
-  done
-  echo "$t"
-}
-
 declare -A TARGET=([direct]=$P_BACKEND [mizzen]=$P_MZ_OUT [haproxy]=$P_HA_OUT [nginx]=$P_NG_OUT)
 declare -A PROXIES=([direct]="" [mizzen]="$PID_mz_out $PID_mz_in" [haproxy]="$PID_ha_out $PID_ha_in" [nginx]="$PID_ng_out $PID_ng_in")
 PAIRS=(mizzen haproxy nginx)
@@ -274,38 +214,6 @@ idle_rss() {
     for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
     echo "{\"kind\":\"idle\",\"pair\":\"$pair\",\"rss_kib\":$(rss_kib VmRSS "${pids[@]}"),\"proxies\":2}" >>"$RESULTS"
   done
-}
-
-measure() { # pair connections rate round
-  local pair=$1 conns=$2 rate=$3 round=$4 pids=()
-  for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
-  local before=0
-  ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
-  taskset -c "$LOADGEN_CPU" oha --no-tui "${OHA_JSON[@]}" -z "$DURATION" -q "$rate" -c "$conns" \
-    --latency-correction "http://127.0.0.1:${TARGET[$pair]}/" >"$WORK/oha.json"
-  local after=0 hwm=0 rss=0
-  if ((${#pids[@]})); then
-    after=$(cpu_ticks "${pids[@]}")
-    hwm=$(rss_kib VmHWM "${pids[@]}")
-    rss=$(rss_kib VmRSS "${pids[@]}")
-  fi
-  python3 - "$WORK/oha.json" "$pair" "$conns" "$rate" "$round" "$((after - before))" "$(getconf CLK_TCK)" "$hwm" "$rss" >>"$RESULTS" <<'EOF'
-import json, sys
-f, pair, conns, rate, rnd, ticks, hz, hwm, rss = sys.argv[1:]
-d = json.load(open(f))
-s = d["summary"]
-ok = sum(int(v) for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
-# Requests still open when the duration ends are cut off by oha itself, not failures.
-errors = sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k) + sum(
-    int(v) for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2"))
-lp = d["latencyPercentiles"]
-total = max(ok + errors, 1)
-print(json.dumps({"kind": "load", "pair": pair, "conns": int(conns), "rate": int(rate), "round": rnd,
-    "p50": lp["p50"] * 1000, "p90": lp["p90"] * 1000, "p99": lp["p99"] * 1000,
-    "errors": errors, "requests": total, "rps": s.get("requestsPerSec", 0),
-    "cpu_ms_per_1000": int(ticks) * 1000 / int(hz) / total * 1000 / 2,
-    "hwm_kib": int(hwm) / 2, "rss_kib": int(rss) / 2}))
-EOF
 }
 
 max_rate() { # pair round: doubles the rate until errors or p90 >= 5 ms, then bisects once

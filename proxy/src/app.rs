@@ -1,6 +1,6 @@
 //! Wiring: bind every listener from the [`Config`], load the rendered config, run until drained.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 
@@ -38,6 +38,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::mtls::MeshTls>>,
     /// Endpoints from the node agent, when there is one.
     pub agent_endpoints: Option<Arc<AgentEndpoints>>,
+    /// Gateway mode: the compiled Gateway servers and their TLS credentials.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +67,15 @@ pub struct Bound {
     pub admin: Option<SocketAddr>,
     pub health: Option<SocketAddr>,
     pub prometheus: Option<SocketAddr>,
+    /// Gateway mode: the listening address of each server port at start (later changes:
+    /// `Gateway::bound`).
+    pub gateway: BTreeMap<u16, SocketAddr>,
 }
 
 enum Job {
     Proxy(TcpListener, Role),
+    /// A Gateway server port.
+    Gateway(TcpListener, u16),
     Admin(TcpListener, admin::Port),
 }
 
@@ -126,6 +133,10 @@ impl App {
             policy: crate::http::policy::PolicyCache::new(),
             tls: config.tls.clone(),
             agent_endpoints,
+            gateway: config
+                .gateway
+                .as_ref()
+                .map(|g| Arc::new(crate::gateway::Gateway::new(g.clone()))),
         });
         let mut jobs = Vec::new();
         let mut bound = Bound::default();
@@ -154,6 +165,19 @@ impl App {
             let (l, a) = bind(i.listen).await?;
             bound.inbound.push(a);
             jobs.push(Job::Proxy(l, Role::Inbound { app: i.app }));
+        }
+        if let Some(gw) = &shared.gateway {
+            let labels = &gw.settings.labels;
+            let ports = crate::gateway::ports(shared.store.current().config(), labels);
+            if ports.is_empty() {
+                tracing::warn!(?labels, "no Gateway server selects this gateway's labels");
+            }
+            for port in ports {
+                let (l, a) = bind(gw.settings.listen_addr(port)).await?;
+                bound.gateway.insert(port, a);
+                gw.set_bound(port, Some(a));
+                jobs.push(Job::Gateway(l, port));
+            }
         }
         for (addr, port, slot) in [
             (config.admin, admin::Port::Admin, &mut bound.admin),
@@ -224,16 +248,26 @@ impl App {
                 tracing::error!(error = %e, "no JWKS fetcher: jwksUri rules will refuse tokens")
             }
         }
+        let mut gateway_ports = Vec::new();
         for job in self.jobs {
             let shared = shared.clone();
             match job {
                 Job::Proxy(l, role) => {
                     tokio::spawn(listener::serve(l, role, shared));
                 }
+                Job::Gateway(l, port) => gateway_ports.push((port, l)),
                 Job::Admin(l, port) => {
                     tokio::spawn(admin::serve(l, port, shared));
                 }
             }
+        }
+        if shared.gateway.is_some() {
+            tokio::spawn(crate::gateway::ports::follow(
+                shared.clone(),
+                gateway_ports,
+                self.config.poll_interval,
+                watch_rx.clone(),
+            ));
         }
         let mut signal = shared.drain.signal();
         crate::drain::Drain::started(&mut signal).await;

@@ -2,7 +2,12 @@
 //! the workload's identity from the environment the sidecar runs in. Nothing else in the crate
 //! reads environment variables; tests build a [`Config`] directly or fake [`Strings`].
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 /// Where the values of the workload's identity come from.
 pub trait Strings {
@@ -103,6 +108,27 @@ impl Workload {
         }
     }
 
+    /// A gateway pod's workload: its labels (from the downward API) are the ones route matches
+    /// and Gateway selectors test, and give `app` and `version` unless the flags do.
+    pub fn for_gateway(
+        strings: &impl Strings,
+        flags: &WorkloadFlags,
+        labels: &BTreeMap<String, String>,
+    ) -> Self {
+        let flags = WorkloadFlags {
+            app: flags.app.clone().or_else(|| labels.get("app").cloned()),
+            version: flags
+                .version
+                .clone()
+                .or_else(|| labels.get("version").cloned()),
+            ..flags.clone()
+        };
+        let mut w = Self::from_strings(strings, &flags);
+        w.labels
+            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        w
+    }
+
     /// The SPIFFE identity this workload would present.
     pub fn principal(&self, trust_domain: &str) -> String {
         format!(
@@ -170,6 +196,80 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<crate::mtls::MeshTls>>,
     /// The node agent: this workload's certificate and the endpoints of services.
     pub agent: Option<AgentSettings>,
+    /// Gateway mode: serve the config's Gateway servers that select this pod.
+    pub gateway: Option<GatewaySettings>,
+}
+
+/// What gateway mode needs besides a sidecar's settings.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// The pod's labels: a Gateway server is served when its selector is a subset of them.
+    pub labels: BTreeMap<String, String>,
+    /// Where the credentials syncer writes each TLS Secret: `<dir>/<credentialName>/tls.crt`,
+    /// `tls.key`, `ca.crt`.
+    pub credentials_dir: PathBuf,
+    /// The address the server ports are bound on.
+    pub bind: IpAddr,
+    /// Server ports listened on elsewhere than `bind:port` (tests, local mode; port 0 takes
+    /// a free port, see `Bound::gateway`).
+    pub port_map: BTreeMap<u16, SocketAddr>,
+}
+
+impl GatewaySettings {
+    /// Where the server port `port` is listened on.
+    pub fn listen_addr(&self, port: u16) -> SocketAddr {
+        self.port_map
+            .get(&port)
+            .copied()
+            .unwrap_or(SocketAddr::new(self.bind, port))
+    }
+}
+
+/// One `--port-map PORT=LISTEN_ADDR` flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMapping {
+    pub port: u16,
+    pub listen: SocketAddr,
+}
+
+/// One `--label KEY=VALUE` flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelFlag {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses the downward API's labels file: one `key="value"` per line, the value quoted with
+/// Go's escapes (`\"`, `\\`, `\n`, `\t`). Blank lines are skipped.
+pub fn parse_labels_file(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let mut labels = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || ParseError::LabelsLine(i + 1, line.to_string());
+        let (key, quoted) = line.split_once('=').ok_or_else(bad)?;
+        let inner = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .ok_or_else(bad)?;
+        let mut value = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            value.push(match chars.next().ok_or_else(bad)? {
+                'n' => '\n',
+                't' => '\t',
+                other => other,
+            });
+        }
+        labels.insert(key.trim().to_string(), value);
+    }
+    Ok(labels)
 }
 
 /// Where the node agent is and how the proxy proves who it is.
@@ -203,6 +303,18 @@ impl Config {
             access_log: true,
             tls: None,
             agent: None,
+            gateway: None,
+        }
+    }
+
+    /// Defaults of an ingress gateway in a pod: no capture ports and no sidecar listeners;
+    /// the server ports come from the config's `gateway` section.
+    pub fn gateway(config_path: PathBuf, workload: Workload, settings: GatewaySettings) -> Self {
+        Self {
+            outbound_capture: None,
+            inbound_capture: None,
+            gateway: Some(settings),
+            ..Self::sidecar(config_path, workload)
         }
     }
 }
@@ -215,6 +327,37 @@ pub enum ParseError {
     Outbound(String),
     #[error("{0:?} is not LISTEN_ADDR=APP_ADDR (e.g. 127.0.0.1:19080=127.0.0.1:9080)")]
     Inbound(String),
+    #[error("{0:?} is not PORT=LISTEN_ADDR (e.g. 80=127.0.0.1:0)")]
+    PortMapping(String),
+    #[error("{0:?} is not KEY=VALUE (e.g. istio=ingressgateway)")]
+    Label(String),
+    #[error("labels file, line {0}: {1:?} is not key=\"value\"")]
+    LabelsLine(usize, String),
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseError::PortMapping(s.to_string());
+        let (port, listen) = s.split_once('=').ok_or_else(bad)?;
+        Ok(Self {
+            port: port.parse().map_err(|_| bad())?,
+            listen: listen.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::str::FromStr for LabelFlag {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(Self {
+                key: k.to_string(),
+                value: v.to_string(),
+            }),
+            _ => Err(ParseError::Label(s.to_string())),
+        }
+    }
 }
 
 impl std::str::FromStr for OutboundListener {
@@ -291,5 +434,31 @@ mod tests {
         let i: InboundListener = "127.0.0.1:19080=127.0.0.1:9080".parse().unwrap();
         assert_eq!(i.app.port(), 9080);
         assert!("nonsense".parse::<InboundListener>().is_err());
+        let m: PortMapping = "443=127.0.0.1:0".parse().unwrap();
+        assert_eq!((m.port, m.listen.port()), (443, 0));
+        assert!("x=127.0.0.1:0".parse::<PortMapping>().is_err());
+        let l: LabelFlag = "istio=ingressgateway".parse().unwrap();
+        assert_eq!(
+            (l.key.as_str(), l.value.as_str()),
+            ("istio", "ingressgateway")
+        );
+        assert!("=x".parse::<LabelFlag>().is_err());
+    }
+
+    #[test]
+    fn reads_the_downward_api_labels_file_and_gateway_workload() {
+        let text = concat!(
+            "app=\"istio-ingressgateway\"\n",
+            "istio=\"ingressgateway\"\n\n",
+            "note=\"a \\\"b\\\" \\\\ c\"\n",
+        );
+        let labels = parse_labels_file(text).unwrap();
+        assert_eq!(labels["istio"], "ingressgateway");
+        assert_eq!(labels["note"], "a \"b\" \\ c");
+        let err = parse_labels_file("ok=\"1\"\nbroken").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let w = Workload::for_gateway(&BTreeMap::new(), &WorkloadFlags::default(), &labels);
+        assert_eq!(w.app, "istio-ingressgateway");
+        assert_eq!(w.labels["istio"], "ingressgateway");
     }
 }

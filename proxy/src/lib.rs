@@ -19,6 +19,7 @@ pub mod config;
 pub mod drain;
 pub mod endpoints;
 pub mod env;
+pub mod gateway;
 pub mod http;
 pub mod init;
 pub mod listener;

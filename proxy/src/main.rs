@@ -1,12 +1,15 @@
-//! `mizzen-proxy sidecar`: the data plane. Thin: install the crypto provider (when TLS lands),
-//! parse arguments, hand off to [`mizzen_proxy::app::App`].
+//! `mizzen-proxy sidecar` and `mizzen-proxy gateway`: the data plane. Thin: install the crypto
+//! provider (when TLS lands), parse arguments, hand off to [`mizzen_proxy::app::App`].
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use mizzen_proxy::{
     app::App,
-    env::{AgentSettings, Config, Env, InboundListener, OutboundListener, Workload, WorkloadFlags},
+    env::{
+        AgentSettings, Config, Env, GatewaySettings, InboundListener, LabelFlag, OutboundListener,
+        PortMapping, Workload, WorkloadFlags, parse_labels_file,
+    },
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
@@ -27,24 +30,19 @@ struct Cli {
 enum Command {
     /// Run the proxy beside an app (in a pod, or on this machine with explicit listeners).
     Sidecar(SidecarArgs),
+    /// Run the ingress gateway: serve the Gateway servers whose selector this pod's labels
+    /// satisfy, and send what they accept into the mesh.
+    Gateway(GatewayArgs),
     /// Install the pod's iptables redirection to the sidecar and exit (the init container).
     Init(mizzen_proxy::init::InitArgs),
 }
 
+/// The flags of every proxy mode.
 #[derive(clap::Args)]
-struct SidecarArgs {
+struct ProxyArgs {
     /// The rendered proxy config (the ConfigMap's `config.json`).
     #[arg(long, default_value = "/etc/mizzen/config/config.json")]
     config: PathBuf,
-    /// Local mode: `LISTEN_ADDR=HOST:PORT`, connections here are for service HOST port PORT.
-    #[arg(long = "outbound", value_name = "LISTEN_ADDR=HOST:PORT")]
-    outbound: Vec<OutboundListener>,
-    /// Local mode: `LISTEN_ADDR=APP_ADDR`, connections here go to the app at APP_ADDR.
-    #[arg(long = "inbound", value_name = "LISTEN_ADDR=APP_ADDR")]
-    inbound: Vec<InboundListener>,
-    /// Do not open the iptables capture ports 15001 and 15006 (local mode).
-    #[arg(long)]
-    no_capture: bool,
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: std::net::SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
@@ -94,6 +92,118 @@ struct SidecarArgs {
     token: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct SidecarArgs {
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// Local mode: `LISTEN_ADDR=HOST:PORT`, connections here are for service HOST port PORT.
+    #[arg(long = "outbound", value_name = "LISTEN_ADDR=HOST:PORT")]
+    outbound: Vec<OutboundListener>,
+    /// Local mode: `LISTEN_ADDR=APP_ADDR`, connections here go to the app at APP_ADDR.
+    #[arg(long = "inbound", value_name = "LISTEN_ADDR=APP_ADDR")]
+    inbound: Vec<InboundListener>,
+    /// Do not open the iptables capture ports 15001 and 15006 (local mode).
+    #[arg(long)]
+    no_capture: bool,
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// The pod's labels as the downward API writes them (`key="value"` lines).
+    #[arg(long)]
+    labels_file: Option<PathBuf>,
+    /// A label of this gateway, `KEY=VALUE` (repeatable; local mode and tests). Added to the
+    /// labels file's.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<LabelFlag>,
+    /// Where the TLS Secrets named by `credentialName` are: `<dir>/<name>/tls.crt`, `tls.key`,
+    /// `ca.crt`.
+    #[arg(long, default_value = "/var/run/mizzen/credentials")]
+    credentials_dir: PathBuf,
+    /// The address the server ports are bound on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Listen for the server port PORT on LISTEN_ADDR instead of `--bind`:PORT (repeatable;
+    /// port 0 takes a free port, logged as `bound` at start).
+    #[arg(long = "port-map", value_name = "PORT=LISTEN_ADDR")]
+    port_map: Vec<PortMapping>,
+}
+
+impl ProxyArgs {
+    fn workload_flags(&self) -> WorkloadFlags {
+        WorkloadFlags {
+            name: self.workload_name.clone(),
+            app: self.app.clone(),
+            version: self.version.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+
+    /// Sets what every mode shares: admin ports, drain, access log, mesh identity.
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        config.admin = Some(self.admin);
+        config.health = Some(self.health);
+        config.prometheus = Some(self.prometheus);
+        config.drain = Duration::from_secs_f64(self.drain_duration.max(0.0));
+        config.access_log = !self.no_access_log;
+        if let (Some(cert), Some(key), Some(roots)) =
+            (&self.tls_cert, &self.tls_key, &self.tls_roots)
+        {
+            config.tls = Some(Arc::new(mizzen_proxy::mtls::MeshTls::from_files(
+                cert, key, roots,
+            )?));
+        }
+        config.agent = self.agent_socket.clone().map(|socket| AgentSettings {
+            socket,
+            token_file: self.token.clone(),
+        });
+        Ok(())
+    }
+}
+
+fn sidecar_config(args: SidecarArgs) -> anyhow::Result<(Config, usize)> {
+    let p = &args.proxy;
+    let workload = Workload::from_strings(&Env, &p.workload_flags());
+    let mut config = Config::sidecar(p.config.clone(), workload);
+    if args.no_capture {
+        config.outbound_capture = None;
+        config.inbound_capture = None;
+    }
+    config.outbound = args.outbound;
+    config.inbound = args.inbound;
+    p.apply(&mut config)?;
+    Ok((config, p.concurrency))
+}
+
+fn gateway_config(args: GatewayArgs) -> anyhow::Result<(Config, usize)> {
+    let p = &args.proxy;
+    let mut labels = match &args.labels_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            parse_labels_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => BTreeMap::new(),
+    };
+    labels.extend(args.labels.into_iter().map(|l| (l.key, l.value)));
+    let workload = Workload::for_gateway(&Env, &p.workload_flags(), &labels);
+    let settings = GatewaySettings {
+        labels,
+        credentials_dir: args.credentials_dir,
+        bind: args.bind,
+        port_map: args
+            .port_map
+            .into_iter()
+            .map(|m| (m.port, m.listen))
+            .collect(),
+    };
+    let mut config = Config::gateway(p.config.clone(), workload, settings);
+    p.apply(&mut config)?;
+    Ok((config, p.concurrency))
+}
+
 fn main() -> anyhow::Result<()> {
     let (filter, handle) = reload::Layer::new(
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -106,40 +216,11 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr),
         )
         .init();
-    let args = match Cli::parse().command {
-        Command::Sidecar(args) => args,
+    let (config, concurrency) = match Cli::parse().command {
+        Command::Sidecar(args) => sidecar_config(args)?,
+        Command::Gateway(args) => gateway_config(args)?,
         Command::Init(args) => return Ok(mizzen_proxy::init::run(&args)?),
     };
-    let workload = Workload::from_strings(
-        &Env,
-        &WorkloadFlags {
-            name: args.workload_name,
-            app: args.app,
-            version: args.version,
-            namespace: args.namespace,
-        },
-    );
-    let mut config = Config::sidecar(args.config, workload);
-    if args.no_capture {
-        config.outbound_capture = None;
-        config.inbound_capture = None;
-    }
-    config.outbound = args.outbound;
-    config.inbound = args.inbound;
-    config.admin = Some(args.admin);
-    config.health = Some(args.health);
-    config.prometheus = Some(args.prometheus);
-    config.drain = Duration::from_secs_f64(args.drain_duration.max(0.0));
-    config.access_log = !args.no_access_log;
-    if let (Some(cert), Some(key), Some(roots)) = (&args.tls_cert, &args.tls_key, &args.tls_roots) {
-        config.tls = Some(Arc::new(mizzen_proxy::mtls::MeshTls::from_files(
-            cert, key, roots,
-        )?));
-    }
-    config.agent = args.agent_socket.map(|socket| AgentSettings {
-        socket,
-        token_file: args.token,
-    });
     tracing::info!(config = ?config, "effective configuration");
 
     let set_level: mizzen_proxy::admin::LogLevel = Arc::new(move |level: &str| {
@@ -147,13 +228,13 @@ fn main() -> anyhow::Result<()> {
         handle.reload(f).map_err(|e| e.to_string())
     });
     // One worker: a current-thread runtime, with no cross-thread wake-ups.
-    let rt = if args.concurrency <= 1 {
+    let rt = if concurrency <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.concurrency)
+            .worker_threads(concurrency)
             .enable_all()
             .build()?
     };

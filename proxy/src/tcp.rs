@@ -46,12 +46,7 @@ where
 {
     let local = shared.telemetry.workload.clone();
     let (reporter, mut parts) = if outbound {
-        let parts = LabelParts {
-            source: local,
-            security_policy: Label::UNKNOWN,
-            ..Default::default()
-        };
-        ("source", parts)
+        ("source", source_parts(&shared))
     } else {
         let mut parts = LabelParts {
             destination: local,
@@ -75,42 +70,7 @@ where
         match service {
             Some(service) => {
                 let dest = tcp_destination(service, meta.port, rand::random());
-                let port = dest.port.unwrap_or(meta.port);
-                let up = shared.upstreams.get(
-                    &snap,
-                    &*shared.endpoints,
-                    &dest.host,
-                    dest.subset.as_deref(),
-                    port,
-                );
-                parts.service = up.service.clone();
-                let ip = meta.peer.ip();
-                let picked = up.balancer.pick(
-                    up.endpoints.len(),
-                    Some(crate::balance::hash::hash64(ip.to_string().as_bytes())),
-                    rand::random::<u32>,
-                    |i| {
-                        up.endpoints[i]
-                            .active
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    },
-                    |_| true,
-                );
-                picked.map(|i| {
-                    let e = &up.endpoints[i];
-                    parts.destination = e.peer.clone();
-                    let mesh = up.mesh_hop(e).map(|hop| {
-                        hop.map(|h| MeshTarget {
-                            tls: shared.tls.clone(),
-                            host: h.host.to_string(),
-                            port: h.port,
-                        })
-                    });
-                    Target {
-                        addr: e.name.clone(),
-                        mesh,
-                    }
-                })
+                pick_target(&shared, &snap, &dest, meta.port, meta.peer, &mut parts)
             }
             // An address no service has: passed through under ALLOW_ANY, refused (NR) under
             // REGISTRY_ONLY, exactly as the HTTP path decides.
@@ -128,6 +88,104 @@ where
     } else {
         Some(Target::plain(meta.orig_dst.to_string()))
     };
+    relay(stream, target, no_route, reporter, parts, &shared).await;
+}
+
+/// Forwards a connection into the mesh, as this proxy's outbound side does: to a balanced
+/// endpoint of `dest` (reached on `port` when it names none; the caller's address is the hash
+/// key), over mesh mTLS when the hop is one, counted with `reporter="source"`. `None`: no rule
+/// matched, and the connection is closed with flag NR.
+pub async fn forward_to<S>(
+    stream: S,
+    dest: Option<&Destination>,
+    port: u16,
+    peer: std::net::SocketAddr,
+    shared: &Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut parts = source_parts(shared);
+    let target = match dest {
+        Some(dest) => {
+            let snap = shared.store.current();
+            let port = crate::http::outbound::destination_port(&snap, dest, port);
+            pick_target(shared, &snap, dest, port, peer, &mut parts)
+        }
+        None => None,
+    };
+    let no_route = dest.is_none();
+    relay(stream, target, no_route, "source", parts, shared).await;
+}
+
+/// The labels of a connection this proxy originates.
+fn source_parts(shared: &Shared) -> LabelParts {
+    LabelParts {
+        source: shared.telemetry.workload.clone(),
+        security_policy: Label::UNKNOWN,
+        ..Default::default()
+    }
+}
+
+/// A balanced endpoint of `dest` on `port` (hashing the caller's address), with the mesh hop
+/// decision; fills in the service and destination labels. `None`: no endpoint to take it.
+fn pick_target(
+    shared: &Shared,
+    snap: &crate::config::Snapshot,
+    dest: &Destination,
+    port: u16,
+    peer: std::net::SocketAddr,
+    parts: &mut LabelParts,
+) -> Option<Target> {
+    let port = dest.port.unwrap_or(port);
+    let up = shared.upstreams.get(
+        snap,
+        &*shared.endpoints,
+        &dest.host,
+        dest.subset.as_deref(),
+        port,
+    );
+    parts.service = up.service.clone();
+    let ip = peer.ip();
+    let picked = up.balancer.pick(
+        up.endpoints.len(),
+        Some(crate::balance::hash::hash64(ip.to_string().as_bytes())),
+        rand::random::<u32>,
+        |i| {
+            up.endpoints[i]
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed)
+        },
+        |_| true,
+    );
+    picked.map(|i| {
+        let e = &up.endpoints[i];
+        parts.destination = e.peer.clone();
+        let mesh = up.mesh_hop(e).map(|hop| {
+            hop.map(|h| MeshTarget {
+                tls: shared.tls.clone(),
+                host: h.host.to_string(),
+                port: h.port,
+            })
+        });
+        Target {
+            addr: e.name.clone(),
+            mesh,
+        }
+    })
+}
+
+/// Connects to `target` and copies both ways, counting the connection and its bytes; without
+/// a target the connection is counted as refused (NR when `no_route`, else UH) and closed.
+async fn relay<S>(
+    stream: S,
+    target: Option<Target>,
+    no_route: bool,
+    reporter: &'static str,
+    parts: LabelParts,
+    shared: &Shared,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let m = &shared.telemetry.metrics;
     let labels = |flags| parts.labels(reporter, "tcp", flags);
     let Some(target) = target else {

@@ -1,11 +1,12 @@
 //! The outbound request path: what the app sends out. Route with the config's route table,
 //! then through the route's resilience layers to a balanced endpoint of the chosen upstream.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use mizzen_proxy_config::Destination;
 use mizzen_resilience::{
     ResponseFlags, UpstreamError, circuit::CircuitLayer, fault::FaultLayer, reply::local_reply,
     retry::RetryLayer, timeout::TimeoutLayer,
@@ -17,6 +18,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::{
     app::Shared,
+    config::Snapshot,
     http::{
         body::{self, Body},
         headers::{is_upgrade, path_and_query, strip_hop_by_hop},
@@ -51,7 +53,6 @@ async fn handle_inner(
             .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
     };
     let path_and_query = path_and_query(&parts);
-    let method = parts.method.clone();
     let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "source",
@@ -65,7 +66,7 @@ async fn handle_inner(
     let info = RequestInfo {
         authority: &authority,
         port: conn.port,
-        method: &method,
+        method: &parts.method,
         scheme: "http",
         path_and_query: &path_and_query,
         headers: &parts.headers,
@@ -74,6 +75,70 @@ async fn handle_inner(
         gateway: MESH_GATEWAY,
     };
     let decision = snap.routes.select(&info, rand::random());
+    let response = match decision {
+        Decision::UnknownHost => match snap.routes.unknown_host_action() {
+            // An explicit listener has no original destination to pass through to.
+            UnknownHostAction::Passthrough if conn.service_host.is_none() => {
+                let upstream = shared.upstreams.passthrough(conn.orig_dst);
+                ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
+                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
+                let req = Request::from_parts(parts, body);
+                if is_upgrade(req.headers()) {
+                    upgrade::forward(upstream, req).await
+                } else {
+                    call(UpstreamService { upstream }, strip(req)).await
+                }
+            }
+            _ => {
+                ex.log(|e| e.upstream_cluster = "BlackHoleCluster".into());
+                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
+                local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
+            }
+        },
+        decision => {
+            let at = Routed {
+                shared: &shared,
+                snap: &snap,
+                peer: conn.peer,
+                port: conn.port,
+            };
+            respond(at, decision, parts, body, &mut ex).await
+        }
+    };
+    Ok(ex.finish(response))
+}
+
+/// Where a routed request came in: what [`respond`] needs besides the decision.
+#[derive(Clone, Copy)]
+pub struct Routed<'a> {
+    pub shared: &'a Arc<Shared>,
+    /// The config the upstreams are built from (services, policies, endpoints).
+    pub snap: &'a Arc<Snapshot>,
+    /// The caller, for source-IP hashing.
+    pub peer: SocketAddr,
+    /// The port the request arrived for: the destination port when the route names none.
+    pub port: u16,
+}
+
+/// Carries out a routing decision: answers a CORS preflight, forwards through the route's
+/// resilience stack to a balanced endpoint, redirects, or answers directly. The one request
+/// path behind a route decision, for the sidecar's outbound side and the ingress gateway alike.
+///
+/// [`Decision::UnknownHost`] is answered 404 with flag NR (a gateway's answer); the sidecar
+/// decides unknown hosts itself before calling this.
+pub async fn respond(
+    at: Routed<'_>,
+    decision: Decision<'_>,
+    mut parts: http::request::Parts,
+    body: Body,
+    ex: &mut Exchange,
+) -> Response<Body> {
+    let Routed {
+        shared,
+        snap,
+        peer,
+        port: in_port,
+    } = at;
     let upgrade = is_upgrade(&parts.headers);
     let cors = decision.cors();
     let origin = parts
@@ -82,7 +147,7 @@ async fn handle_inner(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(policy) = cors
-        && let Preflight::Respond(head) = policy.preflight(&method, &parts.headers)
+        && let Preflight::Respond(head) = policy.preflight(&parts.method, &parts.headers)
     {
         if let Some(route) = decision.route() {
             ex.log(|e| e.route_name = route.name.clone());
@@ -90,7 +155,7 @@ async fn handle_inner(
         if let Some(service) = decision.service() {
             ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
         }
-        return Ok(ex.finish(Response::from_parts(head, body::empty())));
+        return Response::from_parts(head, body::empty());
     }
     let mut response = match decision {
         Decision::Forward {
@@ -113,9 +178,9 @@ async fn handle_inner(
             ));
             log_skipped(&route.name, &skipped);
             let dest = &destination.destination;
-            let port = dest.port.unwrap_or(conn.port);
+            let port = destination_port(snap, dest, in_port);
             let upstream = shared.upstreams.get(
-                &snap,
+                snap,
                 &*shared.endpoints,
                 &dest.host,
                 dest.subset.as_deref(),
@@ -124,7 +189,7 @@ async fn handle_inner(
             ex.destination_service(upstream.service.clone());
             ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
             if upstream.balancer.hash_key().is_some() {
-                parts.extensions.insert(ClientAddr(conn.peer.ip()));
+                parts.extensions.insert(ClientAddr(peer.ip()));
             }
             let req = Request::from_parts(parts, body);
             let mut resp = if upgrade {
@@ -143,7 +208,7 @@ async fn handle_inner(
                             .is_some()
                             .then(|| FaultLayer::new(route.fault.clone())),
                     )
-                    .option_layer(mirror::MirrorLayer::for_route(&shared, &snap, route, port))
+                    .option_layer(mirror::MirrorLayer::for_route(shared, snap, route, port))
                     .layer(TimeoutLayer::from_ms(route.timeout_ms))
                     .layer(retry)
                     .layer(CircuitLayer::new(upstream.limits.clone()))
@@ -166,11 +231,7 @@ async fn handle_inner(
         } => {
             ex.log(|e| e.route_name = route.name.clone());
             ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
-            let mut r = text(code, "");
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            r
+            redirect(code, &location)
         }
         Decision::DirectResponse {
             route,
@@ -187,30 +248,36 @@ async fn handle_inner(
             ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
             local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR)
         }
-        Decision::UnknownHost => match snap.routes.unknown_host_action() {
-            // An explicit listener has no original destination to pass through to.
-            UnknownHostAction::Passthrough if conn.service_host.is_none() => {
-                let upstream = shared.upstreams.passthrough(conn.orig_dst);
-                ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
-                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
-                let req = Request::from_parts(parts, body);
-                if upgrade {
-                    upgrade::forward(upstream, req).await
-                } else {
-                    call(UpstreamService { upstream }, strip(req)).await
-                }
-            }
-            _ => {
-                ex.log(|e| e.upstream_cluster = "BlackHoleCluster".into());
-                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
-                local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
-            }
-        },
+        Decision::UnknownHost => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
     };
     if let Some(policy) = cors {
         policy.response_headers(origin.as_deref(), response.headers_mut());
     }
-    Ok(ex.finish(response))
+    response
+}
+
+/// The port a destination is reached on: its own, else the port the request came in on when
+/// the service serves it (or declares none), else the service's only port (a gateway's
+/// listening port is rarely the service's).
+pub fn destination_port(snap: &Snapshot, dest: &Destination, in_port: u16) -> u16 {
+    if let Some(p) = dest.port {
+        return p;
+    }
+    match snap.config().service(&dest.host) {
+        Some(s) if !s.ports.is_empty() && s.port(in_port).is_none() && s.ports.len() == 1 => {
+            s.ports[0].number
+        }
+        _ => in_port,
+    }
+}
+
+/// A redirect to `location` with `code`.
+pub fn redirect(code: u16, location: &str) -> Response<Body> {
+    let mut r = text(code, "");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 fn strip(mut req: Request<Body>) -> Request<Body> {

@@ -1,0 +1,112 @@
+# Shared by the benchmarks (proxy.sh, gateway.sh): tools (installed when missing), the machine
+# header, process helpers and one load measurement with oha. The functions read the caller's
+# WORK, RESULTS, SERVER_CPU, LOADGEN_CPU, DURATION, PIDS, TARGET (pair -> port) and PROXIES
+# (pair -> pids) when they run.
+# shellcheck shell=bash
+
+bash "$(dirname "$0")/install-tools.sh"
+export PATH="$HOME/.cargo/bin:$PATH"
+if oha --help 2>/dev/null | grep -q -- '--output-format'; then
+  OHA_JSON=(--output-format json)
+else
+  OHA_JSON=(--json)
+fi
+
+# Optional per pair: the URL to load (default http://127.0.0.1:${TARGET[$pair]}/), and extra
+# oha flags (e.g. --insecure for TLS). PER_PAIR: proxies per pair the CPU and RSS are divided by.
+declare -gA URL=()
+OHA_EXTRA=()
+PER_PAIR="${PER_PAIR:-2}"
+
+machine_header() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  echo "versions: $(oha --version | head -1); $(haproxy -v | head -1); $(nginx -v 2>&1)"
+}
+
+nginx_conf() { # name body
+  cat >"$WORK/$1.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/$1.pid;
+error_log $WORK/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp; proxy_temp_path $WORK/nginx-tmp;
+  fastcgi_temp_path $WORK/nginx-tmp; uwsgi_temp_path $WORK/nginx-tmp; scgi_temp_path $WORK/nginx-tmp;
+  keepalive_requests 100000;
+  $2
+}
+EOF
+}
+start() { # name command... ; records the pid in PID_<name>
+  local name=$1
+  shift
+  taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+}
+wait_port() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on port $1" >&2
+  exit 1
+}
+
+# nginx and haproxy fork/keep a master: measure every process of each instance.
+pids_of() { # pid -> pid and its children
+  echo "$1"
+  pgrep -P "$1" || true
+}
+cpu_ticks() { # pids...
+  local t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+rss_kib() { # field pids...
+  local f=$1 t=0
+  shift
+  for p in "$@"; do
+    [ -r "/proc/$p/status" ] && t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+
+measure() { # pair connections rate round
+  local pair=$1 conns=$2 rate=$3 round=$4 pids=()
+  for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
+  local before=0
+  ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
+  taskset -c "$LOADGEN_CPU" oha --no-tui "${OHA_JSON[@]}" ${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"} -z "$DURATION" -q "$rate" -c "$conns" \
+    --latency-correction "${URL[$pair]:-http://127.0.0.1:${TARGET[$pair]}/}" >"$WORK/oha.json"
+  local after=0 hwm=0 rss=0
+  if ((${#pids[@]})); then
+    after=$(cpu_ticks "${pids[@]}")
+    hwm=$(rss_kib VmHWM "${pids[@]}")
+    rss=$(rss_kib VmRSS "${pids[@]}")
+  fi
+  python3 - "$WORK/oha.json" "$pair" "$conns" "$rate" "$round" "$((after - before))" "$(getconf CLK_TCK)" "$hwm" "$rss" "$PER_PAIR" >>"$RESULTS" <<'EOF'
+import json, sys
+f, pair, conns, rate, rnd, ticks, hz, hwm, rss, per = sys.argv[1:]
+per = int(per)
+d = json.load(open(f))
+s = d["summary"]
+ok = sum(int(v) for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+# Requests still open when the duration ends are cut off by oha itself, not failures.
+errors = sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k) + sum(
+    int(v) for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2"))
+lp = d["latencyPercentiles"]
+total = max(ok + errors, 1)
+print(json.dumps({"kind": "load", "pair": pair, "conns": int(conns), "rate": int(rate), "round": rnd,
+    "p50": lp["p50"] * 1000, "p90": lp["p90"] * 1000, "p99": lp["p99"] * 1000,
+    "errors": errors, "requests": total, "rps": s.get("requestsPerSec", 0),
+    "cpu_ms_per_1000": int(ticks) * 1000 / int(hz) / total * 1000 / per,
+    "hwm_kib": int(hwm) / per, "rss_kib": int(rss) / per}))
+EOF
+}
+

@@ -1,0 +1,247 @@
+//! A gateway connection from accept to its handler: a port with TLS servers reads the
+//! ClientHello's SNI (without consuming it) to pick the server, then passes the bytes through
+//! untouched (`PASSTHROUGH`) or terminates TLS; what comes out is HTTP for the server's virtual
+//! hosts or TCP for its routes. Plaintext goes to the port's HTTP site or TCP server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use mizzen_proxy_config::{Server, ServerTlsMode};
+use mizzen_route::{ConnectionInfo, L4Decision, L4Rule};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::{
+    Gateway,
+    plan::{PortPlan, SiteKey, TlsSite},
+    request::{self, Conn},
+    sni::{self, Hello},
+};
+use crate::{app::Shared, http::server, tcp};
+
+/// How long a client may take to send its ClientHello, or its first bytes on a port that
+/// takes both TLS and plaintext.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Accepts on the server port `port` until draining starts; each connection runs in its own
+/// task, tracked by the drain.
+pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+    let Some(gateway) = shared.gateway.clone() else {
+        return;
+    };
+    let mut shutdown = shared.drain.signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (shared, gateway) = (shared.clone(), gateway.clone());
+                    let guard = shared.drain.track();
+                    let span = tracing::debug_span!("gateway", %peer, port);
+                    tokio::spawn(
+                        async move {
+                            connection(stream, peer, port, gateway, shared).await;
+                            drop(guard);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::drain::Drain::started(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    gateway: Arc<Gateway>,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let plan = gateway.plan(&shared.store.current());
+    let Some(ports) = plan.ports.get(&port) else {
+        tracing::debug!("no server on this port any more; closing");
+        return;
+    };
+    let tls_first = !ports.tls.is_empty()
+        && match (&ports.http, &ports.tcp) {
+            (None, None) => true,
+            // Both kinds on one port: a TLS record type tells them apart.
+            _ => {
+                let mut b = [0u8; 1];
+                matches!(
+                    tokio::time::timeout(HELLO_TIMEOUT, stream.peek(&mut b)).await,
+                    Ok(Ok(1)) if b[0] == sni::HANDSHAKE
+                )
+            }
+        };
+    if tls_first {
+        let sni = match sni::peek(&stream, HELLO_TIMEOUT).await {
+            Hello::ClientHello(sni) => sni,
+            _ => {
+                tracing::debug!("not a TLS ClientHello on a TLS port; closing");
+                return;
+            }
+        };
+        let Some(site) = ports.tls_site(sni.as_deref()) else {
+            tracing::debug!(?sni, "no server for this SNI; closing");
+            return;
+        };
+        return tls(stream, peer, sni, site, &gateway, shared).await;
+    }
+    plaintext(stream, peer, port, ports, shared).await;
+}
+
+async fn plaintext(
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    ports: &PortPlan,
+    shared: Arc<Shared>,
+) {
+    if ports.http.is_some() {
+        let conn = Conn {
+            peer,
+            site: SiteKey::Plaintext(port),
+            scheme: "http",
+        };
+        return http(stream, conn, shared).await;
+    }
+    match &ports.tcp {
+        Some(server) => tcp_routes(stream, peer, server, &shared).await,
+        None => tracing::debug!("only TLS is served on this port; closing"),
+    }
+}
+
+/// A connection to a server that takes TLS: passed through by SNI, or terminated.
+async fn tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    sni: Option<String>,
+    site: &TlsSite,
+    gateway: &Gateway,
+    shared: Arc<Shared>,
+) {
+    let server = &site.server;
+    let mode = server.tls.as_ref().map(|t| t.mode).unwrap_or_default();
+    if let Some(table) = &site.passthrough {
+        let info = ConnectionInfo {
+            destination: None,
+            port: server.port,
+            sni: sni.as_deref(),
+            source_labels: &shared.workload.labels,
+            gateway: &server.gateway,
+        };
+        let dest = match table.select_l4(&info, rand::random()) {
+            L4Decision::Forward {
+                rule: L4Rule::Tls(_),
+                destination,
+                ..
+            } => Some(destination.destination.clone()),
+            _ => None,
+        };
+        return tcp::forward_to(stream, dest.as_ref(), server.port, peer, &shared).await;
+    }
+    let http = site.http.is_some();
+    let alpn = if http { HTTP_ALPN } else { &[] };
+    let acceptor = match (mode, server.tls.as_ref()) {
+        (ServerTlsMode::IstioMutual, _) => {
+            // The gateway's own mesh certificate; the client must present one of the mesh.
+            match shared.tls.clone().filter(|t| t.ready()) {
+                Some(mesh) => {
+                    let Ok(Ok(accepted)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, mesh.accept(stream)).await
+                    else {
+                        tracing::debug!("ISTIO_MUTUAL handshake failed");
+                        return;
+                    };
+                    return terminated(accepted.stream, peer, site, http, shared).await;
+                }
+                None => {
+                    let server = &site.id;
+                    tracing::warn!(%server, "ISTIO_MUTUAL server without a workload certificate");
+                    return;
+                }
+            }
+        }
+        (_, Some(tls)) => match gateway.credentials.server_config(tls, alpn) {
+            Some(config) => TlsAcceptor::from(config),
+            None => return,
+        },
+        (_, None) => return,
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => terminated(stream, peer, site, http, shared).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, server = %site.id, "TLS handshake failed"),
+        Err(_) => tracing::debug!(server = %site.id, "TLS handshake timed out"),
+    }
+}
+
+/// What a terminated TLS connection carries: HTTP for the server's virtual hosts, or TCP for
+/// its routes.
+async fn terminated<S>(
+    stream: S,
+    peer: SocketAddr,
+    site: &TlsSite,
+    http_site: bool,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if http_site {
+        let conn = Conn {
+            peer,
+            site: SiteKey::Tls(site.server.port, site.id.clone()),
+            scheme: "https",
+        };
+        http(stream, conn, shared).await;
+    } else {
+        tcp_routes(stream, peer, &site.server, &shared).await;
+    }
+}
+
+async fn http<S>(stream: S, conn: Conn, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let settings = shared.server;
+    let shutdown = shared.drain.signal();
+    server::serve(
+        stream,
+        settings,
+        move |req| request::handle(shared.clone(), conn.clone(), req),
+        shutdown,
+    )
+    .await;
+}
+
+/// A TCP connection by the server's `tcp_routes` (the first that applies to the port).
+async fn tcp_routes<S>(stream: S, peer: SocketAddr, server: &Server, shared: &Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let dest = server
+        .tcp_routes
+        .iter()
+        .find(|r| {
+            r.matches.is_empty()
+                || r.matches
+                    .iter()
+                    .any(|m| m.port.is_none_or(|p| p == server.port))
+        })
+        .and_then(|r| mizzen_route::pick_weighted(&r.destinations, rand::random()))
+        .map(|d| d.destination.clone());
+    tcp::forward_to(stream, dest.as_ref(), server.port, peer, shared).await;
+}

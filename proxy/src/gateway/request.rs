@@ -1,0 +1,147 @@
+//! One HTTP request at the gateway: its Host (without port) picks a virtual host of the site
+//! the connection came in on, the virtual host's first matching rule decides, and the decision
+//! is carried out by the sidecar's own outbound path ([`outbound::respond`]). No virtual host
+//! or no rule: 404 with response flag NR, as Envoy answers. A host served with
+//! `httpsRedirect`: 301 to `https://<host><path>`. As Envoy at the edge, the client's address
+//! is appended to `x-forwarded-for` and its scheme set in `x-forwarded-proto`.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mizzen_resilience::{ResponseFlags, reply::local_reply};
+use mizzen_route::{RequestInfo, authority_host};
+
+use super::plan::{HttpSite, SiteKey};
+use crate::{
+    app::Shared,
+    http::{
+        body::Body,
+        headers::{path_and_query, request_authority},
+        outbound::{self, Routed},
+        report::Exchange,
+    },
+    telemetry::ServiceLabels,
+};
+
+/// What the requests of one connection share.
+#[derive(Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The site the connection belongs to, found again in the current plan per request.
+    pub site: SiteKey,
+    /// `http`, or `https` once TLS is terminated.
+    pub scheme: &'static str,
+}
+
+pub fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> futures::future::BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    Box::pin(handle_inner(shared, conn, req))
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(gateway) = shared.gateway.clone() else {
+        return Ok(local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR));
+    };
+    let snap = shared.store.current();
+    let plan = gateway.plan(&snap);
+    let (mut parts, body) = req.into_parts();
+    let authority = request_authority(&parts).unwrap_or_default();
+    let path_and_query = path_and_query(&parts);
+    let mut ex = Exchange::start(
+        shared.telemetry.clone(),
+        "source",
+        &mut parts,
+        &authority,
+        &path_and_query,
+        conn.peer,
+    );
+    let body = ex.counted_body(body);
+    forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme);
+    let host = authority_host(&authority);
+    let response = match plan.http_site(&conn.site) {
+        Some(site) if site.redirects(host) => {
+            ex.destination_service(ServiceLabels::of(host, ""));
+            outbound::redirect(301, &format!("https://{host}{path_and_query}"))
+        }
+        Some(site) => {
+            let info = RequestInfo {
+                authority: host,
+                port: site.port,
+                method: &parts.method,
+                scheme: conn.scheme,
+                path_and_query: &path_and_query,
+                headers: &parts.headers,
+                source_labels: &shared.workload.labels,
+                source_namespace: &shared.workload.namespace,
+                gateway: &site.gateway,
+            };
+            let decision = HttpSite::gateway_decision(site.table.select(&info, rand::random()));
+            let at = Routed {
+                shared: &shared,
+                snap: &snap,
+                peer: conn.peer,
+                port: site.port,
+            };
+            outbound::respond(at, decision, parts, body, &mut ex).await
+        }
+        None => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
+    };
+    Ok(ex.finish(response))
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// What Envoy does at the edge (`use_remote_address`): the client's address is appended to
+/// `x-forwarded-for` (where a destination's `remoteIpBlocks` finds it) and the scheme it used
+/// replaces `x-forwarded-proto`.
+fn forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
+    let earlier: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if earlier.is_empty() {
+        client.to_string()
+    } else {
+        format!("{}, {client}", earlier.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_the_client_to_x_forwarded_for_and_sets_the_scheme() {
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut h = HeaderMap::new();
+        forwarded(&mut h, client, "https");
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        forwarded(&mut h, client, "http");
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 203.0.113.7");
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+}

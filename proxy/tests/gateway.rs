@@ -1,0 +1,990 @@
+//! Gateway mode with real sockets on loopback: the bookinfo Gateway and its cookie-matching
+//! VirtualService (fixture `gateway-and-cookie-match.yaml`), selectors, httpsRedirect, TLS at
+//! the edge (SIMPLE, MUTUAL, PASSTHROUGH), a certificate rotated under load, and the gateway's
+//! metrics.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use mizzen_proxy::{
+    app::App,
+    env::{Config, GatewaySettings, Workload, WorkloadFlags},
+};
+use mizzen_proxy_config::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
+const SECURE: &str = "secure.default.svc.cluster.local";
+const GATEWAY: &str = "default/bookinfo-gateway";
+
+// ---- config ------------------------------------------------------------------------------
+
+fn ingress_selector() -> BTreeMap<String, String> {
+    [("istio".to_string(), "ingressgateway".to_string())].into()
+}
+
+fn service(host: &str, port: u16, protocol: Protocol, backend: SocketAddr) -> Service {
+    let name = if protocol == Protocol::Tls {
+        "tls"
+    } else {
+        "http"
+    };
+    Service {
+        host: host.into(),
+        namespace: "default".into(),
+        ports: vec![ServicePort {
+            number: port,
+            name: name.into(),
+            protocol,
+            target_port: None,
+        }],
+        endpoints: vec![Endpoint {
+            address: backend.ip().to_string(),
+            ports: [(name.to_string(), backend.port())].into(),
+            labels: [("app".to_string(), "productpage".to_string())].into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn to_productpage(name: &str, matches: Vec<HttpMatch>) -> HttpRoute {
+    HttpRoute {
+        name: name.into(),
+        matches,
+        action: HttpAction::Route(vec![WeightedDestination {
+            destination: Destination {
+                host: PRODUCTPAGE.into(),
+                subset: None,
+                port: Some(9080),
+            },
+            weight: 100,
+            headers: HeaderOps::default(),
+        }]),
+        retry: Some(Retry::disabled()),
+        ..Default::default()
+    }
+}
+
+/// What the fixture renders to: Gateway `bookinfo-gateway` (port 80, HTTP, hosts `*`) and
+/// VirtualService `bookinfo` (host test.techup.xy, cookie `user=b-nova` to productpage:9080).
+fn bookinfo_server() -> Server {
+    Server {
+        gateway: GATEWAY.into(),
+        selector: ingress_selector(),
+        port: 80,
+        name: "http".into(),
+        protocol: ServerProtocol::Http,
+        hosts: vec!["*".into()],
+        virtual_hosts: vec![VirtualHost {
+            virtual_service: "default/bookinfo".into(),
+            hosts: vec!["test.techup.xy".into()],
+            routes: vec![to_productpage(
+                "bookinfo",
+                vec![HttpMatch {
+                    headers: vec![HeaderMatch {
+                        name: "cookie".into(),
+                        value: Some(StringMatcher::Regex("^(.*;?)?(user=b-nova)(;.*)?".into())),
+                        invert: false,
+                    }],
+                    ..Default::default()
+                }],
+            )],
+        }],
+        ..Default::default()
+    }
+}
+
+fn tls_server(port: u16, hosts: &[&str], mode: ServerTlsMode, credential: &str) -> Server {
+    let passthrough = mode == ServerTlsMode::Passthrough;
+    Server {
+        gateway: GATEWAY.into(),
+        selector: ingress_selector(),
+        port,
+        name: format!("tls-{port}"),
+        protocol: if passthrough {
+            ServerProtocol::Tls
+        } else {
+            ServerProtocol::Https
+        },
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        tls: Some(ServerTls {
+            mode,
+            credential_name: (!passthrough).then(|| credential.to_string()),
+            ..Default::default()
+        }),
+        virtual_hosts: if passthrough {
+            vec![]
+        } else {
+            vec![VirtualHost {
+                virtual_service: "default/shop".into(),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                routes: vec![to_productpage("shop", vec![])],
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+fn gateway_config(servers: Vec<Server>, services: Vec<Service>) -> ProxyConfig {
+    let mut c = ProxyConfig::new("istio-system");
+    c.services = services;
+    c.gateway = Some(GatewayConfig { servers });
+    c
+}
+
+// ---- the gateway in-process ----------------------------------------------------------------
+
+struct Gateway {
+    ports: BTreeMap<u16, SocketAddr>,
+    prometheus: SocketAddr,
+    credentials: tempfile::TempDir,
+    shared: Arc<mizzen_proxy::app::Shared>,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn addr(&self, port: u16) -> SocketAddr {
+        self.ports[&port]
+    }
+
+    /// Where the gateway listens for `port` now.
+    fn bound(&self, port: u16) -> Option<SocketAddr> {
+        self.shared
+            .gateway
+            .as_ref()
+            .unwrap()
+            .bound()
+            .get(&port)
+            .copied()
+    }
+
+    /// Replaces the config file, as a ConfigMap update would.
+    fn write_config(&self, cfg: &ProxyConfig) {
+        let tmp = self.dir.path().join("config.json.tmp");
+        std::fs::write(&tmp, cfg.to_json()).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+}
+
+/// Starts a gateway labelled `istio=ingressgateway` with every server port of `cfg` (and
+/// `more` ports, for later configs) mapped to a free loopback port; `credentials` prepares the
+/// credentials directory first.
+async fn start_gateway(
+    cfg: &ProxyConfig,
+    more: &[u16],
+    credentials: impl FnOnce(&Path),
+) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    credentials(creds.path());
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, cfg.to_json()).unwrap();
+    let labels: BTreeMap<String, String> = [
+        ("istio".to_string(), "ingressgateway".to_string()),
+        ("app".to_string(), "istio-ingressgateway".to_string()),
+    ]
+    .into();
+    let workload = Workload::for_gateway(
+        &BTreeMap::new(),
+        &WorkloadFlags {
+            name: Some("mizzen-ingressgateway".into()),
+            namespace: Some("istio-system".into()),
+            ..Default::default()
+        },
+        &labels,
+    );
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let port_map = cfg
+        .gateway
+        .iter()
+        .flat_map(|g| &g.servers)
+        .map(|s| s.port)
+        .chain(more.iter().copied())
+        .map(|p| (p, any))
+        .collect();
+    let settings = GatewaySettings {
+        labels,
+        credentials_dir: creds.path().to_path_buf(),
+        bind: any.ip(),
+        port_map,
+    };
+    let mut c = Config::gateway(path.clone(), workload, settings);
+    c.admin = Some(any);
+    c.health = Some(any);
+    c.prometheus = Some(any);
+    c.poll_interval = Duration::from_millis(200);
+    c.drain = Duration::from_secs(1);
+    c.access_log = false;
+    let app = App::bind(c, None).await.unwrap();
+    let bound = app.bound.clone();
+    let shared = app.shared.clone();
+    tokio::spawn(app.run());
+    Gateway {
+        ports: bound.gateway,
+        prometheus: bound.prometheus.unwrap(),
+        credentials: creds,
+        shared,
+        config: path,
+        dir,
+    }
+}
+
+async fn request(
+    client: &TestClient,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> Reply {
+    let mut b = http::Request::get(format!("http://{addr}{path}")).header("host", host);
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    send(client, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+// ---- TLS material --------------------------------------------------------------------------
+
+type Ca = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+fn ca(name: &str) -> Ca {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A leaf for `names` signed by `ca`: (certificate PEM, key PEM, certificate DER).
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+fn write_credential(dir: &Path, name: &str, cert: &str, key: &str) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("tls.crt"), cert).unwrap();
+    std::fs::write(d.join("tls.key"), key).unwrap();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client trusting `ca`, presenting `client` (certificate PEM, key PEM) if given.
+fn connector(ca: &Ca, client: Option<(&str, &str)>, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+use rustls::pki_types::pem::PemObject;
+
+/// One HTTPS GET on a new connection: (status, x-backend, the server's certificate).
+async fn https_get(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> Result<(u16, String, CertificateDer<'static>), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/productpage")
+        .header("host", sni)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let backend = resp
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
+    Ok((status, backend, cert))
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_routes_by_host_and_cookie_and_refuses_others_with_nr() {
+    let backend = backend("productpage").await;
+    let mut other = bookinfo_server();
+    other.selector = [("istio".to_string(), "egressgateway".to_string())].into();
+    other.port = 8081;
+    let cfg = gateway_config(
+        vec![bookinfo_server(), other],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |_| {}).await;
+    // The server selecting other gateways is not served: no listener for its port.
+    assert_eq!(gw.ports.keys().copied().collect::<Vec<_>>(), vec![80]);
+
+    let c = client();
+    let at = gw.addr(80);
+    let r = request(
+        &c,
+        at,
+        "test.techup.xy",
+        "/productpage",
+        Some("session=1; user=b-nova"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-backend"), "productpage");
+    // The caller's Host goes upstream, with the port stripped nowhere.
+    assert_eq!(r.header("x-echo-host"), "test.techup.xy");
+    let r = request(&c, at, "test.techup.xy:80", "/", Some("user=b-nova")).await;
+    assert_eq!(r.status, 200);
+
+    // No cookie, another user, another host: no route.
+    for (host, cookie) in [
+        ("test.techup.xy", None),
+        ("test.techup.xy", Some("user=someone")),
+        ("other.example.com", Some("user=b-nova")),
+    ] {
+        let r = request(&c, at, host, "/", cookie).await;
+        assert_eq!(r.status, 404, "{host} {cookie:?}");
+    }
+    assert_eq!(backend.hits(), 2);
+
+    let text = metrics(gw.prometheus).await;
+    assert_sample(
+        &text,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("source_workload", "mizzen-ingressgateway"),
+            ("source_workload_namespace", "istio-system"),
+            ("source_app", "istio-ingressgateway"),
+            ("destination_service", PRODUCTPAGE),
+            ("destination_app", "productpage"),
+            ("response_code", "200"),
+            ("response_flags", "-"),
+        ],
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("response_code", "404"),
+                ("response_flags", "NR")
+            ]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_answers_301_to_https() {
+    let mut redirect = bookinfo_server();
+    redirect.hosts = vec!["secure.example.com".into()];
+    redirect.https_redirect = true;
+    redirect.virtual_hosts.clear();
+    let cfg = gateway_config(vec![redirect], vec![]);
+    let gw = start_gateway(&cfg, &[], |_| {}).await;
+    let r = request(
+        &client(),
+        gw.addr(80),
+        "secure.example.com:80",
+        "/cart?id=7",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), "https://secure.example.com/cart?id=7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_tls_terminates_with_the_credential_and_routes_by_host() {
+    let backend = backend("productpage").await;
+    let root = ca("edge-ca");
+    let (cert, key, der) = leaf(&root, &["shop.example.com"]);
+    let cfg = gateway_config(
+        vec![tls_server(
+            443,
+            &["shop.example.com"],
+            ServerTlsMode::Simple,
+            "shop-cert",
+        )],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |d| write_credential(d, "shop-cert", &cert, &key)).await;
+    let tls = connector(&root, None, &[b"http/1.1"]);
+    let (status, from, served) = https_get(&tls, gw.addr(443), "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!((status, from.as_str()), (200, "productpage"));
+    assert_eq!(served, der);
+    // HTTP/2 when the client offers it (ALPN).
+    let h2 = connector(&root, None, &[b"h2", b"http/1.1"]);
+    let tcp = TcpStream::connect(gw.addr(443)).await.unwrap();
+    let stream = h2
+        .connect(ServerName::try_from("shop.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://shop.example.com/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-backend"], "productpage");
+    // A name no server of the port has: no handshake.
+    assert!(
+        https_get(&tls, gw.addr(443), "other.example.com")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
+    let backend = backend("productpage").await;
+    let server_ca = ca("edge-ca");
+    let client_ca = ca("client-ca");
+    let stranger_ca = ca("stranger-ca");
+    let (cert, key, _) = leaf(&server_ca, &["mtls.example.com"]);
+    let client_ca_pem = client_ca.pem();
+    let cfg = gateway_config(
+        vec![tls_server(
+            443,
+            &["mtls.example.com"],
+            ServerTlsMode::Mutual,
+            "mtls-cert",
+        )],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "mtls-cert", &cert, &key);
+        // The CA in the separate `-cacert` Secret.
+        std::fs::create_dir_all(d.join("mtls-cert-cacert")).unwrap();
+        std::fs::write(d.join("mtls-cert-cacert/ca.crt"), &client_ca_pem).unwrap();
+    })
+    .await;
+    let at = gw.addr(443);
+    let anonymous = connector(&server_ca, None, &[]);
+    let refused = https_get(&anonymous, at, "mtls.example.com").await;
+    assert!(refused.is_err(), "{refused:?}");
+    let (c_cert, c_key, _) = leaf(&stranger_ca, &["client.example.com"]);
+    let stranger = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
+    assert!(https_get(&stranger, at, "mtls.example.com").await.is_err());
+    let (c_cert, c_key, _) = leaf(&client_ca, &["client.example.com"]);
+    let known = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
+    let (status, from, _) = https_get(&known, at, "mtls.example.com").await.unwrap();
+    assert_eq!((status, from.as_str()), (200, "productpage"));
+    assert_eq!(backend.hits(), 1);
+}
+
+/// A TLS echo server: terminates with its own certificate and echoes what it reads.
+async fn tls_echo(cert: &str, key: &str) -> SocketAddr {
+    let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 256];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let _ = tls.flush().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_forwards_by_sni_untouched() {
+    let backend_ca = ca("backend-ca");
+    let (cert, key, der) = leaf(&backend_ca, &["db.example.com"]);
+    let echo = tls_echo(&cert, &key).await;
+    let mut server = tls_server(
+        443,
+        &["db.example.com", "other.example.com"],
+        ServerTlsMode::Passthrough,
+        "",
+    );
+    server.tls_routes = vec![TlsRoute {
+        matches: vec![TlsMatch {
+            sni_hosts: vec!["db.example.com".into()],
+            ..Default::default()
+        }],
+        destinations: vec![WeightedDestination {
+            destination: Destination {
+                host: SECURE.into(),
+                subset: None,
+                port: Some(8443),
+            },
+            weight: 100,
+            headers: HeaderOps::default(),
+        }],
+    }];
+    let cfg = gateway_config(
+        vec![server],
+        vec![service(SECURE, 8443, Protocol::Tls, echo)],
+    );
+    let gw = start_gateway(&cfg, &[], |_| {}).await;
+    // The backend's own certificate reaches the client: the gateway did not terminate.
+    let tls = connector(&backend_ca, None, &[]);
+    let tcp = TcpStream::connect(gw.addr(443)).await.unwrap();
+    let mut stream = tls
+        .connect(ServerName::try_from("db.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.peer_certificates().unwrap()[0], der);
+    stream.write_all(b"ping over passthrough").await.unwrap();
+    let mut buf = [0u8; 21];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping over passthrough");
+    // A host of the server that no TLS route takes: the connection is closed.
+    let tcp = TcpStream::connect(gw.addr(443)).await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        tls.connect(ServerName::try_from("other.example.com").unwrap(), tcp),
+    )
+    .await
+    .unwrap();
+    assert!(refused.is_err());
+    let text = metrics(gw.prometheus).await;
+    assert_sample(
+        &text,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "source"), ("destination_service", SECURE)],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_mid_run_serves_new_handshakes_without_a_failed_request() {
+    let backend = backend("productpage").await;
+    let root = ca("edge-ca");
+    let (cert1, key1, der1) = leaf(&root, &["shop.example.com"]);
+    let (cert2, key2, der2) = leaf(&root, &["shop.example.com"]);
+    let cfg = gateway_config(
+        vec![tls_server(
+            443,
+            &["shop.example.com"],
+            ServerTlsMode::Simple,
+            "shop-cert",
+        )],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "shop-cert", &cert1, &key1)
+    })
+    .await;
+    let at = gw.addr(443);
+    let tls = connector(&root, None, &[b"http/1.1"]);
+    let (_, _, first) = https_get(&tls, at, "shop.example.com").await.unwrap();
+    assert_eq!(first, der1);
+
+    // One client keeps one connection open and requests on it; others handshake anew for
+    // every request, all through the swap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let kept = {
+        let (stop, failures, ok, tls) = (stop.clone(), failures.clone(), ok.clone(), tls.clone());
+        tokio::spawn(async move {
+            let tcp = TcpStream::connect(at).await.unwrap();
+            let stream = tls
+                .connect(ServerName::try_from("shop.example.com").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            while !stop.load(Ordering::SeqCst) {
+                let req = http::Request::get("/")
+                    .header("host", "shop.example.com")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match sender.send_request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let fresh = {
+        let (stop, failures, tls, der2) =
+            (stop.clone(), failures.clone(), tls.clone(), der2.clone());
+        tokio::spawn(async move {
+            let mut seen_new = false;
+            while !stop.load(Ordering::SeqCst) {
+                match https_get(&tls, at, "shop.example.com").await {
+                    Ok((200, _, cert)) => seen_new |= cert == der2,
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            seen_new
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Rewritten in place, one file after the other: a handshake in between sees a partial
+    // file or a key that does not fit, and keeps the old certificate.
+    let d = gw.credentials.path().join("shop-cert");
+    std::fs::write(d.join("tls.crt"), &cert2).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(d.join("tls.key"), &key2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, served) = https_get(&tls, at, "shop.example.com").await.unwrap();
+        if served == der2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    assert!(
+        fresh.await.unwrap(),
+        "new handshakes never saw the new certificate"
+    );
+    kept.await.unwrap();
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert!(
+        ok.load(Ordering::SeqCst) > 0,
+        "the open connection made no request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_config_opens_and_closes_server_ports_without_a_restart() {
+    let backend = backend("productpage").await;
+    let services = vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)];
+    let cfg = gateway_config(vec![bookinfo_server()], services.clone());
+    let gw = start_gateway(&cfg, &[8080], |_| {}).await;
+    assert_eq!(gw.bound(8080), None);
+    let first = gw.addr(80);
+
+    // A second Gateway on port 8080 is applied: the port opens.
+    let mut second = bookinfo_server();
+    second.gateway = "default/second-gateway".into();
+    second.port = 8080;
+    gw.write_config(&gateway_config(
+        vec![bookinfo_server(), second.clone()],
+        services.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let added = loop {
+        if let Some(a) = gw.bound(8080) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "port 8080 never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let c = client();
+    let r = request(&c, added, "test.techup.xy", "/", Some("user=b-nova")).await;
+    assert_eq!((r.status, r.header("x-backend")), (200, "productpage"));
+
+    // The first Gateway is deleted: port 80 stops accepting.
+    gw.write_config(&gateway_config(vec![second], services));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.bound(80).is_some() {
+        assert!(Instant::now() < deadline, "port 80 never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(first).await.is_err(),
+        "port 80 still accepts"
+    );
+    let r = request(&c, added, "test.techup.xy", "/", Some("user=b-nova")).await;
+    assert_eq!(r.status, 200);
+}
+
+/// The binary: `mizzen-proxy gateway` with the downward API's labels file and a port map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_subcommand_reads_its_labels_file_and_serves() {
+    let backend = backend("productpage").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    let cfg = gateway_config(
+        vec![bookinfo_server()],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    std::fs::write(&config, cfg.to_json()).unwrap();
+    let labels = dir.path().join("labels");
+    std::fs::write(
+        &labels,
+        "app=\"istio-ingressgateway\"\nistio=\"ingressgateway\"\n",
+    )
+    .unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin, health, prometheus) = (free(), free(), free(), free());
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mizzen-proxy"))
+            .arg("gateway")
+            .arg("--config")
+            .arg(&config)
+            .arg("--labels-file")
+            .arg(&labels)
+            .args(["--port-map", &format!("80={listen}")])
+            .args(["--admin", &admin.to_string()])
+            .args(["--health", &health.to_string()])
+            .args(["--prometheus", &prometheus.to_string()])
+            .args(["--concurrency", "1", "--no-access-log"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = request(&c, listen, "test.techup.xy", "/", Some("user=b-nova")).await;
+    assert_eq!((r.status, r.header("x-backend")), (200, "productpage"));
+    let text = metrics(prometheus).await;
+    assert_sample(
+        &text,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("source_app", "istio-ingressgateway"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_names_optional_client_certificates_and_protocol_bounds() {
+    let backend = backend("productpage").await;
+    let server_ca = ca("edge-ca");
+    let client_ca = ca("client-ca");
+    let (cert, key, _) = leaf(&server_ca, &["a.example.com", "b.example.com"]);
+    // Port 443: MUTUAL, and only the client name `trusted.example.com`, TLS 1.2 at most.
+    let mut named = tls_server(443, &["a.example.com"], ServerTlsMode::Mutual, "edge");
+    let tls = named.tls.as_mut().unwrap();
+    tls.subject_alt_names = vec!["trusted.example.com".into()];
+    tls.max_protocol_version = Some(TlsVersion::V1_2);
+    // Port 8443: OPTIONAL_MUTUAL.
+    let optional = tls_server(
+        8443,
+        &["b.example.com"],
+        ServerTlsMode::OptionalMutual,
+        "edge",
+    );
+    let cfg = gateway_config(
+        vec![named, optional],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let client_ca_pem = client_ca.pem();
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "edge", &cert, &key);
+        std::fs::write(d.join("edge/ca.crt"), &client_ca_pem).unwrap();
+    })
+    .await;
+
+    let (c_cert, c_key, _) = leaf(&client_ca, &["someone.example.com"]);
+    let unnamed = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
+    assert!(
+        https_get(&unnamed, gw.addr(443), "a.example.com")
+            .await
+            .is_err()
+    );
+    let (c_cert, c_key, _) = leaf(&client_ca, &["trusted.example.com"]);
+    let trusted = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
+    let tcp = TcpStream::connect(gw.addr(443)).await.unwrap();
+    let stream = trusted
+        .connect(ServerName::try_from("a.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    drop(stream);
+    let (status, _, _) = https_get(&trusted, gw.addr(443), "a.example.com")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // OPTIONAL_MUTUAL: with or without a client certificate.
+    let anonymous = connector(&server_ca, None, &[]);
+    for c in [&anonymous, &unnamed] {
+        let (status, _, _) = https_get(c, gw.addr(8443), "b.example.com").await.unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_address_and_scheme_go_upstream() {
+    let echo = header_echo().await;
+    let cfg = gateway_config(
+        vec![bookinfo_server()],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, echo.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |_| {}).await;
+    let r = request(
+        &client(),
+        gw.addr(80),
+        "test.techup.xy",
+        "/",
+        Some("user=b-nova"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("x-forwarded-for: 127.0.0.1\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
+    assert!(r.body.contains("x-request-id: "), "{}", r.body);
+}
+
+/// The contract with the operator: the gateway config it renders from the fixture (its golden
+/// file) loads and routes as the fixture says. Endpoints come from the node agent in a
+/// cluster; here the config carries them, as in local mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_rendering_of_the_fixture_routes_as_the_fixture_says() {
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../operator/tests/golden/gateway/fixture/expected/gateway-mizzen-ingress.json"
+    );
+    let mut cfg = ProxyConfig::from_json(&std::fs::read(golden).unwrap()).unwrap();
+    let backend = backend("productpage").await;
+    let productpage = cfg
+        .services
+        .iter_mut()
+        .find(|s| s.host == PRODUCTPAGE)
+        .expect("the rendering has productpage");
+    productpage.endpoints = service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr).endpoints;
+    let gw = start_gateway(&cfg, &[], |_| {}).await;
+    let c = client();
+    let r = request(&c, gw.addr(80), "test.techup.xy", "/", Some("user=b-nova")).await;
+    assert_eq!((r.status, r.header("x-backend")), (200, "productpage"));
+    let r = request(&c, gw.addr(80), "test.techup.xy", "/", None).await;
+    assert_eq!(r.status, 404);
+
+    // Every gateway config the operator's goldens hold compiles whole for this gateway.
+    let goldens = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../operator/tests/golden/gateway"
+    );
+    let labels = ingress_selector();
+    for case in std::fs::read_dir(goldens).unwrap() {
+        let path = case
+            .unwrap()
+            .path()
+            .join("expected/gateway-mizzen-ingress.json");
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let cfg = ProxyConfig::from_json(&bytes).unwrap();
+        let (plan, errors) = mizzen_proxy::gateway::Plan::compile(&cfg, &labels);
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        assert!(!plan.ports.is_empty(), "{}", path.display());
+    }
+}
