@@ -1,6 +1,6 @@
 //! The in-memory index the renderer reads: mesh resources, Services and Namespaces, fed by
 //! watches (or by files) through `apply` / `delete` / `reset`. Each change records which hosts
-//! and namespaces it touched, so the renderer can redo only those.
+//! and namespaces it touched, or that the Gateways changed, so the renderer can redo only those.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -165,11 +165,16 @@ pub struct Changes {
     pub hosts: BTreeSet<String>,
     /// Namespaces whose whole config may differ.
     pub namespaces: BTreeSet<String>,
+    /// A Gateway was added, changed or removed (or its verdict flipped): the gateway configs
+    /// must be redone. Sidecar configs never read Gateways (a VirtualService's binding problems
+    /// change its status, which every render works out afresh, not what the sidecars get), so
+    /// this alone redoes no sidecar config.
+    pub gateways: bool,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        !self.all && self.hosts.is_empty() && self.namespaces.is_empty()
+        !self.all && !self.gateways && self.hosts.is_empty() && self.namespaces.is_empty()
     }
 
     /// Records what a resource's presence (or validity) affects; `in_root` when it lives in
@@ -204,8 +209,11 @@ impl Changes {
                     self.namespaces.insert(ns);
                 }
             }
-            // Gateways are rendered for gateways, not sidecars; Canaries by their controller.
-            MeshResource::Gateway(_) | MeshResource::Canary(_) => {}
+            // Gateways shape the gateway configs only.
+            MeshResource::Gateway(_) => self.gateways = true,
+            // Canaries are run by their controller; the VirtualService it writes is recorded
+            // as any other.
+            MeshResource::Canary(_) => {}
         }
     }
 
@@ -508,6 +516,29 @@ mod tests {
             index.take_changes().all,
             "a wildcard host touches everything"
         );
+    }
+
+    #[test]
+    fn a_gateway_touches_the_gateway_configs_only() {
+        let mut index = Index::new("mizzen-system");
+        index.take_changes();
+        let gw = MeshResource::from_value(&serde_json::json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "edge"},
+            "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}
+        }))
+        .unwrap()
+        .unwrap();
+        let object = gw.object_ref("mizzen-system");
+        index.apply_resource(gw);
+        let gateways_only = Changes {
+            gateways: true,
+            ..Changes::default()
+        };
+        assert_eq!(index.take_changes(), gateways_only);
+        index.delete_resource(&object);
+        assert_eq!(index.take_changes(), gateways_only);
+        assert!(!gateways_only.is_empty());
     }
 
     #[test]

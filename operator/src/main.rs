@@ -43,6 +43,10 @@ struct Args {
     /// Seconds between full write passes that repair drift.
     #[arg(long, env = "MIZZEN_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
+    /// PEM bundle of extra CAs the canary controller trusts for https:// webhooks and
+    /// Prometheus (besides the public web PKI roots), e.g. an in-cluster private CA.
+    #[arg(long, env = "MIZZEN_CANARY_CA_FILE")]
+    canary_ca_file: Option<PathBuf>,
     /// File mode: render the YAML under this directory instead of watching a cluster.
     #[arg(long, requires = "output")]
     from_files: Option<PathBuf>,
@@ -89,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
             identity: args.pod_name,
             debounce: Duration::from_millis(args.debounce_ms),
             resync: Duration::from_secs(args.resync_seconds),
+            canary_ca_file: args.canary_ca_file,
         },
     )
     .await

@@ -74,17 +74,6 @@ impl Update {
 /// Applies one update to the index.
 pub fn apply_update(index: &mut crate::Index, update: Update) {
     let root = index.root_namespace().to_string();
-    // A Gateway shapes only the gateway configs, which the index's change tracking (hosts and
-    // namespaces of sidecar configs) does not cover: render everything again. Gateways change
-    // rarely; unchanged configs are not rewritten.
-    let gateway = match &update {
-        Update::Mesh(kind, _) => *kind == "Gateway",
-        Update::MeshDeleted(o) => o.kind == "Gateway",
-        _ => false,
-    };
-    if gateway {
-        index.touch_all();
-    }
     match update {
         Update::Mesh(_, Feed::Apply(r)) => index.apply_resource(r),
         Update::Mesh(_, Feed::Delete(r)) => index.delete_resource(&r.object_ref(&root)),
@@ -246,6 +235,9 @@ pub struct Options {
     pub debounce: Duration,
     /// Writes are redone this often even without changes (repairs drift).
     pub resync: Duration,
+    /// A PEM bundle of CAs the canary controller trusts for `https://` webhooks and Prometheus
+    /// servers, besides the public web PKI roots.
+    pub canary_ca_file: Option<std::path::PathBuf>,
 }
 
 async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
@@ -294,11 +286,17 @@ pub fn health_router(ready: Arc<AtomicBool>) -> Router {
         .with_state(ready)
 }
 
-/// Runs until a server fails.
 /// How often the leader checks the webhook's serving certificate and `caBundle`s.
 const WEBHOOK_CERT_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Runs until a server fails.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+    // A canary CA file that cannot be read stops the start, before anything runs, rather than
+    // failing every HTTPS call later.
+    let fetcher = match &opts.canary_ca_file {
+        Some(path) => crate::canary::fetch::Fetcher::with_ca_file(path)?,
+        None => crate::canary::fetch::Fetcher::new(),
+    };
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let registry = Arc::new(registry);
@@ -347,11 +345,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     tokio::spawn(
         crate::canary::kube::run(
             client.clone(),
-            crate::canary::kube::Context::new(
-                client.clone(),
-                opts.identity.clone(),
-                leading.clone(),
-                metrics.canary.clone(),
+            Arc::new(
+                crate::canary::kube::Context::new(
+                    client.clone(),
+                    opts.identity.clone(),
+                    leading.clone(),
+                    metrics.canary.clone(),
+                )
+                .with_fetcher(fetcher),
             ),
         )
         .instrument(tracing::info_span!("canary")),
@@ -538,8 +539,10 @@ mod tests {
         assert!(bad.problem.path.contains("hosts"), "{:?}", bad.problem);
     }
 
+    /// A Gateway's watch events mark the gateway configs for a render, and nothing else: not
+    /// every namespace's config, as they once did.
     #[test]
-    fn a_gateway_change_triggers_a_render() {
+    fn a_gateway_change_renders_the_gateway_configs_only() {
         let mut index = crate::Index::new("mizzen-system");
         index.take_changes();
         let gw = MeshResource::from_value(&serde_json::json!({
@@ -549,8 +552,12 @@ mod tests {
         }))
         .unwrap()
         .unwrap();
+        let gateways_only = crate::index::Changes {
+            gateways: true,
+            ..Default::default()
+        };
         apply_update(&mut index, Update::Mesh("Gateway", Feed::Apply(gw)));
-        assert!(!index.take_changes().is_empty());
+        assert_eq!(index.take_changes(), gateways_only);
         apply_update(
             &mut index,
             Update::MeshDeleted(ObjectRef {
@@ -559,7 +566,7 @@ mod tests {
                 name: "gw".into(),
             }),
         );
-        assert!(!index.take_changes().is_empty());
+        assert_eq!(index.take_changes(), gateways_only);
     }
 
     #[test]

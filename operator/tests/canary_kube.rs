@@ -327,3 +327,138 @@ async fn the_leader_first_repairs_the_routing_then_runs_the_round() {
     ];
     assert_eq!(ctx.metrics.weight.get_or_create(&id).get(), 40);
 }
+
+/// The leader's first reconcile of a Canary it has no memory of: the routing repair (the
+/// VirtualService applied), then the observation; the round is not due, so nothing else.
+async fn serve_first_sight(handle: &mut Handle) {
+    expect(
+        handle,
+        Method::PATCH,
+        "/apis/networking.istio.io/v1/namespaces/shop/virtualservices/reviews?&force=true&fieldManager=mizzen-canary",
+        StatusCode::OK,
+        json!({}),
+    )
+    .await;
+    serve_observation(handle).await;
+}
+
+fn not_due(uid: &str) -> Canary {
+    let mut c = canary(json!({
+        "phase": "Progressing", "canaryWeight": 40, "lastAppliedRevision": "rev-2",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+        "lastAnalysisTime": "2100-01-01T00:00:00Z",
+    }));
+    c.metadata.uid = Some(uid.into());
+    c
+}
+
+/// The controller over the mock API server: it lists the Canaries, runs a round of the one it
+/// finds (its memory is kept), then the watches report the Canary deleted, and the memory goes
+/// at once (the round's own requeue is decades away, so it is not what drops it).
+#[tokio::test]
+async fn a_deleted_canarys_memory_is_dropped() {
+    let (client, mut handle) = mock();
+    let (ctx, _tx) = context(client.clone(), true);
+    let controller = tokio::spawn(mizzen_operator::canary::kube::run(client, ctx.clone()));
+    let c = serde_json::to_value(not_due("u-1")).unwrap();
+    let key = ("shop".to_string(), "reviews".to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The lists and watches (the controller's and the deletion watch's) interleave with the
+    // round's own calls: answer each by what it asks for. The two watches are held until the
+    // round has left its memory, then answered with the deletion; later ones stay open.
+    let mut held = Vec::new();
+    let mut deleted = false;
+    while !deleted || !ctx.remembered().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memory: {:?}",
+            ctx.remembered()
+        );
+        let Ok(Some((req, send))) =
+            tokio::time::timeout(std::time::Duration::from_millis(20), handle.next_request()).await
+        else {
+            if !deleted && ctx.remembered() == [key.clone()] && held.len() == 2 {
+                let mut gone = c.clone();
+                gone["metadata"]["resourceVersion"] = "2".into();
+                let line = json!({"type": "DELETED", "object": gone});
+                for watch in held.drain(..) {
+                    let watch: support::Respond = watch;
+                    watch.send_response(
+                        http::Response::builder()
+                            .status(StatusCode::OK)
+                            .body(kube::client::Body::from(format!("{line}\n").into_bytes()))
+                            .unwrap(),
+                    );
+                }
+                deleted = true;
+            }
+            continue;
+        };
+        let path = req.uri().path_and_query().unwrap().to_string();
+        let (method, route) = (req.method().clone(), path.split('?').next().unwrap());
+        match (method, route) {
+            (Method::GET, "/apis/rollouts.mizzen.io/v1alpha1/canaries")
+                if path.contains("watch=true") =>
+            {
+                held.push(send);
+            }
+            (Method::GET, "/apis/rollouts.mizzen.io/v1alpha1/canaries") => {
+                // Once deleted, the Canary is no longer listed (should the watcher relist).
+                let items = if deleted { vec![] } else { vec![c.clone()] };
+                let mut list = list("CanaryList", items);
+                list["apiVersion"] = "rollouts.mizzen.io/v1alpha1".into();
+                list["metadata"] = json!({"resourceVersion": "1"});
+                reply(send, StatusCode::OK, &list);
+            }
+            (Method::PATCH, r) if r.ends_with("/virtualservices/reviews") => {
+                reply(send, StatusCode::OK, &json!({}));
+            }
+            (Method::GET, DR_LIST) => reply(
+                send,
+                StatusCode::OK,
+                &list("DestinationRuleList", vec![rule()]),
+            ),
+            (Method::GET, "/api/v1/namespaces/shop/pods") => {
+                let version = if path.contains("version%3Dv1") {
+                    "v1"
+                } else {
+                    "v2"
+                };
+                let hash = if version == "v1" { "rev-1" } else { "rev-2" };
+                reply(
+                    send,
+                    StatusCode::OK,
+                    &list("PodList", vec![pod("p", version, hash)]),
+                );
+            }
+            (m, _) => panic!("unexpected request {m} {path}"),
+        }
+    }
+    controller.abort();
+}
+
+/// A Canary created again under the same name (a new uid) does not inherit the memory of the
+/// one before it: its first reconcile repairs the routing again, as for a Canary never seen.
+#[tokio::test]
+async fn a_recreated_canary_starts_without_the_old_memory() {
+    let (client, mut handle) = mock();
+    let (ctx, _tx) = context(client, true);
+    let server = tokio::spawn(async move {
+        serve_first_sight(&mut handle).await;
+        // The same Canary again: remembered, so no repair, only the observation.
+        serve_observation(&mut handle).await;
+        // Same name, new uid: the repair comes first again.
+        serve_first_sight(&mut handle).await;
+    });
+    reconcile(Arc::new(not_due("u-1")), ctx.clone())
+        .await
+        .unwrap();
+    reconcile(Arc::new(not_due("u-1")), ctx.clone())
+        .await
+        .unwrap();
+    reconcile(Arc::new(not_due("u-2")), ctx.clone())
+        .await
+        .unwrap();
+    server.await.unwrap();
+    assert_eq!(ctx.remembered().len(), 1);
+}

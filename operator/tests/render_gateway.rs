@@ -16,6 +16,7 @@ use mizzen_operator::{
     files::{file_settings, load_text},
     index::Changes,
     render,
+    render::RenderWork,
 };
 use mizzen_proxy_config as pc;
 
@@ -399,4 +400,103 @@ fn incremental_renders_of_gateway_configs_equal_full_renders() {
     let g = gateway(&full);
     let port443 = g.servers.iter().find(|s| s.port == 443).unwrap();
     assert_eq!(port443.virtual_hosts.len(), 2);
+}
+
+/// A Gateway edit marks only the gateway configs: the incremental render assembles the gateway
+/// config again and keeps every sidecar config (no service rebuilt, no config assembled), yet
+/// gives exactly what a full render gives, statuses included (the bound VirtualService's
+/// verdict follows the Gateway). Forcing everything, as a Gateway event once did, redoes it all.
+#[test]
+fn a_gateway_edit_re_renders_the_gateway_configs_only() {
+    let mut text = input("mesh-and-gateway");
+    text.push_str(
+        "\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: front, namespace: web}\nspec: {ports: [{name: http, port: 80}]}\n",
+    );
+    let mut index = load(&text);
+    let mut renderer = Renderer::new(settings());
+    let first = index.take_changes();
+    let before = renderer.render(&index, &first);
+    let everything = renderer.work();
+    assert_eq!(before.configs.len(), 2);
+    assert_eq!(everything.configs_assembled, 2);
+    assert_eq!(everything.gateway_configs_assembled, 1);
+    assert!(everything.services_built >= 3, "{everything:?}");
+
+    let edits = [
+        // The server no longer serves the VirtualService's host: the gateway config loses it,
+        // and the VirtualService is told why.
+        text.replace("hosts: [\"*\"]", "hosts: [\"other.example.com\"]"),
+        // The Gateway goes: nothing is served, and the VirtualService names a missing Gateway.
+        text.replace("kind: Gateway\n", "kind: Gone\n"),
+    ];
+    for edited in edits {
+        let mut reloaded = load(&edited);
+        reloaded.take_changes();
+        let gateway_ref = |i: &Index| {
+            i.resources()
+                .find(|s| s.object.kind == "Gateway")
+                .map(|s| s.object.clone())
+        };
+        match gateway_ref(&reloaded) {
+            Some(_) => {
+                let gw = reloaded
+                    .resources()
+                    .find(|s| s.object.kind == "Gateway")
+                    .unwrap()
+                    .resource
+                    .clone();
+                index.apply_resource(gw);
+            }
+            None => index.delete_resource(&gateway_ref(&index).unwrap()),
+        }
+        let changes = index.take_changes();
+        assert_eq!(
+            changes,
+            Changes {
+                gateways: true,
+                ..Changes::default()
+            }
+        );
+        let after = renderer.render(&index, &changes);
+        assert_eq!(after, render(&index, &settings()));
+        assert_ne!(after.gateway_configs, before.gateway_configs);
+        assert_ne!(after.statuses, before.statuses);
+        assert_eq!(after.configs, before.configs);
+        assert_eq!(
+            renderer.work(),
+            RenderWork {
+                services_built: 0,
+                configs_assembled: 0,
+                gateway_configs_assembled: 1,
+            }
+        );
+    }
+
+    index.touch_all();
+    let changes = index.take_changes();
+    renderer.render(&index, &changes);
+    assert_eq!(renderer.work(), everything);
+}
+
+/// A VirtualService edit rebuilds its host and assembles again only the configs that see it;
+/// the namespace that does not keeps its config.
+#[test]
+fn an_edit_assembles_only_the_configs_it_changes() {
+    let mut text = input("mesh-and-gateway");
+    text.push_str(
+        "\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web, labels: {istio-injection: enabled}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: front, namespace: web, annotations: {networking.istio.io/exportTo: .}}\nspec: {ports: [{name: http, port: 80}]}\n",
+    );
+    let mut index = load(&text);
+    let mut renderer = Renderer::new(settings());
+    let first = index.take_changes();
+    renderer.render(&index, &first);
+    let front = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: front, namespace: web}\nspec: {hosts: [front], exportTo: [.], http: [{timeout: 3s, route: [{destination: {host: front}}]}]}\n";
+    load_text(&mut index, front, "default", Path::new("edit.yaml")).unwrap();
+    let changes = index.take_changes();
+    let after = renderer.render(&index, &changes);
+    assert_eq!(after, render(&index, &settings()));
+    let work = renderer.work();
+    assert_eq!(work.services_built, 1, "{work:?}");
+    // `web` sees `front`; `shop` and the gateway namespace do not (exported to `web` only).
+    assert_eq!(work.configs_assembled, 1, "{work:?}");
 }

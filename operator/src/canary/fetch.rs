@@ -1,18 +1,30 @@
 //! The canary controller's outgoing HTTP: scraping a proxy's `/stats/prometheus`, asking a
-//! Prometheus server an instant query, and POSTing to a webhook. One small plain-HTTP client,
-//! shared by the Kubernetes and the file shells, every call bounded by a timeout.
+//! Prometheus server an instant query, and POSTing to a webhook. One small client, shared by the
+//! Kubernetes and the file shells, every call bounded by a timeout.
 //!
-//! Plain `http://` only: the proxies' metrics port and in-cluster webhook Services speak it, and
-//! an `https://` URL is refused with an error that says so rather than sent in plaintext.
+//! `http://` and `https://`. HTTPS verifies the server against the public web PKI roots
+//! (webpki-roots, so the operator's image needs no CA store) plus, optionally, the CAs of one
+//! PEM bundle ([`Fetcher::with_ca_file`], the operator's `--canary-ca-file`) for in-cluster
+//! webhooks and Prometheus servers signed by a private CA. The bundle is read once, when the
+//! fetcher is made: the operator refuses to start with a bundle it cannot read rather than
+//! failing every call later. A server whose certificate does not verify is refused, with the
+//! URL and the certificate problem in the error; nothing is ever sent in plaintext instead.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 /// Timeout of a scrape or a query; a webhook has its own (`timeout`, default [`WEBHOOK_TIMEOUT`]).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,12 +36,16 @@ const MAX_BODY: usize = 16 << 20;
 /// Why an HTTP call gave no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url}: only http:// URLs are supported")]
+    #[error("{url}: only http:// and https:// URLs are supported")]
     Scheme { url: String },
     #[error("{url}: not a valid URL: {message}")]
     Url { url: String, message: String },
     #[error("{url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+    /// The TLS handshake failed on the server's certificate (untrusted issuer, wrong name,
+    /// expired, ...): `message` is rustls' account of it.
+    #[error("{url}: the server's TLS certificate was refused: {message}")]
+    Certificate { url: String, message: String },
     #[error("{url}: {message}")]
     Transport { url: String, message: String },
     #[error("{url}: answered {status}")]
@@ -38,10 +54,32 @@ pub enum FetchError {
     TooLarge { url: String },
 }
 
-/// A plain-HTTP client with timeouts.
+/// Why the extra CA bundle cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("canary CA file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("canary CA file {path}: not PEM: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("canary CA file {path}: holds no CERTIFICATE block")]
+    Empty { path: PathBuf },
+    #[error("canary CA file {path}: certificate {index} is not a usable CA: {source}")]
+    Certificate {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// An HTTP and HTTPS client with timeouts.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for Fetcher {
@@ -51,9 +89,58 @@ impl Default for Fetcher {
 }
 
 impl Fetcher {
+    /// A client that trusts the public web PKI roots only.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(FETCH_TIMEOUT));
+        Self::with_roots(web_pki_roots())
+    }
+
+    /// A client that trusts the public web PKI roots and every certificate of the PEM bundle
+    /// at `path`.
+    pub fn with_ca_file(path: &Path) -> Result<Self, CaFileError> {
+        let mut roots = web_pki_roots();
+        let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut added = 0;
+        for (index, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+            let cert = cert.map_err(|e| CaFileError::Pem {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|source| CaFileError::Certificate {
+                path: path.to_path_buf(),
+                index,
+                source,
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(CaFileError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self::with_roots(roots))
+    }
+
+    fn with_roots(roots: RootCertStore) -> Self {
+        // The provider is named here rather than taken from the process default, so the
+        // client works the same in the operator, the CLI and tests (see DEPENDENCIES.md: one
+        // crypto backend, ring).
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(FETCH_TIMEOUT));
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
@@ -100,7 +187,7 @@ impl Fetcher {
                 url: url.to_string(),
                 message: e.to_string(),
             })?;
-        if uri.scheme_str() != Some("http") {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(FetchError::Scheme {
                 url: url.to_string(),
             });
@@ -119,7 +206,11 @@ impl Fetcher {
             message: e.to_string(),
         };
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| transport(&e))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| request_error(url, &e))?;
             let status = resp.status().as_u16();
             let limited = http_body_util::Limited::new(resp.into_body(), MAX_BODY);
             let body = limited.collect().await.map_err(|e| {
@@ -139,6 +230,54 @@ impl Fetcher {
                 url: url.to_string(),
                 timeout,
             })?
+    }
+}
+
+/// What a failed request says: the certificate problem when the TLS handshake refused the
+/// server, else the chain of causes (hyper's own message alone is "client error (Connect)").
+fn request_error(url: &str, e: &(dyn std::error::Error + 'static)) -> FetchError {
+    let mut messages = Vec::new();
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(tls) = rustls_error(err) {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => FetchError::Certificate {
+                    url: url.to_string(),
+                    message: tls.to_string(),
+                },
+                _ => FetchError::Transport {
+                    url: url.to_string(),
+                    message: format!("TLS handshake failed: {tls}"),
+                },
+            };
+        }
+        let text = err.to_string();
+        if !messages.contains(&text) {
+            messages.push(text);
+        }
+        cause = err.source();
+    }
+    FetchError::Transport {
+        url: url.to_string(),
+        message: messages.join(": "),
+    }
+}
+
+/// The rustls error inside `err`: tokio-rustls wraps a handshake failure in an io::Error and
+/// hyper-rustls wraps that in another, and io::Error's `source` skips the error it wraps, so
+/// look inside each layer.
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
+}
+
+/// The public web PKI's roots (Mozilla's list, compiled in).
+fn web_pki_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     }
 }
 
@@ -215,11 +354,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_refused_not_downgraded() {
+    async fn other_schemes_are_refused() {
         let err = Fetcher::new()
-            .get_text("https://example.invalid/metrics")
+            .get_text("ftp://example.invalid/metrics")
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Scheme { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("ftp://example.invalid/metrics: ")
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_naming_it() {
+        let dir = std::env::temp_dir().join(format!("mizzen-ca-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("empty.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = Fetcher::with_ca_file(&path).err().unwrap();
+        assert!(matches!(err, CaFileError::Empty { .. }), "{err}");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
+        let missing = Fetcher::with_ca_file(&dir.join("missing.pem"))
+            .err()
+            .unwrap();
+        assert!(matches!(missing, CaFileError::Read { .. }), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,6 +17,9 @@
 //!   subresource, so fields the machine clears are removed.
 //! - The first time a process sees a Canary (a start, a new leader) it applies the routing the
 //!   status stands for before the round, repairing drift made while no controller ran.
+//! - What the driver remembers of a Canary between rounds ([`Memory`]) is dropped when the
+//!   Canary is deleted ([`forget_deleted`]), and not carried over to a new Canary of the same
+//!   name (a new uid).
 
 use std::{
     collections::HashMap,
@@ -28,9 +31,10 @@ use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DynamicObject, ListParams, Patch, PatchParams},
+    api::{DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
-        controller::{Action as Requeue, Controller},
+        WatchStreamExt,
+        controller::{self, Action as Requeue, Controller},
         events::{Event, EventType as KubeEventType, Recorder, Reporter},
         watcher,
     },
@@ -64,12 +68,20 @@ pub struct KubeWorld {
 }
 
 impl KubeWorld {
+    /// A world whose HTTPS calls trust the web PKI roots only; see [`KubeWorld::with_fetcher`].
     pub fn new(client: Client, recorder: Recorder) -> Self {
         Self {
             client,
             fetcher: Fetcher::new(),
             recorder,
         }
+    }
+
+    /// Makes the scrapes, queries and webhook calls through `fetcher` (e.g. one that also
+    /// trusts the operator's `--canary-ca-file`).
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Self {
+        self.fetcher = fetcher;
+        self
     }
 
     fn rules(&self, ns: &str) -> Api<DynamicObject> {
@@ -320,7 +332,17 @@ pub struct Context {
     pub recorder: Recorder,
     pub leading: watch::Receiver<bool>,
     pub metrics: CanaryMetrics,
-    memory: Mutex<HashMap<(String, String), Memory>>,
+    fetcher: Fetcher,
+    /// By (namespace, name): the driver's memory of each Canary this replica has run a round
+    /// of while leading.
+    memory: Mutex<HashMap<(String, String), Remembered>>,
+}
+
+/// The memory of one Canary object: a Canary deleted and created again under the same name
+/// (a new uid) starts afresh, with no baselines or webhook answers of its predecessor.
+struct Remembered {
+    uid: Option<String>,
+    memory: Arc<tokio::sync::Mutex<Memory>>,
 }
 
 impl Context {
@@ -339,7 +361,36 @@ impl Context {
             client,
             leading,
             metrics,
+            fetcher: Fetcher::new(),
             memory: Mutex::default(),
+        }
+    }
+
+    /// Makes every round's HTTP calls through `fetcher` (built once, so its connections and
+    /// its CA bundle are shared by all rounds).
+    pub fn with_fetcher(mut self, fetcher: Fetcher) -> Self {
+        self.fetcher = fetcher;
+        self
+    }
+
+    /// The Canaries, as (namespace, name), whose memory this replica keeps.
+    pub fn remembered(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<_> = self
+            .memory
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    /// Drops the memory of a Canary that is gone.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut m) = self.memory.lock()
+            && m.remove(&(namespace.to_string(), name.to_string()))
+                .is_some()
+        {
+            tracing::debug!(namespace, name, "canary gone; its memory is dropped");
         }
     }
 }
@@ -350,25 +401,41 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Requeue
         return Ok(Requeue::requeue(FOLLOWER_RECHECK));
     }
     let key = (namespace(&canary).to_string(), canary.name_any());
-    let remembered = ctx.memory.lock().ok().and_then(|mut m| m.remove(&key));
-    let mut world = KubeWorld::new(ctx.client.clone(), ctx.recorder.clone());
-    // First sight of this Canary in this process (a start, a new leader): put the routing its
-    // status stands for back in place, in case it drifted while nobody was watching.
-    let mut memory = match remembered {
+    let uid = canary.metadata.uid.clone();
+    let remembered = ctx.memory.lock().ok().and_then(|m| {
+        m.get(&key)
+            .filter(|r| r.uid == uid)
+            .map(|r| r.memory.clone())
+    });
+    let mut world =
+        KubeWorld::new(ctx.client.clone(), ctx.recorder.clone()).with_fetcher(ctx.fetcher.clone());
+    // First sight of this Canary in this process (a start, a new leader, a new uid): put the
+    // routing its status stands for back in place, in case it drifted while nobody was
+    // watching; only then is it remembered, so a failed repair is tried again.
+    let memory = match remembered {
         Some(m) => m,
         None => {
             let status = canary.status.clone().unwrap_or_default();
             world
                 .set_traffic(&canary, super::traffic(&canary.spec, &status))
                 .await?;
-            Memory::default()
+            let memory = Arc::new(tokio::sync::Mutex::new(Memory::default()));
+            if let Ok(mut m) = ctx.memory.lock() {
+                m.insert(
+                    key.clone(),
+                    Remembered {
+                        uid,
+                        memory: memory.clone(),
+                    },
+                );
+            }
+            memory
         }
     };
-    let result = driver::round(&mut world, &mut memory, &canary, Timestamp::now()).await;
-    if let Ok(mut m) = ctx.memory.lock() {
-        m.insert(key.clone(), memory);
-    }
-    let decision = result?;
+    // kube-runtime runs one reconcile of an object at a time: this lock is never contended.
+    // It stays in the map during the round, so a `forget` meanwhile drops it for good.
+    let mut memory = memory.lock().await;
+    let decision = driver::round(&mut world, &mut memory, &canary, Timestamp::now()).await?;
     let prev = canary.status.clone().unwrap_or_default();
     ctx.metrics
         .observe(&key.0, &key.1, &prev, &decision.state.to_status());
@@ -390,15 +457,58 @@ fn error_policy(canary: Arc<Canary>, error: &Error, ctx: Arc<Context>) -> Requeu
     Requeue::requeue(ERROR_RETRY)
 }
 
-/// Runs the controller until its watch ends.
-pub async fn run(client: Client, ctx: Context) {
-    let api: Api<Canary> = Api::all(client);
-    Controller::new(api, watcher::Config::default())
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "canary reconcile");
+/// Runs the controller over every Canary of the cluster, and drops the memory of each Canary
+/// as it is deleted, until the watches end.
+pub async fn run(client: Client, ctx: Arc<Context>) {
+    let api: Api<Canary> = Api::all(client.clone());
+    futures::join!(
+        forget_deleted(client, ctx.clone()),
+        run_controller(
+            Controller::new(api, watcher::Config::default()),
+            ctx.clone()
+        ),
+    );
+}
+
+/// Drops the memory of each Canary the API server reports deleted. kube-runtime's
+/// `Controller` does not call `reconcile` for a deletion (it reconciles applied objects only),
+/// so this watch, of the Canaries' metadata only, is where a deletion is seen at once; no
+/// finalizer is needed, as the memory is this process's and the VirtualService goes with its
+/// ownerReference.
+pub async fn forget_deleted(client: Client, ctx: Arc<Context>) {
+    let api: Api<PartialObjectMeta<Canary>> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        if let Ok(watcher::Event::Delete(gone)) = event {
+            ctx.forget(
+                gone.metadata.namespace.as_deref().unwrap_or("default"),
+                gone.metadata.name.as_deref().unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// Runs `controller` until it ends.
+///
+/// Also a backstop for [`forget_deleted`]: kube-runtime never calls `reconcile` for an object
+/// its store no longer holds, and reports a due request for one as `ObjectNotFound`; every
+/// reconcile leaves a requeue behind, so a Canary whose deletion the watch missed (a relist),
+/// or that a first reconcile remembered just after it went, is forgotten there, one requeue
+/// later.
+pub async fn run_controller(controller: Controller<Canary>, ctx: Arc<Context>) {
+    controller
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|r| {
+            match r {
+                Err(controller::Error::ObjectNotFound(gone)) => {
+                    ctx.forget(gone.namespace.as_deref().unwrap_or("default"), &gone.name);
+                }
+                Err(e) => tracing::debug!(error = %e, "canary reconcile"),
+                Ok(_) => {}
             }
+            futures::future::ready(())
         })
         .await;
 }

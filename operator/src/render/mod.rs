@@ -2,8 +2,11 @@
 //! plus the status of every object. No Kubernetes calls here.
 //!
 //! [`render`] does everything from scratch. [`Renderer`] keeps the rendered services of each
-//! namespace (as JSON fragments) between calls, so a change to one VirtualService re-renders only
-//! the hosts it names; the result is byte for byte what a full render gives.
+//! namespace (as JSON fragments) and each namespace's assembled config between calls, so a
+//! change to one VirtualService re-renders only the hosts it names, and only the configs whose
+//! services, policies or Sidecar changed are assembled again; a Gateway change
+//! ([`Changes::gateways`]) redoes the gateway configs alone. The result is byte for byte what a
+//! full render gives. [`Renderer::work`] tells how much a render did.
 //!
 //! Each gateway namespace ([`RenderSettings::gateway_namespaces`]) gets a config of the same
 //! shape with a `gateway` section ([`gateway`]): the servers of every Gateway and the rules of
@@ -214,11 +217,28 @@ struct Fragment {
     boundary_hash: u32,
 }
 
+/// How much one render did: the part an incremental render saves shows here (tests and the
+/// benchmark read it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenderWork {
+    /// Services built and serialised (once per distinct view of a host in this render).
+    pub services_built: usize,
+    /// Sidecar configs assembled anew; the others were kept from the previous render.
+    pub configs_assembled: usize,
+    /// Gateway configs assembled anew.
+    pub gateway_configs_assembled: usize,
+}
+
 /// A renderer that remembers what it rendered, for incremental renders.
 pub struct Renderer {
     settings: RenderSettings,
     /// Per meshed namespace, the JSON of each visible service.
     services: BTreeMap<String, BTreeMap<String, Arc<Fragment>>>,
+    /// Per namespace, the sidecar and the gateway config the last render assembled (whether or
+    /// not they were too large to write), to keep when nothing they read changed.
+    configs: BTreeMap<String, RenderedConfig>,
+    gateway_configs: BTreeMap<String, RenderedConfig>,
+    work: RenderWork,
     /// Identical fragments shared across namespaces.
     interned: HashMap<u64, Arc<Fragment>>,
     /// The gzip members of the pieces of compressed configs, shared across namespaces and
@@ -232,6 +252,9 @@ impl Renderer {
         Self {
             settings,
             services: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            gateway_configs: BTreeMap::new(),
+            work: RenderWork::default(),
             interned: HashMap::new(),
             members: MemberCache::default(),
             valid: BTreeMap::new(),
@@ -252,6 +275,11 @@ impl Renderer {
     /// How many gzip members the renderer keeps: those the last render used.
     pub fn cached_members(&self) -> usize {
         self.members.len()
+    }
+
+    /// What the last render did.
+    pub fn work(&self) -> RenderWork {
+        self.work
     }
 
     /// Renders after `changes` (from [`Index::take_changes`]); with `changes.all` everything.
@@ -296,6 +324,10 @@ impl Renderer {
             .collect();
         let namespaces: BTreeSet<String> = meshed.union(&gateway_namespaces).cloned().collect();
         self.services.retain(|ns, _| namespaces.contains(ns));
+        self.configs.retain(|ns, _| meshed.contains(ns));
+        self.gateway_configs
+            .retain(|ns, _| gateway_namespaces.contains(ns));
+        self.work = RenderWork::default();
         self.members.begin_render();
         let policies = Policies::new(index, &self.settings);
         let mut memo: HashMap<(String, View), Arc<Fragment>> = HashMap::new();
@@ -315,6 +347,8 @@ impl Renderer {
             } else {
                 changes.hosts.iter().cloned().collect()
             };
+            // Whether this namespace's services differ from the last render's.
+            let mut services_changed = full;
             for host in hosts {
                 match view(&catalog, ns, &host) {
                     Some(v) => {
@@ -323,22 +357,38 @@ impl Renderer {
                             Some(f) => f.clone(),
                             None => {
                                 let svc = build_service(&catalog, &host, &key.1);
+                                self.work.services_built += 1;
                                 let f = intern(&mut self.interned, &svc);
                                 memo.insert(key, f.clone());
                                 f
                             }
                         };
+                        let same = cache
+                            .get(&host)
+                            .is_some_and(|old| Arc::ptr_eq(old, &frag) || old.json == frag.json);
+                        services_changed |= !same;
                         cache.insert(host, frag);
                     }
                     None => {
-                        cache.remove(&host);
+                        services_changed |= cache.remove(&host).is_some();
                     }
                 }
             }
             let cache = &self.services[ns];
+            // A sidecar config reads its services, its namespace's (and the root's) policies
+            // and Sidecar, and mesh-wide settings: a change to any of those but the services
+            // marks the namespace (or everything), so an unmarked namespace whose services are
+            // the same keeps its config. A gateway config also reads every Gateway and every
+            // VirtualService bound to one (whose changes mark hosts).
             if meshed.contains(ns) {
-                let mut config = assemble(&catalog, &policies, ns, cache, None);
+                let kept = self.configs.get(ns).filter(|_| !services_changed).cloned();
+                let mut config = kept.unwrap_or_else(|| {
+                    self.work.configs_assembled += 1;
+                    assemble(&catalog, &policies, ns, cache, None)
+                });
+                // Also for a kept config: marks its members as used, so the cache keeps them.
                 encode(&mut self.members, &self.settings, &mut config);
+                self.configs.insert(ns.clone(), config.clone());
                 match too_large(&self.settings, &config, "proxy config", ns) {
                     Some(p) => out.problems.entry(ns.clone()).or_default().push(p),
                     None => {
@@ -347,9 +397,15 @@ impl Renderer {
                 }
             }
             if gateway_namespaces.contains(ns) {
-                let section = gateways.config(&catalog, ns);
-                let mut config = assemble(&catalog, &policies, ns, cache, Some(&section));
+                let unchanged = !services_changed && !changes.gateways && changes.hosts.is_empty();
+                let kept = self.gateway_configs.get(ns).filter(|_| unchanged).cloned();
+                let mut config = kept.unwrap_or_else(|| {
+                    self.work.gateway_configs_assembled += 1;
+                    let section = gateways.config(&catalog, ns);
+                    assemble(&catalog, &policies, ns, cache, Some(&section))
+                });
                 encode(&mut self.members, &self.settings, &mut config);
+                self.gateway_configs.insert(ns.clone(), config.clone());
                 match too_large(&self.settings, &config, "gateway config", ns) {
                     Some(p) => out.problems.entry(ns.clone()).or_default().push(p),
                     None => {
