@@ -384,8 +384,9 @@ impl Context {
         keys
     }
 
-    /// Drops the memory of a Canary that is gone.
+    /// Drops the memory and the metric series of a Canary that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
+        self.metrics.forget(namespace, name);
         if let Ok(mut m) = self.memory.lock()
             && m.remove(&(namespace.to_string(), name.to_string()))
                 .is_some()

@@ -84,6 +84,28 @@ impl CanaryMetrics {
         }
     }
 
+    /// Drops every series of a Canary that is gone, so a deleted rollout does not stay on the
+    /// dashboard at its last weight.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let id = |extra: (&str, &str)| -> Labels {
+            vec![
+                ("namespace".into(), namespace.into()),
+                ("name".into(), name.into()),
+                (extra.0.into(), extra.1.into()),
+            ]
+        };
+        self.weight.remove(&vec![
+            ("namespace".into(), namespace.into()),
+            ("name".into(), name.into()),
+        ]);
+        for phase in PHASES {
+            self.phase.remove(&id(("phase", phase_name(phase))));
+        }
+        for result in ["passed", "failed", "error"] {
+            self.analysis.remove(&id(("result", result)));
+        }
+    }
+
     /// A round that could not run.
     pub fn error(&self, namespace: &str, name: &str) {
         self.analysis
@@ -154,5 +176,27 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_forgotten_canary_leaves_no_series() {
+        let mut registry = Registry::default();
+        let m = CanaryMetrics::new(&mut registry);
+        let status = CanaryStatus {
+            phase: CanaryPhase::Progressing,
+            canary_weight: 30,
+            ..Default::default()
+        };
+        m.observe("shop", "reviews", &status, &status);
+        m.observe("shop", "ratings", &status, &status);
+        m.error("shop", "reviews");
+        m.forget("shop", "reviews");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("name=\"reviews\""), "{text}");
+        assert!(
+            text.contains("mizzen_canary_weight{namespace=\"shop\",name=\"ratings\"} 30"),
+            "{text}"
+        );
     }
 }
