@@ -29,7 +29,9 @@ use mizzen_identity::bundle::BundleError;
 use mizzen_identity::csr::CsrError;
 use mizzen_identity::tls::TlsError;
 use mizzen_identity::workload_api::{Event, SignRequest, Version};
-use mizzen_identity::{CertStore, CertificateRequest, PrivateKey, RefreshPolicy, TrustBundle};
+use mizzen_identity::{
+    CertStore, CertificateRequest, PrivateKey, RefreshPolicy, SpiffeId, TrustBundle,
+};
 use serde::Deserialize;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -481,6 +483,17 @@ pub struct AgentEndpoint {
     pub port: u16,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The pod's service account (absent from agents before it was added, and for endpoints
+    /// that are not pods): the identity its proxy must present, in this mesh's trust domain.
+    #[serde(default)]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+/// A pod's service account, which names the SPIFFE identity its proxy serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ServiceAccountRef {
+    pub namespace: String,
+    pub name: String,
 }
 
 impl EndpointsSnapshot {
@@ -496,7 +509,9 @@ struct Index {
 }
 
 impl Index {
-    fn of(snapshot: EndpointsSnapshot) -> Self {
+    /// Indexes `snapshot`; service accounts become SPIFFE ids in `trust_domain` (one that does
+    /// not make a valid id leaves the endpoint's identity unknown).
+    fn of(snapshot: EndpointsSnapshot, trust_domain: &str) -> Self {
         let mut hosts: HashMap<String, HashMap<u16, Vec<Endpoint>>> = HashMap::new();
         for service in snapshot.services {
             let list = hosts
@@ -504,11 +519,16 @@ impl Index {
                 .or_default()
                 .entry(service.port)
                 .or_default();
-            list.extend(service.endpoints.into_iter().map(|e| Endpoint {
-                host: e.address,
-                port: e.port,
-                labels: e.labels,
-                weight: 1,
+            list.extend(service.endpoints.into_iter().map(|e| {
+                Endpoint {
+                    host: e.address,
+                    port: e.port,
+                    labels: e.labels,
+                    weight: 1,
+                    identity: e
+                        .service_account
+                        .and_then(|sa| SpiffeId::new(trust_domain, &sa.namespace, &sa.name).ok()),
+                }
             }));
         }
         for list in hosts.values_mut().flat_map(HashMap::values_mut) {
@@ -522,6 +542,7 @@ impl Index {
 /// Endpoints as the node agent serves them, falling back to the config file for hosts the agent
 /// does not know (ServiceEntry hosts, and everything before the first snapshot arrives).
 pub struct AgentEndpoints {
+    config: Arc<ConfigStore>,
     fallback: ConfigEndpoints,
     current: ArcSwap<Index>,
     changes: AtomicU64,
@@ -530,7 +551,8 @@ pub struct AgentEndpoints {
 impl AgentEndpoints {
     pub fn new(config: Arc<ConfigStore>) -> Self {
         AgentEndpoints {
-            fallback: ConfigEndpoints::new(config),
+            fallback: ConfigEndpoints::new(config.clone()),
+            config,
             current: ArcSwap::from_pointee(Index::default()),
             changes: AtomicU64::new(0),
         }
@@ -539,7 +561,8 @@ impl AgentEndpoints {
     /// Makes `snapshot` the agent's current picture. Returns whether any answer changed (a
     /// snapshot equal to the current one, as after a reconnection, changes nothing).
     pub fn apply(&self, snapshot: EndpointsSnapshot) -> bool {
-        let index = Index::of(snapshot);
+        let trust_domain = self.config.current().config().mesh.trust_domain.clone();
+        let index = Index::of(snapshot, &trust_domain);
         if *self.current.load_full() == index {
             return false;
         }
@@ -697,20 +720,43 @@ mod tests {
             {"host":"r.shop.svc.cluster.local","port":9443,"endpoints":[]}]}"#
             .replace('\n', "");
         let snapshot = EndpointsSnapshot::from_line(&line).unwrap();
-        let index = Index::of(snapshot);
+        let index = Index::of(snapshot, "cluster.local");
         let ports = &index.hosts["r.shop.svc.cluster.local"];
         assert!(ports[&9443].is_empty());
         let hosts: Vec<&str> = ports[&9080].iter().map(|e| e.host.as_str()).collect();
         assert_eq!(hosts, ["10.0.0.1", "10.0.0.2"]);
         assert!(ports[&9080].iter().all(|e| e.weight == 1 && e.port == 8080));
         assert!(EndpointsSnapshot::from_line(r#"{"v":2,"services":[]}"#).is_err());
-        // Endpoints that are not pods may come without labels.
+        assert!(ports[&9080].iter().all(|e| e.identity.is_none()));
+        // Endpoints that are not pods (and lines from older agents) come without labels or
+        // service account.
         let bare =
             r#"{"v":1,"services":[{"host":"h","port":1,"endpoints":[{"address":"a","port":2}]}]}"#;
-        assert!(
-            EndpointsSnapshot::from_line(bare).unwrap().services[0].endpoints[0]
-                .labels
-                .is_empty()
+        let bare = EndpointsSnapshot::from_line(bare).unwrap();
+        assert!(bare.services[0].endpoints[0].labels.is_empty());
+        assert_eq!(bare.services[0].endpoints[0].service_account, None);
+    }
+
+    #[test]
+    fn service_accounts_become_identities_in_the_mesh_trust_domain() {
+        let line = r#"{"v":1,"services":[{"host":"r.shop.svc.cluster.local","port":9080,
+            "endpoints":[
+                {"address":"10.0.0.1","port":8080,"labels":{},
+                 "service_account":{"namespace":"shop","name":"reviews"}},
+                {"address":"10.0.0.2","port":8080,"labels":{},
+                 "service_account":{"namespace":"shop","name":"Not Valid!"}}]}]}"#
+            .replace('\n', "");
+        let index = Index::of(EndpointsSnapshot::from_line(&line).unwrap(), "corp.example");
+        let ids: Vec<Option<String>> = index.hosts["r.shop.svc.cluster.local"][&9080]
+            .iter()
+            .map(|e| e.identity.as_ref().map(SpiffeId::uri))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                Some("spiffe://corp.example/ns/shop/sa/reviews".to_string()),
+                None
+            ]
         );
     }
 

@@ -1,8 +1,10 @@
-//! Where the addresses of a service's endpoints come from. For now the config file
-//! (`Service.endpoints`); the node agent will serve them over its socket later.
+//! Where the addresses of a service's endpoints come from: the config file
+//! (`Service.endpoints`, from ServiceEntries and WorkloadEntries) here, the node agent's stream
+//! in [`crate::agent::AgentEndpoints`].
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use mizzen_identity::SpiffeId;
 use mizzen_proxy_config::{ProxyConfig, Resolution};
 
 use crate::config::ConfigStore;
@@ -15,6 +17,9 @@ pub struct Endpoint {
     pub port: u16,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
+    /// The SPIFFE id the endpoint's server must present over mesh mTLS (secure naming); `None`
+    /// when unknown (a ServiceEntry address, a WorkloadEntry without a service account).
+    pub identity: Option<SpiffeId>,
 }
 
 impl Endpoint {
@@ -87,6 +92,7 @@ pub fn endpoints_in_config(
             port: default_port,
             labels: BTreeMap::new(),
             weight: 1,
+            identity: None,
         }];
     }
     let mut out: Vec<Endpoint> = service
@@ -101,6 +107,11 @@ pub fn endpoints_in_config(
                 .unwrap_or(default_port),
             labels: e.labels.clone(),
             weight: e.weight.unwrap_or(1).max(1),
+            // The renderer writes well-formed ids; one that is not is treated as unknown.
+            identity: e
+                .identity
+                .as_deref()
+                .and_then(|id| SpiffeId::parse(id).ok()),
         })
         .collect();
     out.sort();
@@ -132,6 +143,7 @@ mod tests {
                 ep("10.0.0.2", "v2"),
                 ConfigEndpoint {
                     ports: [("http".to_string(), 9090)].into(),
+                    identity: Some("spiffe://cluster.local/ns/default/sa/b".into()),
                     ..ep("10.0.0.1", "v1")
                 },
             ],
@@ -152,6 +164,11 @@ mod tests {
         let only = endpoints_in_config(&c, "b.default.svc.cluster.local", 80, &v2);
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].host, "10.0.0.2");
+        assert_eq!(only[0].identity, None);
+        assert_eq!(
+            all[0].identity.as_ref().map(SpiffeId::uri).as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/b")
+        );
         assert!(endpoints_in_config(&c, "nope", 80, &BTreeMap::new()).is_empty());
     }
 }

@@ -8,8 +8,24 @@
 //!
 //! ALPN carries the application protocol over the mesh hop: `h2` or `http/1.1` for HTTP, and
 //! none for raw TCP, which is how the inbound side tells them apart after the handshake.
+//!
+//! Secure naming: the outbound side accepts a server only when its SPIFFE id is one the
+//! destination may have ([`ExpectedPeer`]: the endpoint's service account, or the
+//! DestinationRule's `subjectAltNames`; any workload of the trust domain when neither is known).
+//! rustls fixes the verifier in the config, so there is one set of connectors per distinct
+//! expected set, made on first use and kept ([`MeshTls::connectors`]), not one per connection.
+//!
+//! TLS towards destinations outside the mesh (DestinationRule `SIMPLE` / `MUTUAL`) is
+//! [`origination`]'s.
 
-use std::{io, path::Path, sync::Arc};
+pub mod origination;
+
+use std::{
+    collections::HashMap,
+    io,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use mizzen_identity::{CertStore, ExpectedPeer, PrivateKey, SpiffeId, TrustBundle, svid, tls};
 use rustls::pki_types::ServerName;
@@ -56,7 +72,41 @@ impl Alpn {
 pub struct MeshTls {
     pub store: Arc<CertStore>,
     acceptor: TlsAcceptor,
-    connectors: [(Alpn, TlsConnector); 3],
+    /// For destinations of unknown identity: any workload of the trust domain.
+    any: Arc<Connectors>,
+    /// For destinations whose identities are known, by expected set.
+    by_expected: Mutex<HashMap<ExpectedPeer, Arc<Connectors>>>,
+}
+
+/// More distinct expected sets than this (a mesh has one per service account that serves, so
+/// reaching it means churn) and the cache starts over; connections being made keep theirs.
+const MAX_EXPECTED_SETS: usize = 4096;
+
+/// The client configs for one expected set, one per ALPN choice.
+pub struct Connectors([(Alpn, TlsConnector); 3]);
+
+impl Connectors {
+    fn new(store: &Arc<CertStore>, expected: &ExpectedPeer) -> Result<Self, MtlsError> {
+        let connector = |alpn: Alpn| -> Result<(Alpn, TlsConnector), MtlsError> {
+            let mut config = tls::client_config(store, expected.clone())?;
+            config.alpn_protocols = alpn.protocols();
+            Ok((alpn, TlsConnector::from(Arc::new(config))))
+        };
+        Ok(Connectors([
+            connector(Alpn::H2)?,
+            connector(Alpn::Http1)?,
+            connector(Alpn::Tcp)?,
+        ]))
+    }
+
+    fn get(&self, alpn: Alpn) -> &TlsConnector {
+        &self
+            .0
+            .iter()
+            .find(|(a, _)| *a == alpn)
+            .expect("a connector for every ALPN choice")
+            .1
+    }
 }
 
 /// An accepted mesh connection: the stream, the peer's identity and what it speaks.
@@ -81,18 +131,10 @@ impl MeshTls {
     pub fn new(store: Arc<CertStore>) -> Result<Self, MtlsError> {
         // Peers are proxies of the mesh: a TLS client without a mesh certificate is refused.
         let server = tls::server_config(&store, true)?;
-        let connector = |alpn: Alpn| -> Result<(Alpn, TlsConnector), MtlsError> {
-            let mut config = tls::client_config(&store, ExpectedPeer::Any)?;
-            config.alpn_protocols = alpn.protocols();
-            Ok((alpn, TlsConnector::from(Arc::new(config))))
-        };
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            connectors: [
-                connector(Alpn::H2)?,
-                connector(Alpn::Http1)?,
-                connector(Alpn::Tcp)?,
-            ],
+            any: Arc::new(Connectors::new(&store, &ExpectedPeer::Any)?),
+            by_expected: Mutex::new(HashMap::new()),
             store,
         })
     }
@@ -144,7 +186,34 @@ impl MeshTls {
         Ok(Accepted { stream, peer, alpn })
     }
 
-    /// Opens the client side of a mesh connection for `host` (the service, for SNI).
+    /// The connectors that accept exactly the servers `expected` allows, made once per set.
+    pub fn connectors(&self, expected: &ExpectedPeer) -> Result<Arc<Connectors>, MtlsError> {
+        if *expected == ExpectedPeer::Any {
+            return Ok(self.any.clone());
+        }
+        let mut cache = self.by_expected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(expected) {
+            return Ok(c.clone());
+        }
+        if cache.len() >= MAX_EXPECTED_SETS {
+            cache.clear();
+        }
+        let made = Arc::new(Connectors::new(&self.store, expected)?);
+        cache.insert(expected.clone(), made.clone());
+        Ok(made)
+    }
+
+    /// How many expected sets have connectors (for tests and the admin page).
+    pub fn expected_sets(&self) -> usize {
+        self.by_expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Opens the client side of a mesh connection for `host` (the service, for SNI), accepting
+    /// any workload of the trust domain. Prefer [`MeshTls::connect_expecting`] whenever the
+    /// destination's identities are known.
     pub async fn connect(
         &self,
         stream: TcpStream,
@@ -152,16 +221,27 @@ impl MeshTls {
         port: u16,
         alpn: Alpn,
     ) -> io::Result<client::TlsStream<TcpStream>> {
-        let connector = &self
-            .connectors
-            .iter()
-            .find(|(a, _)| *a == alpn)
-            .expect("a connector for every ALPN choice")
-            .1;
+        self.connect_expecting(stream, host, port, alpn, &ExpectedPeer::Any)
+            .await
+    }
+
+    /// Opens the client side of a mesh connection for `host` (the service, for SNI); the
+    /// handshake fails unless the server's SPIFFE id is one `expected` allows.
+    pub async fn connect_expecting(
+        &self,
+        stream: TcpStream,
+        host: &str,
+        port: u16,
+        alpn: Alpn,
+        expected: &ExpectedPeer,
+    ) -> io::Result<client::TlsStream<TcpStream>> {
+        let connectors = self
+            .connectors(expected)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         // Istio's SNI for the destination; IP hosts have none, so a fixed mesh name stands in.
         let name = tls::outbound_sni(port, "", host)
             .unwrap_or_else(|_| ServerName::try_from("outbound_.mesh.mizzen").expect("valid name"));
-        connector.connect(name, stream).await
+        connectors.get(alpn).connect(name, stream).await
     }
 }
 

@@ -165,6 +165,7 @@ fn pick_target(
                 tls: shared.tls.clone(),
                 host: h.host.to_string(),
                 port: h.port,
+                expected: h.expected.clone(),
             })
         });
         Target {
@@ -230,6 +231,8 @@ struct MeshTarget {
     tls: Option<Arc<MeshTls>>,
     host: String,
     port: u16,
+    /// The server identities accepted (secure naming).
+    expected: mizzen_identity::ExpectedPeer,
 }
 
 impl Target {
@@ -246,9 +249,17 @@ impl Target {
         let tcp = client::connect(&authority, CONNECT_TIMEOUT).await?;
         Ok(match mesh {
             None => Stream::Plain(tcp),
-            Some(MeshTarget { tls, host, port }) => {
+            Some(MeshTarget {
+                tls,
+                host,
+                port,
+                expected,
+            }) => {
                 let tls = tls.ok_or("mTLS required but this proxy has no workload certificate")?;
-                Stream::Mtls(Box::new(tls.connect(tcp, &host, port, Alpn::Tcp).await?))
+                let stream = tls
+                    .connect_expecting(tcp, &host, port, Alpn::Tcp, &expected)
+                    .await?;
+                Stream::Mtls(Box::new(stream))
             }
         })
     }

@@ -19,8 +19,9 @@ use http::{
     Request, Response, StatusCode, Uri, Version,
     uri::{Authority, PathAndQuery, Scheme},
 };
+use mizzen_identity::{ExpectedPeer, SpiffeId};
 use mizzen_proxy_config::Destination;
-use mizzen_proxy_config::{ClientTlsMode, Protocol, TrafficPolicy};
+use mizzen_proxy_config::{ClientTls, ClientTlsMode, Protocol, TrafficPolicy};
 use mizzen_resilience::{
     ResponseFlags, UpstreamError,
     circuit::{CircuitBreakers, ClusterLimits, overflow_response},
@@ -33,9 +34,9 @@ use crate::{
     endpoints::{Endpoint, EndpointSource},
     http::{
         body::{self, Body, BoxError},
-        client::{MeshHop, Pool, PoolSettings},
+        client::{Hop, MeshHop, Pool, PoolSettings},
     },
-    mtls::MeshTls,
+    mtls::{MeshTls, origination::Originator},
     telemetry::{PeerLabels, ServiceLabels},
 };
 
@@ -62,6 +63,28 @@ pub struct EndpointState {
     pub active: AtomicUsize,
     /// The `destination_*` labels of responses from this endpoint.
     pub peer: PeerLabels,
+    /// The server identities a mesh mTLS hop to it accepts (secure naming).
+    pub expected: ExpectedPeer,
+}
+
+/// The identities the server of `endpoint` may present over mesh mTLS, as Istio's secure
+/// naming decides: the DestinationRule's `subjectAltNames` when set (only SPIFFE ids can match a
+/// mesh certificate; other names match nothing), else the endpoint's own identity (its pod's
+/// service account, a WorkloadEntry's), else — a ServiceEntry address, an endpoint the agent
+/// knows no account for — any workload of the trust domain.
+pub fn expected_peer(tls: Option<&ClientTls>, endpoint: &Endpoint) -> ExpectedPeer {
+    match tls.map(|t| &t.subject_alt_names).filter(|s| !s.is_empty()) {
+        Some(sans) => {
+            let mut ids: Vec<SpiffeId> = sans
+                .iter()
+                .filter_map(|s| SpiffeId::parse(s).ok())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ExpectedPeer::OneOf(ids)
+        }
+        None => ExpectedPeer::one_of(endpoint.identity.clone()),
+    }
 }
 
 /// Where a response came from, for telemetry (in the response's extensions).
@@ -93,6 +116,8 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// This proxy's mesh mTLS, for endpoints that take it (see [`Upstream::mesh_hop`]).
     mesh_tls: Option<Arc<MeshTls>>,
+    /// TLS origination (DestinationRule `SIMPLE` / `MUTUAL`), or why it cannot be made.
+    originator: Option<Result<Arc<Originator>, String>>,
     generation: (u64, u64),
 }
 
@@ -107,11 +132,30 @@ impl Upstream {
         }
     }
 
+    /// The TLS of the hop to `ep`: TLS origination for `SIMPLE` and `MUTUAL` (refused, never
+    /// sent in plaintext, when its settings are unusable), else as [`Upstream::mesh_hop`].
+    pub fn hop<'a>(&'a self, ep: &'a EndpointState) -> Result<Option<Hop<'a>>, UpstreamError> {
+        match &self.originator {
+            Some(Ok(tls)) => Ok(Some(Hop::Originate {
+                tls,
+                host: &self.key.host,
+            })),
+            Some(Err(why)) => Err(UpstreamError::connect_failure(format!(
+                "{}: {why}",
+                self.cluster
+            ))),
+            None => Ok(self.mesh_hop(ep)?.map(Hop::Mesh)),
+        }
+    }
+
     /// Whether the hop to `ep` is mesh mTLS, as Istio decides: the DestinationRule's
     /// `ISTIO_MUTUAL` always; unset (auto mTLS), when the endpoint runs a sidecar (the injected
     /// label `security.istio.io/tlsMode: istio`); `DISABLE` never. `SIMPLE` and `MUTUAL`
-    /// (origination with the user's certificates) are refused rather than sent in plaintext.
-    pub fn mesh_hop(&self, ep: &EndpointState) -> Result<Option<MeshHop<'_>>, UpstreamError> {
+    /// (origination, [`Upstream::hop`]) are refused here rather than sent in plaintext.
+    pub fn mesh_hop<'a>(
+        &'a self,
+        ep: &'a EndpointState,
+    ) -> Result<Option<MeshHop<'a>>, UpstreamError> {
         let mode = self.policy.tls.as_ref().map(|t| t.mode).unwrap_or_default();
         let wanted = match mode {
             ClientTlsMode::IstioMutual => true,
@@ -135,6 +179,7 @@ impl Upstream {
                 tls,
                 host: &self.key.host,
                 port: self.key.port,
+                expected: &ep.expected,
             })),
             None => Err(UpstreamError::connect_failure(format!(
                 "{}: mTLS required but this proxy has no workload certificate yet",
@@ -262,6 +307,7 @@ impl Upstreams {
             port: addr.port(),
             labels: BTreeMap::new(),
             weight: 1,
+            identity: None,
         };
         let mut up = self.build(
             key,
@@ -313,12 +359,15 @@ impl Upstreams {
             .into_iter()
             .map(|endpoint| {
                 let name = endpoint.authority();
+                // An endpoint's state holds its expected identities, which `tls` decides too.
                 old.as_ref()
+                    .filter(|o| o.policy.tls == policy.tls)
                     .and_then(|o| o.endpoints.iter().find(|e| e.endpoint == endpoint))
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(EndpointState {
                             peer: PeerLabels::of_endpoint(&endpoint.labels, &service.namespace),
+                            expected: expected_peer(policy.tls.as_ref(), &endpoint),
                             authority: name.parse().ok(),
                             endpoint,
                             name,
@@ -330,9 +379,27 @@ impl Upstreams {
         let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
         let weights: Vec<u32> = states.iter().map(|s| s.endpoint.weight).collect();
         let balancer = Balancer::new(policy.load_balancer.as_ref(), &names, &weights);
+        // Connections made under another `tls` (another mode, other expected names, other
+        // files) are not reused: a new pool.
+        let same_tls = |o: &Upstream| o.policy.tls == policy.tls;
         let pool = match &old {
-            Some(o) if o.pool.settings() == settings => o.pool.clone(),
+            Some(o) if o.pool.settings() == settings && same_tls(o) => o.pool.clone(),
             _ => Arc::new(Pool::new(settings)),
+        };
+        let originator = match policy.tls.as_ref() {
+            Some(t) if matches!(t.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
+                let reuse = old
+                    .as_ref()
+                    .filter(|o| same_tls(o))
+                    .and_then(|o| o.originator.clone());
+                Some(reuse.unwrap_or_else(|| {
+                    Originator::new(t).map(Arc::new).map_err(|e| {
+                        tracing::error!(host = %key.host, port = key.port, error = %e, "TLS origination refused");
+                        e.to_string()
+                    })
+                }))
+            }
+            _ => None,
         };
         let limits = self.breakers.limits(
             &Destination {
@@ -368,6 +435,7 @@ impl Upstreams {
             outlier,
             pool,
             mesh_tls: self.mesh_tls.clone(),
+            originator,
             generation,
         }
     }
@@ -498,8 +566,8 @@ where
                 }
             };
             let req = Request::from_parts(parts, body::boxed(body));
-            let mesh = up.mesh_hop(&ep)?;
-            let result = up.pool.send(&endpoint, h2, mesh, req).await;
+            let hop = up.hop(&ep)?;
+            let result = up.pool.send(&endpoint, h2, hop, req).await;
             if let Some(o) = &up.outlier {
                 let outcome = match &result {
                     Ok(r) => Outcome::of_response(r),
@@ -513,5 +581,61 @@ where
             resp.extensions_mut().insert(UpstreamHost(ep));
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(identity: Option<&str>) -> Endpoint {
+        Endpoint {
+            host: "10.0.0.1".into(),
+            port: 8080,
+            labels: BTreeMap::new(),
+            weight: 1,
+            identity: identity.map(|id| SpiffeId::parse(id).unwrap()),
+        }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn secure_naming_prefers_subject_alt_names_then_the_endpoint_identity() {
+        const B: &str = "spiffe://cluster.local/ns/shop/sa/b";
+        const C: &str = "spiffe://cluster.local/ns/shop/sa/c";
+        // Unknown identity, no DestinationRule names: any workload of the trust domain.
+        assert_eq!(expected_peer(None, &endpoint(None)), ExpectedPeer::Any);
+        // The endpoint's own identity.
+        assert_eq!(
+            expected_peer(None, &endpoint(Some(B))),
+            ExpectedPeer::OneOf(vec![id(B)])
+        );
+        // subjectAltNames win; names that are not SPIFFE ids cannot match a mesh certificate.
+        let tls = ClientTls {
+            mode: ClientTlsMode::IstioMutual,
+            subject_alt_names: vec![C.into(), "api.example.com".into(), C.into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            expected_peer(Some(&tls), &endpoint(Some(B))),
+            ExpectedPeer::OneOf(vec![id(C)])
+        );
+        let only_dns = ClientTls {
+            subject_alt_names: vec!["api.example.com".into()],
+            ..tls
+        };
+        assert_eq!(
+            expected_peer(Some(&only_dns), &endpoint(None)),
+            ExpectedPeer::OneOf(Vec::new())
+        );
+        // An empty list is no list.
+        let empty = ClientTls::default();
+        assert_eq!(
+            expected_peer(Some(&empty), &endpoint(None)),
+            ExpectedPeer::Any
+        );
     }
 }

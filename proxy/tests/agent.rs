@@ -382,7 +382,8 @@ fn snapshot(endpoints: &[(&str, &str)]) -> String {
         .iter()
         .map(|(address, version)| {
             serde_json::json!({"address": address, "port": 8080,
-                "labels": {"app": "reviews", "version": version}})
+                "labels": {"app": "reviews", "version": version},
+                "service_account": {"namespace": "shop", "name": format!("reviews-{version}")}})
         })
         .collect();
     serde_json::json!({"v": 1, "services": [
@@ -461,6 +462,24 @@ async fn endpoints_follow_the_agent_with_subsets_and_config_fallback() {
         ["10.0.0.1:8080"]
     );
     assert!(hosts(&*endpoints, REVIEWS, 9080, &[("version", "v3")]).is_empty());
+    // Each pod's service account is the identity its proxy must present (secure naming), in
+    // the mesh's trust domain; the config's endpoints without one have none.
+    let identities: Vec<Option<String>> = endpoints
+        .endpoints(REVIEWS, 9080, &BTreeMap::new())
+        .iter()
+        .map(|e| e.identity.as_ref().map(|id| id.uri()))
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            Some("spiffe://cluster.local/ns/shop/sa/reviews-v1".to_string()),
+            Some("spiffe://cluster.local/ns/shop/sa/reviews-v2".to_string())
+        ]
+    );
+    assert_eq!(
+        endpoints.endpoints(EXTERNAL, 9080, &BTreeMap::new())[0].identity,
+        None
+    );
     // A known host: the agent is authoritative, even where it has nothing.
     assert!(hosts(&*endpoints, REVIEWS, 9443, &[]).is_empty());
     assert!(hosts(&*endpoints, REVIEWS, 1, &[]).is_empty());

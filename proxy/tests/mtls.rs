@@ -1,6 +1,7 @@
 //! Mesh mTLS between two proxies on loopback: the outbound proxy originates mTLS to a meshed
 //! endpoint, the inbound proxy terminates it per PeerAuthentication, learns the caller's SPIFFE
-//! identity and reports it; STRICT refuses plaintext, PERMISSIVE serves both.
+//! identity and reports it; STRICT refuses plaintext, PERMISSIVE serves both. Secure naming: the
+//! caller accepts only the server identity the endpoint (or the DestinationRule) names.
 
 mod support;
 
@@ -8,7 +9,10 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use mizzen_identity::{CertificateRequest, SpiffeId};
 use mizzen_proxy::{env::InboundListener, mtls::MeshTls};
-use mizzen_proxy_config::{InboundConfig, PeerAuthMode, PeerAuthentication, ProxyConfig};
+use mizzen_proxy_config::{
+    ClientTls, ClientTlsMode, InboundConfig, PeerAuthMode, PeerAuthentication, ProxyConfig,
+    TrafficPolicy,
+};
 use support::*;
 
 /// A mesh root and a certificate for `ns/<ns>/sa/<sa>`, written as the proxy's files.
@@ -45,6 +49,8 @@ struct Pair {
     outbound: Proxy,
     inbound: Proxy,
     inbound_addr: SocketAddr,
+    ca: mizzen_ca::Authority,
+    dir: tempfile::TempDir,
 }
 
 async fn pair(mode: PeerAuthMode) -> Pair {
@@ -70,6 +76,8 @@ async fn pair(mode: PeerAuthMode) -> Pair {
             app: app.addr,
         }];
         c.tls = Some(server_tls);
+        // As in a pod: the workload runs as the account its certificate names.
+        c.workload.service_account = "serviceb".into();
     })
     .await;
     let inbound_addr = inbound.inbound[0];
@@ -85,6 +93,8 @@ async fn pair(mode: PeerAuthMode) -> Pair {
         outbound,
         inbound,
         inbound_addr,
+        ca,
+        dir,
     }
 }
 
@@ -193,5 +203,149 @@ async fn a_client_from_another_mesh_is_refused() {
         ),
         None,
         "the inbound proxy served the intruder"
+    );
+}
+
+const SERVICEB: &str = "spiffe://cluster.local/ns/default/sa/serviceb";
+const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+/// A `servicea` proxy calling the pair's inbound side (which presents `serviceb`), told that
+/// the endpoint's identity is `identity` and with the DestinationRule `tls` given.
+async fn caller(p: &Pair, identity: Option<&str>, tls: Option<ClientTls>) -> Proxy {
+    let client_tls = issue(p.dir.path(), &p.ca, "servicea");
+    start_with(&caller_config(p, identity, tls), |c| {
+        c.tls = Some(client_tls)
+    })
+    .await
+}
+
+fn caller_config(p: &Pair, identity: Option<&str>, tls: Option<ClientTls>) -> ProxyConfig {
+    let mut ep = endpoint(p.inbound_addr, "v1");
+    ep.labels
+        .insert("security.istio.io/tlsMode".into(), "istio".into());
+    ep.identity = identity.map(str::to_string);
+    let mut service = serviceb(vec![ep], vec![]);
+    service.policy = tls.map(|tls| TrafficPolicy {
+        tls: Some(tls),
+        ..Default::default()
+    });
+    config(vec![service])
+}
+
+fn istio_mutual(sans: &[&str]) -> ClientTls {
+    ClientTls {
+        mode: ClientTlsMode::IstioMutual,
+        subject_alt_names: sans.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The caller got a 503 from its own failed handshake (UF), and the server served nothing.
+async fn assert_refused(p: &Pair, caller: &Proxy) {
+    let served = || async {
+        sample(
+            &metrics(p.inbound.prometheus).await,
+            "istio_requests_total",
+            &[(
+                "source_principal",
+                "spiffe://cluster.local/ns/default/sa/servicea",
+            )],
+        )
+    };
+    let before = served().await;
+    let r = get(&client(), caller.outbound, "/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("connection failure"), "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_sample(
+        &metrics(caller.prometheus).await,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("response_code", "503"),
+            ("response_flags", "UF"),
+        ],
+    );
+    assert_eq!(served().await, before, "the server must not have served it");
+}
+
+#[tokio::test]
+async fn secure_naming_accepts_only_the_endpoints_service_account() {
+    let p = pair(PeerAuthMode::Strict).await;
+    // The endpoint's own identity: served, over one set of connectors however many requests.
+    let right = caller(&p, Some(SERVICEB), None).await;
+    for _ in 0..3 {
+        let r = get(&client(), right.outbound, "/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let tls = right.app.tls.as_ref().unwrap();
+    assert_eq!(tls.expected_sets(), 1);
+    // A server presenting another service account's certificate than the endpoint's: refused.
+    let wrong = caller(&p, Some(REVIEWS), None).await;
+    assert_refused(&p, &wrong).await;
+}
+
+#[tokio::test]
+async fn destination_rule_subject_alt_names_override_the_endpoint_identity() {
+    let p = pair(PeerAuthMode::Strict).await;
+    let named = caller(&p, Some(REVIEWS), Some(istio_mutual(&[REVIEWS, SERVICEB]))).await;
+    let r = get(&client(), named.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A new DestinationRule without the server's name applies to the next connection.
+    let narrower = caller_config(&p, Some(SERVICEB), Some(istio_mutual(&[REVIEWS])));
+    named.write_config(narrower.to_json().as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&client(), named.outbound, "/").await;
+        if r.status == 503 {
+            assert!(r.body.contains("connection failure"), "{}", r.body);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new names never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = caller(&p, Some(SERVICEB), Some(istio_mutual(&[REVIEWS]))).await;
+    assert_refused(&p, &other).await;
+}
+
+#[tokio::test]
+async fn an_endpoint_of_unknown_identity_accepts_any_workload_of_the_trust_domain() {
+    let p = pair(PeerAuthMode::Strict).await;
+    let any = caller(&p, None, None).await;
+    let r = get(&client(), any.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(any.app.tls.as_ref().unwrap().expected_sets(), 0);
+}
+
+#[tokio::test]
+async fn the_server_reports_its_own_principal_on_mtls_requests() {
+    let p = pair(PeerAuthMode::Permissive).await;
+    let r = get(&client(), p.outbound.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&client(), p.inbound_addr, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = metrics(p.inbound.prometheus).await;
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("destination_principal", SERVICEB),
+        ],
+    );
+    // Plaintext: nobody proved an identity, so it stays unknown.
+    assert_sample(
+        &m,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "none"),
+            ("destination_principal", "unknown"),
+        ],
     );
 }

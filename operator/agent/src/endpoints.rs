@@ -1,15 +1,16 @@
 //! The endpoints of every service, as the local proxies need them: for each (service host,
-//! service port), the ready pod addresses with their target port and their pod's labels (which
-//! select DestinationRule subsets).
+//! service port), the ready pod addresses with their target port, their pod's labels (which
+//! select DestinationRule subsets) and their pod's service account (which names the identity the
+//! pod's proxy must present: secure naming).
 //!
-//! A pure index fed by three watches (Services, EndpointSlices, Pod metadata; see
+//! A pure index fed by three watches (Services, EndpointSlices, Pods; see
 //! [`crate::endpoints_feed`]) and read as a full [`EndpointsEvent`] snapshot, the line type of
 //! `GET /v1/endpoints`. An endpoint is left out when its slice says it is not ready or is
 //! terminating, or when its pod is being deleted or is not (or no longer) known.
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mizzen_identity::workload_api::Version;
@@ -45,6 +46,48 @@ pub struct Endpoint {
     pub port: u16,
     /// The pod's labels (empty for endpoints that are not pods).
     pub labels: BTreeMap<String, String>,
+    /// The pod's service account; absent for endpoints that are not pods. Added after the
+    /// first release: proxies that predate it ignore it, and read none from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+/// A pod's service account, which names the SPIFFE identity its proxy serves
+/// (`spiffe://<trust-domain>/ns/<namespace>/sa/<name>`; the proxy adds its trust domain).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceAccountRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// What the index keeps of a pod: its metadata, slimmed to what matters (name, namespace,
+/// labels, deletion), and its service account. Made from each watched Pod at once, so the
+/// rest of the object is not held.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodSummary {
+    pub meta: ObjectMeta,
+    /// `spec.serviceAccountName` (`default` when unset, as the API server fills it in).
+    pub service_account: String,
+}
+
+impl PodSummary {
+    pub fn of(pod: Pod) -> Self {
+        let meta = pod.metadata;
+        PodSummary {
+            meta: ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                labels: meta.labels,
+                deletion_timestamp: meta.deletion_timestamp,
+                ..Default::default()
+            },
+            service_account: pod
+                .spec
+                .and_then(|s| s.service_account_name)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".to_string()),
+        }
+    }
 }
 
 impl EndpointsEvent {
@@ -80,6 +123,7 @@ struct Slice {
 #[derive(Clone, Debug, PartialEq)]
 struct PodMeta {
     labels: BTreeMap<String, String>,
+    service_account: String,
     deleting: bool,
 }
 
@@ -195,14 +239,15 @@ impl EndpointsIndex {
         all.into_iter().for_each(|s| self.apply_slice(s));
     }
 
-    /// A pod's metadata (from a metadata-only watch: labels and deletion are all that matter).
-    pub fn apply_pod(&mut self, meta: &ObjectMeta) {
-        let Some(k) = key(meta) else { return };
+    /// A pod: its labels, service account and whether it is being deleted.
+    pub fn apply_pod(&mut self, pod: &PodSummary) {
+        let Some(k) = key(&pod.meta) else { return };
         self.pods.insert(
             k,
             PodMeta {
-                labels: meta.labels.clone().unwrap_or_default(),
-                deleting: meta.deletion_timestamp.is_some(),
+                labels: pod.meta.labels.clone().unwrap_or_default(),
+                service_account: pod.service_account.clone(),
+                deleting: pod.meta.deletion_timestamp.is_some(),
             },
         );
     }
@@ -211,7 +256,7 @@ impl EndpointsIndex {
         self.pods.remove(&(namespace.to_string(), name.to_string()));
     }
 
-    pub fn replace_pods<'a>(&mut self, all: impl IntoIterator<Item = &'a ObjectMeta>) {
+    pub fn replace_pods<'a>(&mut self, all: impl IntoIterator<Item = &'a PodSummary>) {
         self.pods.clear();
         all.into_iter().for_each(|m| self.apply_pod(m));
     }
@@ -241,10 +286,16 @@ impl EndpointsIndex {
                 };
                 let list = out.entry((host.clone(), *service_port)).or_default();
                 for (address, pod) in &slice.endpoints {
-                    let labels = match pod {
-                        None => BTreeMap::new(),
+                    let (labels, service_account) = match pod {
+                        None => (BTreeMap::new(), None),
                         Some(pod_key) => match self.pods.get(pod_key) {
-                            Some(meta) if !meta.deleting => meta.labels.clone(),
+                            Some(meta) if !meta.deleting => (
+                                meta.labels.clone(),
+                                Some(ServiceAccountRef {
+                                    namespace: pod_key.0.clone(),
+                                    name: meta.service_account.clone(),
+                                }),
+                            ),
                             _ => continue,
                         },
                     };
@@ -252,6 +303,7 @@ impl EndpointsIndex {
                         address: address.clone(),
                         port: target,
                         labels,
+                        service_account,
                     });
                 }
             }
@@ -306,10 +358,16 @@ mod tests {
             "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod}})
     }
 
-    fn pod(name: &str, version: &str) -> ObjectMeta {
-        serde_json::from_value(json!({"name": name, "namespace": "shop",
-            "labels": {"app": "reviews", "version": version}}))
-        .unwrap()
+    fn pod(name: &str, version: &str) -> PodSummary {
+        PodSummary::of(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "shop",
+                    "labels": {"app": "reviews", "version": version},
+                    "annotations": {"big": "dropped"}},
+                "spec": {"serviceAccountName": format!("reviews-{version}"), "containers": []}
+            }))
+            .unwrap(),
+        )
     }
 
     fn index() -> EndpointsIndex {
@@ -380,7 +438,7 @@ mod tests {
             ep("10.0.0.1", "r1", true)
         ])));
         let mut deleting = pod("r1", "v1");
-        deleting.deletion_timestamp =
+        deleting.meta.deletion_timestamp =
             Some(serde_json::from_value(json!("2026-11-22T00:00:00Z")).unwrap());
         index.apply_pod(&deleting);
         assert_eq!(addresses(&index.snapshot())[0].2, "10.0.0.2:8080");
@@ -428,9 +486,43 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_carry_their_pods_service_account() {
+        let snap = index().snapshot();
+        let accounts: Vec<Option<(String, String)>> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.service_account
+                    .as_ref()
+                    .map(|sa| (sa.namespace.clone(), sa.name.clone()))
+            })
+            .collect();
+        assert_eq!(
+            accounts,
+            [
+                Some(("shop".into(), "reviews-v1".into())),
+                Some(("shop".into(), "reviews-v2".into()))
+            ]
+        );
+        // A pod that names none runs as `default`; only what the index needs is kept.
+        let bare = PodSummary::of(
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "shop",
+                "annotations": {"a": "b"}}}))
+            .unwrap(),
+        );
+        assert_eq!(bare.service_account, "default");
+        assert_eq!(bare.meta.annotations, None);
+        // Endpoints that are not pods have no account, and the field is then left out.
+        let mut index = index();
+        index.apply_slice(&slice(json!([{"addresses": ["192.168.1.9"]}])));
+        let line = index.snapshot().to_line();
+        assert!(!line.contains("service_account"), "{line}");
+    }
+
+    #[test]
     fn wire_form() {
         let line = index().snapshot().to_line();
-        assert!(line.starts_with(r#"{"v":1,"services":[{"host":"reviews.shop.svc.cluster.local","port":9080,"endpoints":[{"address":"10.0.0.1","port":8080,"labels":{"app":"reviews","version":"v1"}}"#), "{line}");
+        assert!(line.starts_with(r#"{"v":1,"services":[{"host":"reviews.shop.svc.cluster.local","port":9080,"endpoints":[{"address":"10.0.0.1","port":8080,"labels":{"app":"reviews","version":"v1"},"service_account":{"namespace":"shop","name":"reviews-v1"}}"#), "{line}");
         assert_eq!(
             EndpointsEvent::from_line(&line).unwrap(),
             index().snapshot()

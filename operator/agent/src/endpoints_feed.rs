@@ -1,6 +1,10 @@
-//! Feeds the [`EndpointsIndex`] from one watch each of Services, EndpointSlices and Pod metadata
+//! Feeds the [`EndpointsIndex`] from one watch each of Services, EndpointSlices and Pods
 //! (cluster-wide, once per node, as kube-proxy does) and publishes a snapshot after each burst of
 //! changes has been quiet for the debounce interval.
+//!
+//! Pods are watched whole, not as metadata only: the service account (`spec`) names the identity
+//! each endpoint's proxy must present. Each Pod is cut down to a [`PodSummary`] as it arrives, so
+//! the extra cost is decoding, not memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,19 +13,18 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::endpoints::{EndpointsEvent, EndpointsIndex};
+use crate::endpoints::{EndpointsEvent, EndpointsIndex, PodSummary};
 
 /// One change to the index.
 pub enum Change {
     /// Boxed: a Service event is twice the size of the others.
     Service(Box<watcher::Event<Service>>),
     Slice(watcher::Event<EndpointSlice>),
-    Pod(watcher::Event<ObjectMeta>),
+    Pod(watcher::Event<PodSummary>),
 }
 
 /// Objects gathered during a relist, swapped in when it is done.
@@ -29,7 +32,7 @@ pub enum Change {
 struct Relists {
     services: Option<Vec<Service>>,
     slices: Option<Vec<EndpointSlice>>,
-    pods: Option<Vec<ObjectMeta>>,
+    pods: Option<Vec<PodSummary>>,
 }
 
 /// Applies one watch event of one kind; true when the index changed.
@@ -90,10 +93,10 @@ const SLICES: Ops<EndpointSlice> = Ops {
     replace: |i, all| i.replace_slices(all),
 };
 
-const PODS: Ops<ObjectMeta> = Ops {
-    apply: |i, m| i.apply_pod(m),
-    delete: |i, m| {
-        let (ns, name) = ns_name(m);
+const PODS: Ops<PodSummary> = Ops {
+    apply: |i, p| i.apply_pod(p),
+    delete: |i, p| {
+        let (ns, name) = ns_name(&p.meta);
         i.delete_pod(ns, name)
     },
     replace: |i, all| i.replace_pods(all),
@@ -174,12 +177,9 @@ pub fn cluster_changes(client: kube::Client) -> impl Stream<Item = Change> + Sen
     )
     .default_backoff()
     .filter_map(|e| async { log_err(e).map(Change::Slice) });
-    let pods = watcher(
-        kube::Api::<PartialObjectMeta<Pod>>::all(client),
-        Default::default(),
-    )
-    .default_backoff()
-    .filter_map(|e| async { log_err(e).map(|e| Change::Pod(e.map_metadata())) });
+    let pods = watcher(kube::Api::<Pod>::all(client), Default::default())
+        .default_backoff()
+        .filter_map(|e| async { log_err(e).map(|e| Change::Pod(summarize(e))) });
     futures::stream::select(services, futures::stream::select(slices, pods))
 }
 
@@ -189,20 +189,14 @@ fn log_err<T>(event: Result<T, watcher::Error>) -> Option<T> {
         .ok()
 }
 
-/// The metadata of a metadata-only watch event.
-trait MapMetadata {
-    fn map_metadata(self) -> watcher::Event<ObjectMeta>;
-}
-
-impl MapMetadata for watcher::Event<PartialObjectMeta<Pod>> {
-    fn map_metadata(self) -> watcher::Event<ObjectMeta> {
-        match self {
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-            watcher::Event::InitApply(p) => watcher::Event::InitApply(p.metadata),
-            watcher::Event::Apply(p) => watcher::Event::Apply(p.metadata),
-            watcher::Event::Delete(p) => watcher::Event::Delete(p.metadata),
-        }
+/// A Pod watch event with the pod cut down to what the index keeps.
+fn summarize(event: watcher::Event<Pod>) -> watcher::Event<PodSummary> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(p) => watcher::Event::InitApply(PodSummary::of(p)),
+        watcher::Event::Apply(p) => watcher::Event::Apply(PodSummary::of(p)),
+        watcher::Event::Delete(p) => watcher::Event::Delete(PodSummary::of(p)),
     }
 }
 

@@ -118,6 +118,7 @@ fn tls(t: &dr::ClientTlsSettings) -> pc::ClientTls {
         client_certificate: t.client_certificate.clone(),
         private_key: t.private_key.clone(),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+        credential_name: t.credential_name.clone(),
     }
 }
 
@@ -206,5 +207,29 @@ mod tests {
         let m = merge(Some(&base), &sub);
         assert_eq!(m.load_balancer, Some(pc::LoadBalancer::Random));
         assert_eq!(m.connection_pool, base.connection_pool);
+    }
+
+    #[test]
+    fn origination_settings_reach_the_proxy_credential_name_included() {
+        let t: dr::ClientTlsSettings = serde_json::from_value(serde_json::json!({
+            "mode": "MUTUAL",
+            "clientCertificate": "/etc/certs/client.pem",
+            "privateKey": "/etc/certs/client.key",
+            "caCertificates": "/etc/certs/ca.pem",
+            "subjectAltNames": ["api.example.com"],
+            "sni": "api.example.com",
+            "credentialName": "client-credential"
+        }))
+        .unwrap();
+        let out = tls(&t);
+        assert_eq!(out.mode, pc::ClientTlsMode::Mutual);
+        assert_eq!(
+            out.client_certificate.as_deref(),
+            Some("/etc/certs/client.pem")
+        );
+        assert_eq!(out.ca_certificates.as_deref(), Some("/etc/certs/ca.pem"));
+        assert_eq!(out.subject_alt_names, ["api.example.com"]);
+        // Carried so the sidecar can refuse it by name (gateway-only in Istio).
+        assert_eq!(out.credential_name.as_deref(), Some("client-credential"));
     }
 }

@@ -194,6 +194,10 @@ pub struct ClientTls {
     pub private_key: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// A Secret for the client credentials: gateway-only in Istio. Carried so that a sidecar
+    /// can refuse it by name instead of silently sending without a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -186,7 +186,7 @@ impl CertStore {
 }
 
 /// Which server identities a client accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ExpectedPeer {
     /// Any workload of our own trust domain whose chain verifies.
     Any,
@@ -203,6 +203,19 @@ pub struct UnexpectedPeer {
 }
 
 impl ExpectedPeer {
+    /// Exactly the identities `ids`, in a canonical order so that equal sets compare (and hash)
+    /// equal and can share one client config. No identities: [`ExpectedPeer::Any`], the
+    /// destination's identity being unknown.
+    pub fn one_of(ids: impl IntoIterator<Item = SpiffeId>) -> ExpectedPeer {
+        let mut ids: Vec<SpiffeId> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return ExpectedPeer::Any;
+        }
+        ids.sort();
+        ids.dedup();
+        ExpectedPeer::OneOf(ids)
+    }
+
     fn check(&self, ours: &SpiffeId, got: SpiffeId) -> Result<(), UnexpectedPeer> {
         let ok = match self {
             ExpectedPeer::Any => got.trust_domain() == ours.trust_domain(),
@@ -473,5 +486,16 @@ mod tests {
              [`spiffe://cluster.local/ns/a/sa/x`]"
         );
         assert!(one_of.check(&ours, ours.clone()).is_ok());
+    }
+
+    #[test]
+    fn one_of_is_canonical_and_empty_means_any() {
+        let a = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/x").unwrap();
+        let b = SpiffeId::parse("spiffe://cluster.local/ns/b/sa/y").unwrap();
+        assert_eq!(
+            ExpectedPeer::one_of([b.clone(), a.clone(), b.clone()]),
+            ExpectedPeer::OneOf(vec![a, b])
+        );
+        assert_eq!(ExpectedPeer::one_of(Vec::new()), ExpectedPeer::Any);
     }
 }

@@ -21,12 +21,13 @@ use hyper::{
     client::conn::{TrySendError, http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mizzen_identity::ExpectedPeer;
 use mizzen_resilience::UpstreamError;
 use tokio::net::TcpStream;
 
 use super::body::{Body, BoxError};
 use crate::{
-    mtls::{Alpn, MeshTls},
+    mtls::{Alpn, MeshTls, origination::Originator},
     stream::Stream,
 };
 
@@ -44,16 +45,31 @@ pub struct PoolSettings {
 /// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// A pool's connections are told apart by endpoint and by whether they are mesh mTLS.
+/// A pool's connections are told apart by endpoint and by whether they are TLS. (Which TLS
+/// is the upstream's policy: an upstream whose `tls` changes gets a new pool.)
 type Key = (Authority, bool);
 type ByEndpoint<T> = Mutex<HashMap<Key, T, foldhash::fast::RandomState>>;
 
-/// Mesh mTLS for a connection: this proxy's TLS and the service it is for (SNI).
+/// Mesh mTLS for a connection: this proxy's TLS, the service it is for (SNI) and the server
+/// identities it accepts (secure naming).
 #[derive(Clone, Copy)]
 pub struct MeshHop<'a> {
     pub tls: &'a MeshTls,
     pub host: &'a str,
     pub port: u16,
+    pub expected: &'a ExpectedPeer,
+}
+
+/// TLS on the hop to an endpoint: mesh mTLS to a sidecar, or TLS originated to a destination
+/// outside the mesh (DestinationRule `SIMPLE` / `MUTUAL`).
+#[derive(Clone, Copy)]
+pub enum Hop<'a> {
+    Mesh(MeshHop<'a>),
+    Originate {
+        tls: &'a Originator,
+        /// The destination's name (SNI unless the DestinationRule sets one).
+        host: &'a str,
+    },
 }
 
 /// The connections of one upstream, by endpoint.
@@ -101,11 +117,11 @@ impl Pool {
         &self,
         endpoint: &Authority,
         h2: bool,
-        mesh: Option<MeshHop<'_>>,
+        hop: Option<Hop<'_>>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let key = (endpoint.clone(), mesh.is_some());
-        let target = Target { key: &key, mesh };
+        let key = (endpoint.clone(), hop.is_some());
+        let target = Target { key: &key, hop };
         let (mut resp, peer) = if h2 {
             self.send_h2(target, req).await?
         } else {
@@ -266,35 +282,44 @@ impl Pool {
         Ok((tx, peer))
     }
 
-    /// A new stream to the endpoint: TCP, then mesh mTLS when the hop is one.
+    /// A new stream to the endpoint: TCP, then mesh mTLS or originated TLS when the hop is one.
+    /// A server that fails verification (another identity than the expected ones, an unknown
+    /// CA) is a connection failure, as in Envoy (503 UF).
     async fn open(
         &self,
         target: Target<'_>,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
         let tcp = connect(&target.key.0, self.settings.connect_timeout).await?;
-        let (stream, peer) = match target.mesh {
+        let (stream, peer) = match target.hop {
             None => (Stream::Plain(tcp), None),
-            Some(hop) => {
+            Some(Hop::Mesh(hop)) => {
                 let tls = hop
                     .tls
-                    .connect(tcp, hop.host, hop.port, alpn)
+                    .connect_expecting(tcp, hop.host, hop.port, alpn, hop.expected)
                     .await
                     .map_err(UpstreamError::connect_failure)?;
                 let peer = mizzen_identity::tls::peer_identity(tls.get_ref().1)
                     .map(|id| Arc::from(id.uri()));
                 (Stream::Mtls(Box::new(tls)), peer)
             }
+            Some(Hop::Originate { tls, host }) => {
+                let tls = tls
+                    .connect(tcp, host, alpn)
+                    .await
+                    .map_err(UpstreamError::connect_failure)?;
+                (Stream::Mtls(Box::new(tls)), None)
+            }
         };
         Ok((TokioIo::new(stream), peer))
     }
 }
 
-/// Where one request goes: the pool key and, for a mesh hop, its mTLS.
+/// Where one request goes: the pool key and the TLS of its hop, if any.
 #[derive(Clone, Copy)]
 struct Target<'a> {
     key: &'a Key,
-    mesh: Option<MeshHop<'a>>,
+    hop: Option<Hop<'a>>,
 }
 
 /// The request back when it was never written, else the error.

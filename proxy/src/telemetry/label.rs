@@ -108,6 +108,10 @@ pub struct PeerLabels {
     pub principal: Label,
     pub app: Label,
     pub version: Label,
+    /// For this proxy's own workload: `/ns/<namespace>/sa/<service-account>`, the path of the
+    /// identity it serves, which becomes its principal once a connection is mTLS. Empty for
+    /// other peers.
+    pub served_identity: Label,
 }
 
 impl Default for PeerLabels {
@@ -118,6 +122,7 @@ impl Default for PeerLabels {
             principal: Label::UNKNOWN,
             app: Label::UNKNOWN,
             version: Label::UNKNOWN,
+            served_identity: Label::EMPTY,
         }
     }
 }
@@ -131,6 +136,15 @@ impl PeerLabels {
             principal: Label::UNKNOWN,
             app: Label::or_unknown(&w.app),
             version: Label::or_unknown(&w.version),
+            served_identity: Label::from(format!(
+                "/ns/{}/sa/{}",
+                w.namespace,
+                if w.service_account.is_empty() {
+                    "default"
+                } else {
+                    &w.service_account
+                }
+            )),
         }
     }
 
@@ -146,15 +160,27 @@ impl PeerLabels {
             principal: Label::UNKNOWN,
             app: label("app").unwrap_or(Label::UNKNOWN),
             version: label("version").unwrap_or(Label::UNKNOWN),
+            served_identity: Label::EMPTY,
         }
     }
 }
 
 impl LabelParts {
-    /// A meshed peer on the inbound side: the security policy is `mutual_tls` and the source
-    /// is known by its SPIFFE identity (its namespace is the id's).
+    /// A meshed peer on the inbound side: the security policy is `mutual_tls`, the source is
+    /// known by its SPIFFE identity (its namespace is the id's), and the destination — this
+    /// workload — by the identity it served, in the peer's trust domain (one mesh: the server
+    /// accepts only chains to its own roots). That is the workload's own id, the only one the
+    /// node agent signs for it; with certificate files, they must be the workload's.
     pub fn mtls_source(&mut self, spiffe_uri: &str) {
         self.security_policy = Label::Static("mutual_tls");
+        let served = self.destination.served_identity.as_str();
+        if !served.is_empty()
+            && let Some(td) = spiffe_uri
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.split('/').next())
+        {
+            self.destination.principal = Label::from(format!("spiffe://{td}{served}"));
+        }
         self.source.principal = Label::from(spiffe_uri);
         if let Some(ns) = spiffe_uri
             .split("/ns/")
@@ -237,6 +263,46 @@ mod tests {
         let p = PeerLabels::of_endpoint(&l(&[("workload", "reviews-v2")]), &ns);
         assert_eq!(p.workload.as_str(), "reviews-v2");
         assert_eq!(p.app, Label::UNKNOWN);
+    }
+
+    #[test]
+    fn inbound_mtls_names_both_principals() {
+        let workload = Workload {
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            ..Default::default()
+        };
+        let mut parts = LabelParts {
+            destination: PeerLabels::of_workload(&workload),
+            ..Default::default()
+        };
+        assert_eq!(parts.destination.principal, Label::UNKNOWN);
+        parts.mtls_source("spiffe://corp.example/ns/web/sa/frontend");
+        assert_eq!(
+            parts.source.principal.as_str(),
+            "spiffe://corp.example/ns/web/sa/frontend"
+        );
+        assert_eq!(parts.source.namespace.as_str(), "web");
+        assert_eq!(
+            parts.destination.principal.as_str(),
+            "spiffe://corp.example/ns/shop/sa/reviews"
+        );
+        // A pod that names no account serves `default`; a remote peer's labels serve nothing.
+        let mut parts = LabelParts {
+            destination: PeerLabels::of_workload(&Workload {
+                namespace: "shop".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        parts.mtls_source("spiffe://cluster.local/ns/web/sa/frontend");
+        assert_eq!(
+            parts.destination.principal.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/default"
+        );
+        let mut parts = LabelParts::default();
+        parts.mtls_source("spiffe://cluster.local/ns/web/sa/frontend");
+        assert_eq!(parts.destination.principal, Label::UNKNOWN);
     }
 
     #[test]
