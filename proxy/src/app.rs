@@ -253,7 +253,10 @@ impl App {
             let shared = shared.clone();
             match job {
                 Job::Proxy(l, role) => {
-                    tokio::spawn(listener::serve(l, role, shared));
+                    let serving = shared.clone();
+                    tokio::spawn(listener::serve(l, serving, move |stream, peer| {
+                        listener::connection(stream, peer, role.clone(), shared.clone())
+                    }));
                 }
                 Job::Gateway(l, port) => gateway_ports.push((port, l)),
                 Job::Admin(l, port) => {

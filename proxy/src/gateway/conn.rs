@@ -20,7 +20,7 @@ use super::{
     request::{self, Conn},
     sni::{self, Hello},
 };
-use crate::{app::Shared, http::server, tcp};
+use crate::{app::Shared, http::server, listener, tcp};
 
 /// How long a client may take to send its ClientHello, or its first bytes on a port that
 /// takes both TLS and plaintext.
@@ -29,36 +29,18 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// Accepts on the server port `port` until draining starts; each connection runs in its own
-/// task, tracked by the drain.
+/// Accepts on the server port `port` until draining starts (through the sidecar's accept
+/// loop, [`listener::serve`]).
 pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     let Some(gateway) = shared.gateway.clone() else {
         return;
     };
-    let mut shutdown = shared.drain.signal();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let (shared, gateway) = (shared.clone(), gateway.clone());
-                    let guard = shared.drain.track();
-                    let span = tracing::debug_span!("gateway", %peer, port);
-                    tokio::spawn(
-                        async move {
-                            connection(stream, peer, port, gateway, shared).await;
-                            drop(guard);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = crate::drain::Drain::started(&mut shutdown) => return,
-        }
-    }
+    let serving = shared.clone();
+    listener::serve(listener, serving, move |stream, peer| {
+        let span = tracing::debug_span!("gateway", %peer, port);
+        connection(stream, peer, port, gateway.clone(), shared.clone()).instrument(span)
+    })
+    .await;
 }
 
 async fn connection(

@@ -58,13 +58,14 @@ async fn handle_inner(
     let plan = gateway.plan(&snap);
     let (mut parts, body) = req.into_parts();
     let authority = request_authority(&parts).unwrap_or_default();
-    let path_and_query = path_and_query(&parts);
+    let target = path_and_query(&parts);
+    let path_and_query = target.as_str();
     let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "source",
         &mut parts,
         &authority,
-        &path_and_query,
+        path_and_query,
         conn.peer,
     );
     let body = ex.counted_body(body);
@@ -81,7 +82,7 @@ async fn handle_inner(
                 port: site.port,
                 method: &parts.method,
                 scheme: conn.scheme,
-                path_and_query: &path_and_query,
+                path_and_query,
                 headers: &parts.headers,
                 source_labels: &shared.workload.labels,
                 source_namespace: &shared.workload.namespace,

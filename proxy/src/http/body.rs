@@ -92,7 +92,9 @@ impl HttpBody for Counted {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 } else if let Some(t) = frame.trailers_ref()
-                    && let Some(v) = t.get("grpc-status").and_then(|v| v.to_str().ok())
+                    && let Some(v) = t
+                        .get(super::headers::GRPC_STATUS)
+                        .and_then(|v| v.to_str().ok())
                 {
                     this.grpc_status = Some(v.to_string());
                 }

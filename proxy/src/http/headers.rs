@@ -1,9 +1,11 @@
 //! Header hygiene at the proxy boundary.
 
-use http::{HeaderMap, HeaderName, header, request::Parts};
+use http::{HeaderMap, HeaderName, header, request::Parts, uri::PathAndQuery};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Named once: a lookup by `&str` parses the name every time.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Hop-by-hop headers: they describe one connection and are never forwarded (RFC 9110 §7.6.1).
 /// `te: trailers` survives, since gRPC needs it.
@@ -69,12 +71,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     .contains(name)
 }
 
-/// The request target's path and query, `/` when it has none.
-pub fn path_and_query(parts: &Parts) -> String {
+/// The request target's path and query, `/` when it has none: a copy that shares the URI's
+/// bytes rather than a new string.
+pub fn path_and_query(parts: &Parts) -> PathAndQuery {
     parts
         .uri
         .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Whether a request asks to switch protocols (WebSocket and the like) over HTTP/1.1.

@@ -36,13 +36,14 @@ async fn handle_inner(
     let snap = shared.store.current();
     let (mut parts, body) = req.into_parts();
     let authority = super::headers::request_authority(&parts).unwrap_or_default();
-    let path = path_and_query(&parts);
+    let target = path_and_query(&parts);
+    let path = target.as_str();
     let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "destination",
         &mut parts,
         &authority,
-        &path,
+        path,
         conn.peer,
     );
     if let Identity::Spiffe(id) = &conn.identity {

@@ -1,7 +1,7 @@
 //! The outbound request path: what the app sends out. Route with the config's route table,
 //! then through the route's resilience layers to a balanced endpoint of the chosen upstream.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -47,18 +47,21 @@ async fn handle_inner(
 ) -> Result<Response<Body>, Infallible> {
     let snap = shared.store.current();
     let (mut parts, body) = req.into_parts();
-    let authority = match &conn.service_host {
-        Some(h) => h.clone(),
-        None => super::headers::request_authority(&parts)
-            .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
+    let authority: Cow<'_, str> = match &conn.service_host {
+        Some(h) => Cow::Borrowed(h),
+        None => Cow::Owned(
+            super::headers::request_authority(&parts)
+                .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
+        ),
     };
-    let path_and_query = path_and_query(&parts);
+    let target = path_and_query(&parts);
+    let path_and_query = target.as_str();
     let mut ex = Exchange::start(
         shared.telemetry.clone(),
         "source",
         &mut parts,
         &authority,
-        &path_and_query,
+        path_and_query,
         conn.peer,
     );
     let body = ex.counted_body(body);
@@ -68,7 +71,7 @@ async fn handle_inner(
         port: conn.port,
         method: &parts.method,
         scheme: "http",
-        path_and_query: &path_and_query,
+        path_and_query,
         headers: &parts.headers,
         source_labels: &shared.workload.labels,
         source_namespace: &shared.workload.namespace,
@@ -141,11 +144,10 @@ pub async fn respond(
     } = at;
     let upgrade = is_upgrade(&parts.headers);
     let cors = decision.cors();
-    let origin = parts
-        .headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let origin = cors.and_then(|_| {
+        let origin = parts.headers.get(header::ORIGIN)?;
+        origin.to_str().ok().map(str::to_string)
+    });
     if let Some(policy) = cors
         && let Preflight::Respond(head) = policy.preflight(&parts.method, &parts.headers)
     {
@@ -293,6 +295,8 @@ where
         + 'static,
     S::Future: Send,
 {
+    // Boxed first: awaited inside the async block, the future's `Send` would have to hold for
+    // every lifetime of the boxed error type, which the compiler cannot show.
     let fut: futures::future::BoxFuture<'static, Result<Response<Body>, body::BoxError>> =
         Box::pin(svc.oneshot(req));
     Box::pin(async move {

@@ -16,7 +16,7 @@ use crate::{
     http::{
         body::{Body, BodyEnd, Counted, OnEnd},
         client::PeerPrincipal,
-        headers::request_protocol,
+        headers::{GRPC_STATUS, request_protocol},
     },
     telemetry::{
         AccessLogEntry, Label, LabelParts, PeerLabels, RequestLabels, ServiceLabels, Telemetry,
@@ -169,7 +169,7 @@ impl Exchange {
         }
         if let Some(g) = response
             .headers()
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
         {
             self.grpc_status = Label::from(g);

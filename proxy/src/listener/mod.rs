@@ -11,7 +11,7 @@
 mod detect;
 mod orig_dst;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use mizzen_policy::MtlsMode;
 use mizzen_proxy_config::Protocol;
@@ -81,24 +81,25 @@ const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long an mTLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts until shutdown; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
+/// Accepts until draining starts; each connection runs in its own task, tracked by the drain,
+/// as the future `handler` makes of it. The one accept loop of the sidecar's listeners and the
+/// gateway's server ports.
+pub async fn serve<H, F>(listener: TcpListener, shared: Arc<Shared>, handler: H)
+where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut shutdown = shared.drain.signal();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    let role = role.clone();
                     let guard = shared.drain.track();
-                    let span = tracing::debug_span!("conn", %peer, role = role.name());
-                    tokio::spawn(
-                        async move {
-                            connection(stream, peer, role, shared).await;
-                            drop(guard);
-                        }
-                        .instrument(span),
-                    );
+                    let conn = handler(stream, peer);
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(guard);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -110,7 +111,19 @@ pub async fn serve(listener: TcpListener, role: Role, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, role: Role, shared: Arc<Shared>) {
+/// A sidecar connection accepted on a listener of `role` (the handler [`serve`] takes): to
+/// the HTTP server or TCP forwarder of its direction, through mTLS where the policy says.
+pub fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let span = tracing::debug_span!("conn", %peer, role = role.name());
+    dispatch(stream, peer, role, shared).instrument(span)
+}
+
+async fn dispatch(stream: TcpStream, peer: SocketAddr, role: Role, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,

@@ -1,6 +1,7 @@
 //! Trace context: `x-request-id`, W3C `traceparent`/`tracestate` and B3 headers pass through
 //! untouched; the proxy creates what is missing so every request carries an id and a trace.
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngExt;
 
@@ -20,21 +21,22 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// A random UUID version 4, as the header value it becomes.
-fn uuid_v4() -> HeaderValue {
+/// A random UUID version 4 into `out`.
+fn uuid_v4(out: &mut [u8; 36]) {
     let mut b = rand::rng().random::<u128>().to_le_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = [b'-'; 36];
+    out.fill(b'-');
     for (range, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
         let len = 2 * range.len();
         hex_into(&b[range], &mut out[at..at + len]);
     }
-    header_value(&out)
 }
 
-fn header_value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).expect("hex digits and dashes are a valid header value")
+/// A header value made by the proxy (hex digits and dashes), sharing `buf`'s allocation.
+fn header_value(buf: &Bytes, range: std::ops::Range<usize>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(buf.slice(range))
+        .expect("hex digits and dashes are a valid header value")
 }
 
 fn is_hex(s: &[u8]) -> bool {
@@ -55,64 +57,119 @@ fn parse_traceparent(v: &[u8]) -> Option<(&[u8], &[u8], bool)> {
     ok.then(|| (&v[TRACE_ID], &v[SPAN_ID], v[54] & 1 == 1))
 }
 
-/// Adds what is missing and returns the request id.
+/// The trace-context headers a request arrived with (the first value of each).
+#[derive(Default)]
+struct Arrived {
+    request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+    b3_trace_id: Option<HeaderValue>,
+    b3_span_id: Option<HeaderValue>,
+}
+
+impl Arrived {
+    /// One pass over the request's few headers: cheaper than a hashed lookup per name, and
+    /// most requests from an app carry none of these.
+    fn of(headers: &HeaderMap) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let slot = if name == X_REQUEST_ID {
+                &mut found.request_id
+            } else if name == TRACEPARENT {
+                &mut found.traceparent
+            } else if name == B3_TRACE_ID {
+                &mut found.b3_trace_id
+            } else if name == B3_SPAN_ID {
+                &mut found.b3_span_id
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Where the values the proxy makes sit in their one buffer.
+const MADE_ID: std::ops::Range<usize> = 0..36;
+const MADE_TP: std::ops::Range<usize> = 36..36 + TRACEPARENT_LEN;
+
+/// Adds what is missing and returns the request id. What the proxy makes (request id,
+/// traceparent, its B3 mirror) shares one allocation.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let request_id = match headers.get(X_REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
+    let arrived = Arrived::of(headers);
+    let b3_trace = arrived.b3_trace_id.as_ref().map(HeaderValue::as_bytes);
+    let mut buf = [b'0'; MADE_TP.end];
+    let make_id = arrived
+        .request_id
+        .as_ref()
+        .is_none_or(HeaderValue::is_empty);
+    if make_id {
+        let id: &mut [u8; 36] = (&mut buf[MADE_ID]).try_into().expect("36 bytes");
+        uuid_v4(id);
+    }
+    let make_tp = arrived.traceparent.is_none();
+    if make_tp {
+        // Continue a B3 trace when there is one, else start a new trace.
+        let tp = &mut buf[MADE_TP];
+        tp.copy_from_slice(b"00-00000000000000000000000000000000-0000000000000000-01");
+        let mut rng = rand::rng();
+        match b3_trace.filter(|t| is_b3_id(t, &[32, 16])) {
+            Some(t) => tp[TRACE_ID.end - t.len()..TRACE_ID.end].copy_from_slice(t),
+            None => hex_into(&rng.random::<u128>().to_le_bytes(), &mut tp[TRACE_ID]),
+        }
+        let b3_span = arrived.b3_span_id.as_ref().map(HeaderValue::as_bytes);
+        match b3_span.filter(|s| is_b3_id(s, &[16])) {
+            Some(s) => tp[SPAN_ID].copy_from_slice(s),
+            None => hex_into(&rng.random::<u64>().to_le_bytes(), &mut tp[SPAN_ID]),
+        }
+    }
+    // Mirror the W3C context into B3 for Zipkin-era applications: the traceparent made here,
+    // or the caller's when it is well-formed.
+    let mirror = match (b3_trace, &arrived.traceparent) {
+        (Some(_), _) => None,
+        (None, None) => Some((MADE_TP.start, true)),
+        (None, Some(tp)) => parse_traceparent(tp.as_bytes()).map(|(_, _, sampled)| {
+            buf[MADE_TP].copy_from_slice(tp.as_bytes());
+            (MADE_TP.start, sampled)
+        }),
+    };
+    if !make_id && !make_tp && mirror.is_none() {
+        return arrived
+            .request_id
+            .unwrap_or_else(|| HeaderValue::from_static(""));
+    }
+    let made = Bytes::copy_from_slice(&buf);
+    headers.reserve(5);
+    let request_id = match arrived.request_id {
+        Some(id) if !make_id => id,
         _ => {
-            let id = uuid_v4();
+            let id = header_value(&made, MADE_ID);
             headers.insert(X_REQUEST_ID, id.clone());
             id
         }
     };
-    let mut made = None;
-    if !headers.contains_key(TRACEPARENT) {
-        // Continue a B3 trace when there is one, else start a new trace.
-        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        let mut rng = rand::rng();
-        match b3(headers, B3_TRACE_ID, &[32, 16]) {
-            Some(t) => tp[TRACE_ID.end - t.len()..TRACE_ID.end].copy_from_slice(t),
-            None => hex_into(&rng.random::<u128>().to_le_bytes(), &mut tp[TRACE_ID]),
-        }
-        match b3(headers, B3_SPAN_ID, &[16]) {
-            Some(s) => tp[SPAN_ID].copy_from_slice(s),
-            None => hex_into(&rng.random::<u64>().to_le_bytes(), &mut tp[SPAN_ID]),
-        }
-        headers.insert(TRACEPARENT, header_value(&tp));
-        made = Some(tp);
+    if make_tp {
+        headers.insert(TRACEPARENT, header_value(&made, MADE_TP));
     }
-    if !headers.contains_key(B3_TRACE_ID) {
-        // Mirror the W3C context into B3 for Zipkin-era applications.
-        let b3 = match &made {
-            Some(tp) => parse_traceparent(tp),
-            None => headers
-                .get(TRACEPARENT)
-                .and_then(|v| parse_traceparent(v.as_bytes())),
-        }
-        .map(|(trace, span, sampled)| {
-            [
-                header_value(trace),
-                header_value(span),
-                HeaderValue::from_static(if sampled { "1" } else { "0" }),
-            ]
-        });
-        if let Some([trace, span, sampled]) = b3 {
-            headers.insert(B3_TRACE_ID, trace);
-            headers.insert(B3_SPAN_ID, span);
-            headers.insert(B3_SAMPLED, sampled);
-        }
+    if let Some((at, sampled)) = mirror {
+        let trace = at + TRACE_ID.start..at + TRACE_ID.end;
+        let span = at + SPAN_ID.start..at + SPAN_ID.end;
+        headers.insert(B3_TRACE_ID, header_value(&made, trace));
+        headers.insert(B3_SPAN_ID, header_value(&made, span));
+        let sampled = if sampled { "1" } else { "0" };
+        headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
     }
     request_id
 }
 
-/// A B3 id header of one of the allowed hex lengths, lower-cased, or `None`.
-fn b3<'h>(headers: &'h HeaderMap, name: HeaderName, lens: &[usize]) -> Option<&'h [u8]> {
-    let v = headers.get(name)?.as_bytes();
-    let ok = lens.contains(&v.len())
+/// Whether `v` is a B3 id of one of the allowed hex lengths, lower-cased and not all zeros.
+fn is_b3_id(v: &[u8], lens: &[usize]) -> bool {
+    lens.contains(&v.len())
         && v.iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        && v.iter().any(|&b| b != b'0');
-    ok.then_some(v)
+        && v.iter().any(|&b| b != b'0')
 }
 
 #[cfg(test)]
@@ -149,6 +206,20 @@ mod tests {
         assert_eq!(ensure(&mut h), "abc");
         assert_eq!(h.get(TRACEPARENT).unwrap(), tp);
         assert_eq!(h.get("tracestate").unwrap(), "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn replaces_an_empty_request_id_and_keeps_a_callers_complete_context() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        let id = ensure(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
+        assert_eq!(h.get(X_REQUEST_ID).unwrap(), id);
+        // Everything present: nothing is added or changed.
+        let before = h.clone();
+        assert_eq!(ensure(&mut h), id);
+        assert_eq!(h, before);
     }
 
     #[test]

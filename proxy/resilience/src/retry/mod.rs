@@ -185,11 +185,20 @@ impl<S> Retry<S> {
             Some(reader) => (reader, Some(template)),
             None => (template, None),
         };
+        // The head is copied for the first try only when a later try could need it: with
+        // retries off or a body that cannot be sent again, the request goes as it came.
+        let (first_head, parts) = if self.policy.attempts > 0 && template.is_some() {
+            (try_head(&parts, 1), Some(parts))
+        } else {
+            let mut head = parts;
+            head.extensions.insert(Attempt(1));
+            (head, None)
+        };
         // The first try goes to the service `poll_ready` drove.
         let per_try = self.policy.per_try_timeout;
         let mut result = try_once(
             &mut ready,
-            Request::from_parts(try_head(&parts, 1), first_body),
+            Request::from_parts(first_head, first_body),
             per_try,
         )
         .await;
@@ -208,8 +217,11 @@ impl<S> Retry<S> {
                 // With retries off nothing ran out.
                 return finish(result, self.policy.attempts > 0);
             }
-            // Need a body to send again and room in the budget.
-            let Some(replay) = template.as_ref().and_then(ReplayBody::try_clone) else {
+            // Need a head and body to send again and room in the budget.
+            let (Some(parts), Some(replay)) = (
+                parts.as_ref(),
+                template.as_ref().and_then(ReplayBody::try_clone),
+            ) else {
                 return finish(result, false);
             };
             let Some(_permit) = self.budget.try_acquire() else {
@@ -225,7 +237,7 @@ impl<S> Retry<S> {
                 Ok(()) => {
                     try_once(
                         &mut svc,
-                        Request::from_parts(try_head(&parts, retries + 1), replay),
+                        Request::from_parts(try_head(parts, retries + 1), replay),
                         per_try,
                     )
                     .await

@@ -32,6 +32,13 @@ const GRPC_DEADLINE_EXCEEDED: u16 = 1 << 8;
 const GRPC_INTERNAL: u16 = 1 << 9;
 const GRPC_RESOURCE_EXHAUSTED: u16 = 1 << 10;
 const GRPC_UNAVAILABLE: u16 = 1 << 11;
+const GRPC_ANY: u16 = GRPC_CANCELLED
+    | GRPC_DEADLINE_EXCEEDED
+    | GRPC_INTERNAL
+    | GRPC_RESOURCE_EXHAUSTED
+    | GRPC_UNAVAILABLE;
+/// Named once: a lookup by `&str` parses the name every time.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Envoy's default backoff base interval.
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
@@ -107,9 +114,12 @@ impl RetryPolicy {
         {
             return true;
         }
+        if !self.has(GRPC_ANY) {
+            return false;
+        }
         let grpc = response
             .headers()
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u8>().ok());
         match grpc {

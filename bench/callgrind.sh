@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Instructions per request of Mizzen's outbound proxy, counted by callgrind: deterministic
+# where wall-clock time on a shared machine is not, so each change to the request path can be
+# measured on its own. Same pair as bench/proxy.sh (client -> outbound -> inbound -> 1 KiB
+# nginx backend, a config of 100 services), plaintext; only the outbound proxy runs under
+# valgrind. Warm-up requests are made, the counters zeroed, then N requests are counted.
+#
+#   bench/callgrind.sh                  # 2000 requests, 4 connections
+#   N=5000 CONNS=16 bench/callgrind.sh
+#   SIDE=in bench/callgrind.sh          # the inbound proxy instead
+#   TOOL=strace bench/callgrind.sh      # system calls per request (strace -c -f) instead; the
+#                                       # warm-up and start are counted too
+#
+# Prints instructions per request and leaves the profile (for `callgrind_annotate
+# --inclusive=yes`) in $OUT (default /tmp/mizzen-callgrind.out). Needs valgrind, oha, nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mizzen/target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+N="${N:-2000}"
+CONNS="${CONNS:-4}"
+WARMUP="${WARMUP:-200}"
+SIDE="${SIDE:-out}"
+BASE_PORT="${BASE_PORT:-19000}"
+OUT="${OUT:-/tmp/mizzen-callgrind.out}"
+
+if [ -z "${MIZZEN_BIN:-}" ]; then
+  cargo build -q --release -p mizzen-proxy
+fi
+MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
+
+WORK="$(mktemp -d /tmp/mizzen-cg.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+P_BACKEND=$BASE_PORT P_OUT=$((BASE_PORT + 1)) P_IN=$((BASE_PORT + 2))
+mkdir -p "$WORK/www" "$WORK/tmp" "$WORK/out" "$WORK/in"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
+cat >"$WORK/backend.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/backend.pid;
+error_log $WORK/backend.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$P_BACKEND; root $WORK/www; }
+}
+EOF
+nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
+PIDS+=($!)
+
+python3 - "$WORK/out/config.json" "$P_IN" <<'EOF'
+import json, sys
+path, inbound = sys.argv[1], int(sys.argv[2])
+def svc(name, endpoints):
+    return {"host": f"{name}.default.svc.cluster.local", "aliases": [name], "namespace": "default",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "endpoints": endpoints}
+services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}}])]
+for i in range(99):
+    s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
+    s["subsets"] = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
+    s["httpRoutes"] = [{"name": f"default/svc{i:02d}/0", "action": {"route": [
+        {"destination": {"host": s["host"], "subset": "v1"}, "weight": 90},
+        {"destination": {"host": s["host"], "subset": "v2"}, "weight": 10}]}}]
+    services.append(s)
+services.sort(key=lambda s: s["host"])
+json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
+EOF
+echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/in/config.json"
+
+common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
+export RUST_LOG=warn
+# valgrind runs the binary itself (through `env` it would follow no exec).
+out=("$MIZZEN" "${common[@]}" --config "$WORK/out/config.json"
+  --outbound "127.0.0.1:$P_OUT=bench.default.svc.cluster.local:80"
+  --admin 127.0.0.1:$((BASE_PORT + 10)) --health 127.0.0.1:$((BASE_PORT + 11)) --prometheus 127.0.0.1:$((BASE_PORT + 12)))
+in=("$MIZZEN" "${common[@]}" --config "$WORK/in/config.json"
+  --inbound "127.0.0.1:$P_IN=127.0.0.1:$P_BACKEND"
+  --admin 127.0.0.1:$((BASE_PORT + 20)) --health 127.0.0.1:$((BASE_PORT + 21)) --prometheus 127.0.0.1:$((BASE_PORT + 22)))
+TOOL="${TOOL:-callgrind}"
+if [ "$TOOL" = strace ]; then
+  cg=(strace -c -f -o "$WORK/strace.txt")
+else
+  cg=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" --dump-instr=no)
+fi
+if [ "$SIDE" = in ]; then
+  "${out[@]}" >"$WORK/out.log" 2>&1 &
+  PIDS+=($!)
+  "${cg[@]}" "${in[@]}" >"$WORK/in.log" 2>&1 &
+  PIDS+=($!)
+else
+  "${cg[@]}" "${out[@]}" >"$WORK/out.log" 2>&1 &
+  PIDS+=($!)
+  "${in[@]}" >"$WORK/in.log" 2>&1 &
+  PIDS+=($!)
+fi
+for _ in $(seq 600); do
+  curl -s -o /dev/null "http://127.0.0.1:$P_OUT/" && break
+  sleep 0.1
+done
+
+oha --no-tui -n "$WARMUP" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >/dev/null
+if [ "$TOOL" = strace ]; then
+  oha --no-tui -n "$N" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >"$WORK/oha.txt"
+  # strace writes its table when the traced proxy exits.
+  if [ "$SIDE" = in ]; then tracer=${PIDS[2]}; else tracer=${PIDS[1]}; fi
+  kill "$(pgrep -P "$tracer")"
+  wait "$tracer" || true
+  cp "$WORK/strace.txt" "$OUT"
+  cat "$OUT"
+  calls=$(awk '$NF == "total" {print $(NF-2)}' "$OUT")
+  echo "side=$SIDE requests=$((N + WARMUP)) conns=$CONNS syscalls=$calls per_request=$(python3 -c "print(round($calls / $((N + WARMUP)), 2))")"
+  exit 0
+fi
+callgrind_control -z >/dev/null
+oha --no-tui -n "$N" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >"$WORK/oha.txt"
+callgrind_control -d >/dev/null
+sleep 1
+dump=$(ls -t "$WORK"/cg.out.* 2>/dev/null | head -1 || true)
+[ -n "$dump" ] || { echo "no callgrind dump" >&2; exit 1; }
+cp "$dump" "$OUT"
+ok=$(grep -E '^\s*\[200\]' "$WORK/oha.txt" | awk '{print $2}')
+ir=$(awk '/^summary:/ {print $2}' "$OUT")
+echo "side=$SIDE requests=$N ok=${ok:-?} conns=$CONNS instructions=$ir per_request=$((ir / N))"
