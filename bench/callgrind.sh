@@ -25,20 +25,9 @@ SIDE="${SIDE:-out}"
 BASE_PORT="${BASE_PORT:-19000}"
 OUT="${OUT:-/tmp/mizzen-callgrind.out}"
 
-if [ -z "${MIZZEN_BIN:-}" ]; then
-  cargo build -q --release -p mizzen-proxy
-fi
-MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
-
-WORK="$(mktemp -d /tmp/mizzen-cg.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_prologue mizzen-cg # MIZZEN (MIZZEN_BIN skips the build), WORK, PIDS, cleanup at exit
 
 P_BACKEND=$BASE_PORT P_OUT=$((BASE_PORT + 1)) P_IN=$((BASE_PORT + 2))
 mkdir -p "$WORK/www" "$WORK/tmp" "$WORK/out" "$WORK/in"

@@ -18,6 +18,25 @@ declare -gA URL=()
 OHA_EXTRA=()
 PER_PAIR="${PER_PAIR:-2}"
 
+# The proxy binary (a release build, or MIZZEN_BIN prebuilt), a work directory WORK readable by
+# nginx's `nobody` workers, and an exit trap that stops every process in PIDS and removes WORK.
+bench_prologue() { # work-dir-name
+  if [ -z "${MIZZEN_BIN:-}" ]; then
+    cargo build -q --release -p mizzen-proxy
+  fi
+  MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
+  WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
+  chmod 755 "$WORK"
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
 machine_header() {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

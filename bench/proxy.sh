@@ -34,21 +34,7 @@ BASE_PORT="${BASE_PORT:-18000}"
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-# MIZZEN_BIN: a prebuilt release binary (skips the build).
-if [ -z "${MIZZEN_BIN:-}" ]; then
-  cargo build -q --release -p mizzen-proxy
-fi
-MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
-
-WORK="$(mktemp -d /tmp/mizzen-bench.XXXXXX)"
-chmod 755 "$WORK" # nginx workers run as nobody when started by root
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_prologue mizzen-bench # MIZZEN (MIZZEN_BIN skips the build), WORK, PIDS, cleanup at exit
 
 P_BACKEND=$BASE_PORT
 P_MZ_OUT=$((BASE_PORT + 101)) P_MZ_IN=$((BASE_PORT + 102))
