@@ -16,7 +16,7 @@ use crate::bundle::TrustBundle;
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 
 /// The ring provider, the only crypto backend the mesh uses; built once.
-pub(crate) static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+pub static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
 /// Why a certificate is not a valid workload identity.

@@ -19,19 +19,20 @@
 //! - No session resumption, on either side: a resumed session would skip the certificate
 //!   checks, letting a peer back in after its certificate expired or its root was withdrawn.
 
+#[doc(hidden)]
+pub use rustls;
 use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use rustls::client::ResolvesClientCert;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
-    OtherError, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, CommonState, DistinguishedName, OtherError, ServerConfig,
+    SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, InvalidDnsNameError, ServerName, UnixTime};
 
@@ -318,39 +319,48 @@ impl ResolvesClientCert for StoreResolver {
     }
 }
 
-/// The handshake-signature checks both verifiers share: the ring provider's algorithms.
+/// The handshake-signature methods of a rustls certificate verifier, with the mesh's (ring)
+/// algorithms: both verifiers here use it, and so does any other verifier in the mesh (the
+/// proxy's TLS origination), so the three methods are written once.
+#[macro_export]
 macro_rules! handshake_signatures {
     () => {
         fn verify_tls12_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(
+            cert: &$crate::tls::rustls::pki_types::CertificateDer<'_>,
+            dss: &$crate::tls::rustls::DigitallySignedStruct,
+        ) -> Result<
+            $crate::tls::rustls::client::danger::HandshakeSignatureValid,
+            $crate::tls::rustls::Error,
+        > {
+            $crate::tls::rustls::crypto::verify_tls12_signature(
                 message,
                 cert,
                 dss,
-                &PROVIDER.signature_verification_algorithms,
+                &$crate::svid::PROVIDER.signature_verification_algorithms,
             )
         }
 
         fn verify_tls13_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(
+            cert: &$crate::tls::rustls::pki_types::CertificateDer<'_>,
+            dss: &$crate::tls::rustls::DigitallySignedStruct,
+        ) -> Result<
+            $crate::tls::rustls::client::danger::HandshakeSignatureValid,
+            $crate::tls::rustls::Error,
+        > {
+            $crate::tls::rustls::crypto::verify_tls13_signature(
                 message,
                 cert,
                 dss,
-                &PROVIDER.signature_verification_algorithms,
+                &$crate::svid::PROVIDER.signature_verification_algorithms,
             )
         }
 
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            PROVIDER
+        fn supported_verify_schemes(&self) -> Vec<$crate::tls::rustls::SignatureScheme> {
+            $crate::svid::PROVIDER
                 .signature_verification_algorithms
                 .supported_schemes()
         }
