@@ -75,23 +75,8 @@ start mz env RUST_LOG=warn "$MIZZEN" gateway --config "$WORK/mizzen/config.json"
   --admin 127.0.0.1:$((BASE_PORT + 110)) --health 127.0.0.1:$((BASE_PORT + 111)) --prometheus 127.0.0.1:$((BASE_PORT + 112))
 
 # --- HAProxy ------------------------------------------------------------------------------------
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$P_HA ssl crt $WORK/haproxy.pem alpn h2,http/1.1
-  default_backend b
-backend b
-  server s 127.0.0.1:$P_BACKEND
-EOF
-start ha haproxy -f "$WORK/haproxy.cfg"
+haproxy_conf ha "$P_HA" "$P_BACKEND" "ssl crt $WORK/haproxy.pem alpn h2,http/1.1"
+start ha haproxy -f "$WORK/ha.cfg"
 
 wait_port "$P_BACKEND"
 for p in $P_MZ $P_HA; do

@@ -59,6 +59,26 @@ http {
 }
 EOF
 }
+# One HAProxy in HTTP mode, one thread, keep-alive to its backend (WORK/<name>.cfg).
+haproxy_conf() { # name listen-port target-port [bind-options] [server-options]
+  cat >"$WORK/$1.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$2 ${4:-}
+  default_backend b
+backend b
+  server s 127.0.0.1:$3 ${5:-}
+EOF
+}
+
 start() { # name command... ; records the pid in PID_<name>
   local name=$1
   shift

@@ -90,24 +90,6 @@ start mz_in env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen
   --admin 127.0.0.1:$((BASE_PORT + 120)) --health 127.0.0.1:$((BASE_PORT + 121)) --prometheus 127.0.0.1:$((BASE_PORT + 122))
 
 # --- HAProxy pair -----------------------------------------------------------------------------
-haproxy_conf() { # name listen target
-  cat >"$WORK/$1.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend f
-  bind 127.0.0.1:$2
-  default_backend b
-backend b
-  server s 127.0.0.1:$3
-EOF
-}
 haproxy_conf ha_out "$P_HA_OUT" "$P_HA_IN"
 haproxy_conf ha_in "$P_HA_IN" "$P_BACKEND"
 start ha_out haproxy -f "$WORK/ha_out.cfg"
@@ -156,10 +138,10 @@ if [ "$MTLS" = 1 ]; then
     --tls-cert "$C/server.pem" --tls-key "$C/server.key" --tls-roots "$C/root.pem" \
     --admin 127.0.0.1:$((BASE_PORT + 420)) --health 127.0.0.1:$((BASE_PORT + 421)) --prometheus 127.0.0.1:$((BASE_PORT + 422))
 
-  haproxy_conf hat_out "$P_HAT_OUT" "$P_HAT_IN"
-  sed -i "s|^  server s .*|  server s 127.0.0.1:$P_HAT_IN ssl crt $C/client.bundle.pem ca-file $C/root.pem verify required alpn http/1.1|" "$WORK/hat_out.cfg"
-  haproxy_conf hat_in "$P_HAT_IN" "$P_BACKEND"
-  sed -i "s|^  bind .*|  bind 127.0.0.1:$P_HAT_IN ssl crt $C/server.bundle.pem ca-file $C/root.pem verify required alpn http/1.1|" "$WORK/hat_in.cfg"
+  haproxy_conf hat_out "$P_HAT_OUT" "$P_HAT_IN" "" \
+    "ssl crt $C/client.bundle.pem ca-file $C/root.pem verify required alpn http/1.1"
+  haproxy_conf hat_in "$P_HAT_IN" "$P_BACKEND" \
+    "ssl crt $C/server.bundle.pem ca-file $C/root.pem verify required alpn http/1.1"
   start hat_out haproxy -f "$WORK/hat_out.cfg"
   start hat_in haproxy -f "$WORK/hat_in.cfg"
 
