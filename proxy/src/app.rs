@@ -34,6 +34,8 @@ pub struct Shared {
     pub server: ServerSettings,
     pub log_level: Option<LogLevel>,
     pub policy: crate::http::policy::PolicyCache,
+    /// Inbound: the destination-service labels of the hosts this workload is called by.
+    pub host_labels: crate::telemetry::HostLabels,
     /// Mesh mTLS, when this proxy has (or will get) a workload certificate.
     pub tls: Option<Arc<crate::mtls::MeshTls>>,
     /// Endpoints from the node agent, when there is one.
@@ -131,6 +133,7 @@ impl App {
             },
             log_level,
             policy: crate::http::policy::PolicyCache::new(),
+            host_labels: Default::default(),
             tls: config.tls.clone(),
             agent_endpoints,
             gateway: config

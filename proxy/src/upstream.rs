@@ -477,6 +477,21 @@ fn upstream_uri(parts: &http::request::Parts, endpoint: &Authority) -> Result<Ur
     Ok(Uri::from_parts(uri)?)
 }
 
+/// The request's target upstream over HTTP/1.1: the path in origin form and the authority
+/// in `Host` (the caller's, else its URI's, else the endpoint's), as Envoy forwards it.
+fn origin_form(parts: &mut http::request::Parts, endpoint: &Authority) {
+    if !parts.headers.contains_key(http::header::HOST) {
+        let authority = parts.uri.authority().unwrap_or(endpoint);
+        if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(http::header::HOST, host);
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().cloned();
+        parts.uri = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+}
+
 /// What an upstream is built from besides its endpoints.
 struct Settings {
     policy: TrafficPolicy,
@@ -549,12 +564,13 @@ where
                 ))
             })?;
             let (mut parts, body) = req.into_parts();
-            parts.uri = upstream_uri(&parts, &endpoint)?;
-            parts.version = if h2 {
-                Version::HTTP_2
+            if h2 {
+                parts.uri = upstream_uri(&parts, &endpoint)?;
+                parts.version = Version::HTTP_2;
             } else {
-                Version::HTTP_11
-            };
+                origin_form(&mut parts, &endpoint);
+                parts.version = Version::HTTP_11;
+            }
             // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds
             // them, waiting requests count as pending and overflow is shed with 503 UO.
             let _connection = if h2 {

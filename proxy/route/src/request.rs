@@ -46,10 +46,15 @@ impl<'a> RequestInfo<'a> {
 
 /// Splits `/p?q#f` into (`/p`, `q`).
 pub(crate) fn split_path(path_and_query: &str) -> (&str, &str) {
-    let end = path_and_query.find('#').unwrap_or(path_and_query.len());
-    let pq = &path_and_query[..end];
-    match pq.find('?') {
-        Some(i) => (&pq[..i], &pq[i + 1..]),
+    let pq = path_and_query;
+    // One scan for the first `?` or `#`; the query, when there is one, ends at a `#`.
+    match pq.bytes().position(|b| b == b'?' || b == b'#') {
+        Some(i) if pq.as_bytes()[i] == b'?' => {
+            let query = &pq[i + 1..];
+            let end = query.bytes().position(|b| b == b'#').unwrap_or(query.len());
+            (&pq[..i], &query[..end])
+        }
+        Some(i) => (&pq[..i], ""),
         None => (pq, ""),
     }
 }

@@ -93,11 +93,7 @@ async fn plaintext(
     shared: Arc<Shared>,
 ) {
     if ports.http.is_some() {
-        let conn = Conn {
-            peer,
-            site: SiteKey::Plaintext(port),
-            scheme: "http",
-        };
+        let conn = Conn::new(peer, SiteKey::Plaintext(port), "http");
         return http(stream, conn, shared).await;
     }
     match &ports.tcp {
@@ -182,11 +178,11 @@ async fn terminated<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if http_site {
-        let conn = Conn {
+        let conn = Conn::new(
             peer,
-            site: SiteKey::Tls(site.server.port, site.id.clone()),
-            scheme: "https",
-        };
+            SiteKey::Tls(site.server.port, site.id.clone()),
+            "https",
+        );
         http(stream, conn, shared).await;
     } else {
         tcp_routes(stream, peer, &site.server, &shared).await;

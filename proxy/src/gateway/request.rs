@@ -5,13 +5,9 @@
 //! `httpsRedirect`: 301 to `https://<host><path>`. As Envoy at the edge, the client's address
 //! is appended to `x-forwarded-for` and its scheme set in `x-forwarded-proto`.
 
-use std::{
-    convert::Infallible,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mizzen_resilience::{ResponseFlags, reply::local_reply};
 use mizzen_route::{RequestInfo, authority_host};
@@ -36,6 +32,21 @@ pub struct Conn {
     pub site: SiteKey,
     /// `http`, or `https` once TLS is terminated.
     pub scheme: &'static str,
+    /// The client's address as `x-forwarded-for` carries it, formatted once per connection.
+    client: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, site: SiteKey, scheme: &'static str) -> Self {
+        let client = HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            peer,
+            site,
+            scheme,
+            client,
+        }
+    }
 }
 
 pub fn handle(
@@ -69,7 +80,7 @@ async fn handle_inner(
         conn.peer,
     );
     let body = ex.counted_body(body);
-    forwarded(&mut parts.headers, conn.peer.ip(), conn.scheme);
+    forwarded(&mut parts.headers, &conn.client, conn.scheme);
     let host = authority_host(&authority);
     let response = match plan.http_site(&conn.site) {
         Some(site) if site.redirects(host) => {
@@ -102,24 +113,26 @@ async fn handle_inner(
     Ok(ex.finish(response))
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// Named once: a header inserted by a `&str` name is parsed every time.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// What Envoy does at the edge (`use_remote_address`): the client's address is appended to
-/// `x-forwarded-for` (where a destination's `remoteIpBlocks` finds it) and the scheme it used
-/// replaces `x-forwarded-proto`.
-fn forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
+/// What Envoy does at the edge (`use_remote_address`): the client's address (`client`, as a
+/// header value) is appended to `x-forwarded-for` (where a destination's `remoteIpBlocks` finds
+/// it) and the scheme it used replaces `x-forwarded-proto`.
+fn forwarded(headers: &mut HeaderMap, client: &HeaderValue, scheme: &'static str) {
     let earlier: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
     let value = if earlier.is_empty() {
-        client.to_string()
+        Some(client.clone())
     } else {
-        format!("{}, {client}", earlier.join(", "))
+        let client = client.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", "))).ok()
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -131,16 +144,16 @@ mod tests {
 
     #[test]
     fn appends_the_client_to_x_forwarded_for_and_sets_the_scheme() {
-        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let client = HeaderValue::from_static("203.0.113.7");
         let mut h = HeaderMap::new();
-        forwarded(&mut h, client, "https");
+        forwarded(&mut h, &client, "https");
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        forwarded(&mut h, client, "http");
+        forwarded(&mut h, &client, "http");
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 203.0.113.7");
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_PROTO], "http");

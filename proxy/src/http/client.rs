@@ -47,7 +47,31 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// A pool's connections are told apart by endpoint and by whether they are TLS. (Which TLS
 /// is the upstream's policy: an upstream whose `tls` changes gets a new pool.)
-type Key = (Authority, bool);
+///
+/// The endpoint's authority is compared byte for byte: endpoints come from the config in one
+/// form, and `Authority`'s own comparison, which ignores case, costs a step per byte on every
+/// checkout and checkin.
+#[derive(Clone, Debug)]
+struct Key {
+    endpoint: Authority,
+    tls: bool,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.tls == other.tls && self.endpoint.as_str() == other.endpoint.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.endpoint.as_str().hash(state);
+        self.tls.hash(state);
+    }
+}
+
 type ByEndpoint<T> = Mutex<HashMap<Key, T, foldhash::fast::RandomState>>;
 
 /// Mesh mTLS for a connection: this proxy's TLS, the service it is for (SNI) and the server
@@ -120,7 +144,10 @@ impl Pool {
         hop: Option<Hop<'_>>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let key = (endpoint.clone(), hop.is_some());
+        let key = Key {
+            endpoint: endpoint.clone(),
+            tls: hop.is_some(),
+        };
         let target = Target { key: &key, hop };
         let (mut resp, peer) = if h2 {
             self.send_h2(target, req).await?
@@ -227,7 +254,11 @@ impl Pool {
             return;
         }
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = map.entry(key.clone()).or_default();
+        // Looked up before inserting: the key is cloned only for an endpoint's first connection.
+        let conns = match map.get_mut(key) {
+            Some(conns) => conns,
+            None => map.entry(key.clone()).or_default(),
+        };
         if conns.len() < MAX_IDLE_PER_ENDPOINT {
             conns.push(Pooled {
                 tx,
@@ -290,7 +321,7 @@ impl Pool {
         target: Target<'_>,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
-        let tcp = connect(&target.key.0, self.settings.connect_timeout).await?;
+        let tcp = connect(&target.key.endpoint, self.settings.connect_timeout).await?;
         let (stream, peer) = match target.hop {
             None => (Stream::Plain(tcp), None),
             Some(Hop::Mesh(hop)) => {

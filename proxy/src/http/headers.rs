@@ -108,10 +108,11 @@ pub fn request_authority(parts: &Parts) -> Option<String> {
         .authority()
         .map(|a| a.as_str().to_string())
         .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
+            // The parser has already refused control characters; what is left to check is
+            // that it is text, which `from_utf8` does a block at a time.
+            let host = parts.headers.get(header::HOST)?;
+            std::str::from_utf8(host.as_bytes())
+                .ok()
                 .map(str::to_string)
         })
 }

@@ -49,13 +49,16 @@ async fn handle_inner(
     if let Identity::Spiffe(id) = &conn.identity {
         ex.parts.mtls_source(id);
     }
-    ex.destination_service(match snap.routes.service_for_host(&authority) {
-        Some(s) => ServiceLabels::of(&s.host, &s.namespace),
-        None => ServiceLabels::of(
-            mizzen_route::authority_host(&authority),
-            &shared.workload.namespace,
-        ),
+    let service = shared.host_labels.get(snap.version, &authority, || {
+        match snap.routes.service_for_host(&authority) {
+            Some(s) => ServiceLabels::of(&s.host, &s.namespace),
+            None => ServiceLabels::of(
+                mizzen_route::authority_host(&authority),
+                &shared.workload.namespace,
+            ),
+        }
     });
+    ex.destination_service(service);
     let policy = shared.policy.get(&snap, &shared.workload);
     if let Err(resp) = policy.check(&mut parts, &conn) {
         return Ok(ex.finish(resp));

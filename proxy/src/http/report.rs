@@ -167,10 +167,12 @@ impl Exchange {
         {
             self.parts.destination.principal = Label::Shared(principal.clone());
         }
-        if let Some(g) = response
-            .headers()
-            .get(GRPC_STATUS)
-            .and_then(|v| v.to_str().ok())
+        // Only a gRPC exchange has a `grpc_response_status` (in a trailers-only response, here).
+        if self.protocol == "grpc"
+            && let Some(g) = response
+                .headers()
+                .get(GRPC_STATUS)
+                .and_then(|v| v.to_str().ok())
         {
             self.grpc_status = Label::from(g);
         }

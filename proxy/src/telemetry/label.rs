@@ -223,6 +223,43 @@ impl ServiceLabels {
     }
 }
 
+type HostMap = std::collections::HashMap<Box<str>, ServiceLabels, foldhash::fast::RandomState>;
+
+/// The destination-service labels an inbound proxy reports per request host, made once per
+/// host and config version rather than per request (three strings each). Few hosts call a
+/// workload; past [`HostLabels::MAX`] hosts the labels are made per request, uncached.
+#[derive(Default)]
+pub struct HostLabels {
+    cached: std::sync::Mutex<(u64, HostMap)>,
+}
+
+impl HostLabels {
+    pub const MAX: usize = 256;
+
+    /// The labels of `authority` under config `version`, made by `make` when not cached.
+    pub fn get(
+        &self,
+        version: u64,
+        authority: &str,
+        make: impl FnOnce() -> ServiceLabels,
+    ) -> ServiceLabels {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, map) = &mut *cached;
+        if *at != version {
+            *at = version;
+            map.clear();
+        }
+        if let Some(labels) = map.get(authority) {
+            return labels.clone();
+        }
+        let labels = make();
+        if map.len() < Self::MAX {
+            map.insert(authority.into(), labels.clone());
+        }
+        labels
+    }
+}
+
 /// `reviews` of `reviews.default.svc.cluster.local`; other hosts as they are.
 pub fn service_name(host: &str) -> &str {
     match host.split_once(".svc.") {
@@ -234,6 +271,28 @@ pub fn service_name(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_labels_are_made_once_per_host_and_config_version() {
+        let cache = HostLabels::default();
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            ServiceLabels::of("reviews.shop.svc.cluster.local", "shop")
+        };
+        let a = cache.get(1, "reviews:9080", make);
+        let b = cache.get(1, "reviews:9080", make);
+        assert_eq!((a.name.as_str(), b.name.as_str()), ("reviews", "reviews"));
+        assert_eq!(made.get(), 1);
+        cache.get(2, "reviews:9080", make);
+        assert_eq!(made.get(), 2, "a new config version makes them again");
+        for i in 0..HostLabels::MAX + 10 {
+            cache.get(2, &format!("h{i}"), make);
+        }
+        let before = made.get();
+        cache.get(2, &format!("h{}", HostLabels::MAX + 5), make);
+        assert_eq!(made.get(), before + 1, "hosts past the bound are not kept");
+    }
 
     #[test]
     fn labels_compare_by_text_whatever_their_storage() {

@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 
 pub use access_log::AccessLogEntry;
-pub use label::{Label, PeerLabels, ServiceLabels};
+pub use label::{HostLabels, Label, PeerLabels, ServiceLabels};
 pub use metrics::{LabelParts, Metrics, RequestLabels, TcpLabels};
 
 use crate::env::Workload;

@@ -142,24 +142,35 @@ pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     }
     let made = Bytes::copy_from_slice(&buf);
     headers.reserve(5);
-    let request_id = match arrived.request_id {
-        Some(id) if !make_id => id,
-        _ => {
+    // A header known to be absent is appended: the same result as inserting, without
+    // looking for values to replace.
+    let mut set = |name: HeaderName, value: HeaderValue, absent: bool| {
+        if absent {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    };
+    let request_id = match &arrived.request_id {
+        Some(id) if !make_id => id.clone(),
+        arrived_id => {
             let id = header_value(&made, MADE_ID);
-            headers.insert(X_REQUEST_ID, id.clone());
+            set(X_REQUEST_ID, id.clone(), arrived_id.is_none());
             id
         }
     };
     if make_tp {
-        headers.insert(TRACEPARENT, header_value(&made, MADE_TP));
+        set(TRACEPARENT, header_value(&made, MADE_TP), true);
     }
     if let Some((at, sampled)) = mirror {
         let trace = at + TRACE_ID.start..at + TRACE_ID.end;
         let span = at + SPAN_ID.start..at + SPAN_ID.end;
-        headers.insert(B3_TRACE_ID, header_value(&made, trace));
-        headers.insert(B3_SPAN_ID, header_value(&made, span));
+        // Mirrored only when no B3 trace id arrived.
+        set(B3_TRACE_ID, header_value(&made, trace), true);
+        let span_absent = arrived.b3_span_id.is_none();
+        set(B3_SPAN_ID, header_value(&made, span), span_absent);
         let sampled = if sampled { "1" } else { "0" };
-        headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+        set(B3_SAMPLED, HeaderValue::from_static(sampled), false);
     }
     request_id
 }

@@ -55,15 +55,25 @@ use crate::{
 };
 
 /// Which try a request is, 1 for the first (Envoy's `x-envoy-attempt-count`). The layer puts
-/// it in the extensions of every request it sends, so the balancer can steer a retry away
-/// from the endpoint that just failed and telemetry can count tries.
+/// it in the extensions of every retry it sends (2 and up); a request without one is a first
+/// try, which so costs nothing (an extension is a map allocated per request). Read it with
+/// [`Attempt::of`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attempt(pub u32);
+
+impl Attempt {
+    /// The try `req` is.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        req.extensions().get::<Self>().copied().unwrap_or(Self(1))
+    }
+}
 
 /// The head of try number `attempt`.
 fn try_head(parts: &http::request::Parts, attempt: u32) -> http::request::Parts {
     let mut head = parts.clone();
-    head.extensions.insert(Attempt(attempt));
+    if attempt > 1 {
+        head.extensions.insert(Attempt(attempt));
+    }
     head
 }
 
@@ -190,9 +200,7 @@ impl<S> Retry<S> {
         let (first_head, parts) = if self.policy.attempts > 0 && template.is_some() {
             (try_head(&parts, 1), Some(parts))
         } else {
-            let mut head = parts;
-            head.extensions.insert(Attempt(1));
-            (head, None)
+            (parts, None)
         };
         // The first try goes to the service `poll_ready` drove.
         let per_try = self.policy.per_try_timeout;
