@@ -10,6 +10,8 @@
 #   SIDE=in bench/callgrind.sh          # the inbound proxy instead
 #   TOOL=strace bench/callgrind.sh      # system calls per request (strace -c -f) instead; the
 #                                       # warm-up and start are counted too
+#   MTLS=1 bench/callgrind.sh           # the proxy-to-proxy hop over mutual TLS (issue 6), with
+#                                       # the certificates of `MTLS=1 bench/proxy.sh`
 #
 # Prints instructions per request and leaves the profile (for `callgrind_annotate
 # --inclusive=yes`) in $OUT (default /tmp/mizzen-callgrind.out). Needs valgrind, oha, nginx.
@@ -24,6 +26,7 @@ WARMUP="${WARMUP:-200}"
 SIDE="${SIDE:-out}"
 BASE_PORT="${BASE_PORT:-19000}"
 OUT="${OUT:-/tmp/mizzen-callgrind.out}"
+MTLS="${MTLS:-0}"
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -49,32 +52,24 @@ EOF
 nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
 PIDS+=($!)
 
-python3 - "$WORK/out/config.json" "$P_IN" <<'EOF'
-import json, sys
-path, inbound = sys.argv[1], int(sys.argv[2])
-def svc(name, endpoints):
-    return {"host": f"{name}.default.svc.cluster.local", "aliases": [name], "namespace": "default",
-            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "endpoints": endpoints}
-services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}}])]
-for i in range(99):
-    s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
-    s["subsets"] = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
-    s["httpRoutes"] = [{"name": f"default/svc{i:02d}/0", "action": {"route": [
-        {"destination": {"host": s["host"], "subset": "v1"}, "weight": 90},
-        {"destination": {"host": s["host"], "subset": "v2"}, "weight": 10}]}}]
-    services.append(s)
-services.sort(key=lambda s: s["host"])
-json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
-EOF
-echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/in/config.json"
+mizzen_config "$WORK/out/config.json" "$P_IN" "$MTLS"
+tls_out=() tls_in=()
+if [ "$MTLS" = 1 ]; then
+  mesh_certs "$WORK/certs"
+  echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default","inbound":{"peerAuthentication":[{"name":"bench/default","mode":"STRICT"}]}}' >"$WORK/in/config.json"
+  tls_out=(--tls-cert "$WORK/certs/client.pem" --tls-key "$WORK/certs/client.key" --tls-roots "$WORK/certs/root.pem")
+  tls_in=(--tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key" --tls-roots "$WORK/certs/root.pem")
+else
+  echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/in/config.json"
+fi
 
 common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
 export RUST_LOG=warn
 # valgrind runs the binary itself (through `env` it would follow no exec).
-out=("$MIZZEN" "${common[@]}" --config "$WORK/out/config.json"
+out=("$MIZZEN" "${common[@]}" ${tls_out[@]+"${tls_out[@]}"} --config "$WORK/out/config.json"
   --outbound "127.0.0.1:$P_OUT=bench.default.svc.cluster.local:80"
   --admin 127.0.0.1:$((BASE_PORT + 10)) --health 127.0.0.1:$((BASE_PORT + 11)) --prometheus 127.0.0.1:$((BASE_PORT + 12)))
-in=("$MIZZEN" "${common[@]}" --config "$WORK/in/config.json"
+in=("$MIZZEN" "${common[@]}" ${tls_in[@]+"${tls_in[@]}"} --config "$WORK/in/config.json"
   --inbound "127.0.0.1:$P_IN=127.0.0.1:$P_BACKEND"
   --admin 127.0.0.1:$((BASE_PORT + 20)) --health 127.0.0.1:$((BASE_PORT + 21)) --prometheus 127.0.0.1:$((BASE_PORT + 22)))
 TOOL="${TOOL:-callgrind}"

@@ -18,13 +18,13 @@ declare -gA URL=()
 OHA_EXTRA=()
 PER_PAIR="${PER_PAIR:-2}"
 
-# The proxy binary (a release build, or MIZZEN_BIN prebuilt), a work directory WORK readable by
+# The proxy binary (built with the `dist` profile the images ship, or MIZZEN_BIN prebuilt), a work directory WORK readable by
 # nginx's `nobody` workers, and an exit trap that stops every process in PIDS and removes WORK.
 bench_prologue() { # work-dir-name
   if [ -z "${MIZZEN_BIN:-}" ]; then
-    cargo build -q --release -p mizzen-proxy
+    cargo build -q --profile dist -p mizzen-proxy
   fi
-  MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/release/mizzen-proxy}"
+  MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/dist/mizzen-proxy}"
   WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
   chmod 755 "$WORK"
   PIDS=()
@@ -149,3 +149,53 @@ print(json.dumps({"kind": "load", "pair": pair, "conns": int(conns), "rate": int
 EOF
 }
 
+# The mesh certificates of the mTLS pairs (issue 6) in DIR: one root; a client and a server
+# leaf (ECDSA P-256) with SPIFFE ids, and a DNS name on the server leaf for nginx's name check.
+# Every pair uses these files: root.pem, {client,server}.{pem,key,bundle.pem}.
+mesh_certs() { # dir
+  local C=$1 who san
+  mkdir -p "$C"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$C/root.key" 2>/dev/null
+  openssl req -x509 -new -key "$C/root.key" -subj "/O=cluster.local/CN=bench root" -days 2 \
+    -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$C/root.pem" 2>/dev/null
+  for who in client server; do
+    openssl ecparam -name prime256v1 -genkey -noout -out "$C/$who.key.sec1" 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in "$C/$who.key.sec1" -out "$C/$who.key"
+    san="URI:spiffe://cluster.local/ns/bench/sa/$who"
+    [ "$who" = server ] && san="$san,DNS:bench.mesh"
+    openssl req -new -key "$C/$who.key" -subj "/O=cluster.local" -out "$C/$who.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$san" >"$C/$who.ext"
+    openssl x509 -req -in "$C/$who.csr" -CA "$C/root.pem" -CAkey "$C/root.key" -CAcreateserial \
+      -days 1 -extfile "$C/$who.ext" -out "$C/$who.pem" 2>/dev/null
+    cat "$C/$who.pem" "$C/$who.key" >"$C/$who.bundle.pem" # HAProxy's crt: certificate then key
+  done
+  chmod 644 "$C"/*
+}
+
+# A sidecar's config for the pairs: the service `bench` (its one endpoint the inbound proxy at
+# INBOUND-PORT; with MESHED=1 labelled as a sidecar, so the outbound proxy speaks mTLS to it)
+# and 99 more services with routes and subsets, so memory and lookups reflect a real config.
+mizzen_config() { # path inbound-port meshed(0|1)
+python3 - "$1" "$2" "$3" <<'EOF'
+import json, sys
+path, inbound, meshed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+def svc(name, endpoints):
+    return {"host": f"{name}.default.svc.cluster.local", "aliases": [name],
+            "namespace": "default", "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "endpoints": endpoints}
+# A meshed endpoint carries the injector's label: the outbound proxy then speaks mTLS to it.
+labels = {"security.istio.io/tlsMode": "istio"} if meshed else {}
+services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}, "labels": labels}])]
+# 99 more services with routes and subsets, so memory reflects a realistic config.
+for i in range(99):
+    s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
+    s["subsets"] = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
+    s["httpRoutes"] = [{"name": f"default/svc{i:02d}/0", "action": {"route": [
+        {"destination": {"host": s["host"], "subset": "v1"}, "weight": 90},
+        {"destination": {"host": s["host"], "subset": "v2"}, "weight": 10}]}}]
+    services.append(s)
+services.sort(key=lambda s: s["host"])
+json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
+EOF
+}

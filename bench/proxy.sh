@@ -56,29 +56,6 @@ start backend nginx -c "$WORK/backend.conf"
 
 # --- Mizzen pair: outbound (service bench:80) -> inbound -> backend ---------------------------
 mkdir -p "$WORK/mizzen-out" "$WORK/mizzen-in" # own directories: the proxy watches its config directory
-mizzen_config() { # path inbound-port meshed(0|1)
-python3 - "$1" "$2" "$3" <<'EOF'
-import json, sys
-path, inbound, meshed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-def svc(name, endpoints):
-    return {"host": f"{name}.default.svc.cluster.local", "aliases": [name],
-            "namespace": "default", "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-            "endpoints": endpoints}
-# A meshed endpoint carries the injector's label: the outbound proxy then speaks mTLS to it.
-labels = {"security.istio.io/tlsMode": "istio"} if meshed else {}
-services = [svc("bench", [{"address": "127.0.0.1", "ports": {"http": inbound}, "labels": labels}])]
-# 99 more services with routes and subsets, so memory reflects a realistic config.
-for i in range(99):
-    s = svc(f"svc{i:02d}", [{"address": f"10.1.{i}.{j}", "labels": {"version": f"v{j % 2 + 1}"}} for j in range(3)])
-    s["subsets"] = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
-    s["httpRoutes"] = [{"name": f"default/svc{i:02d}/0", "action": {"route": [
-        {"destination": {"host": s["host"], "subset": "v1"}, "weight": 90},
-        {"destination": {"host": s["host"], "subset": "v2"}, "weight": 10}]}}]
-    services.append(s)
-services.sort(key=lambda s: s["host"])
-json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
-EOF
-}
 mizzen_config "$WORK/mizzen-out/config.json" "$P_MZ_IN" 0
 echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/mizzen-in/config.json"
 mz_common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
@@ -105,26 +82,8 @@ done
 
 # --- mTLS pairs (MTLS=1): the same topology, the proxy-to-proxy hop over mutual TLS ---------
 if [ "$MTLS" = 1 ]; then
-  # One root; a client and a server leaf (ECDSA P-256) with SPIFFE ids, and a DNS name on the
-  # server leaf for nginx's name check. Every pair uses these files.
   C="$WORK/certs"
-  mkdir -p "$C"
-  openssl ecparam -name prime256v1 -genkey -noout -out "$C/root.key" 2>/dev/null
-  openssl req -x509 -new -key "$C/root.key" -subj "/O=cluster.local/CN=bench root" -days 2 \
-    -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -out "$C/root.pem" 2>/dev/null
-  for who in client server; do
-    openssl ecparam -name prime256v1 -genkey -noout -out "$C/$who.key.sec1" 2>/dev/null
-    openssl pkcs8 -topk8 -nocrypt -in "$C/$who.key.sec1" -out "$C/$who.key"
-    san="URI:spiffe://cluster.local/ns/bench/sa/$who"
-    [ "$who" = server ] && san="$san,DNS:bench.mesh"
-    openssl req -new -key "$C/$who.key" -subj "/O=cluster.local" -out "$C/$who.csr" 2>/dev/null
-    printf 'basicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$san" >"$C/$who.ext"
-    openssl x509 -req -in "$C/$who.csr" -CA "$C/root.pem" -CAkey "$C/root.key" -CAcreateserial \
-      -days 1 -extfile "$C/$who.ext" -out "$C/$who.pem" 2>/dev/null
-    cat "$C/$who.pem" "$C/$who.key" >"$C/$who.bundle.pem" # HAProxy's crt: certificate then key
-  done
-  chmod 644 "$C"/*
+  mesh_certs "$C"
 
   mkdir -p "$WORK/mizzen-tout" "$WORK/mizzen-tin"
   mizzen_config "$WORK/mizzen-tout/config.json" "$P_MZT_IN" 1
@@ -184,16 +143,22 @@ idle_rss() {
   done
 }
 
-max_rate() { # pair round: doubles the rate until errors or p90 >= 5 ms, then bisects once
-  local pair=$1 round=$2 good=0 rate=1000
+holds() { # the last measurement: no errors, p90 under 5 ms, and the offered rate delivered
+  tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["errors"]==0 and r["p90"]<5 and r["rps"]>=0.95*r["rate"] else 1)'
+}
+
+max_rate() { # pair round: doubles the rate until it no longer holds, then bisects twice (the
+  # answer is within a quarter of the last doubling step, not a factor of two)
+  local pair=$1 round=$2 good=0 bad=0 rate=1000
   while ((rate <= 64000)); do
     measure "$pair" 16 "$rate" "max$round"
-    if tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["errors"]==0 and r["p90"]<5 and r["rps"]>=0.95*r["rate"] else 1)'; then
-      good=$rate
-      rate=$((rate * 2))
-    else
-      break
-    fi
+    if holds; then good=$rate rate=$((rate * 2)); else bad=$rate; break; fi
+  done
+  for _ in 1 2; do
+    ((good > 0 && bad > 0)) || break
+    rate=$(((good + bad) / 2))
+    measure "$pair" 16 "$rate" "max$round"
+    if holds; then good=$rate; else bad=$rate; fi
   done
   echo "{\"kind\":\"max\",\"pair\":\"$pair\",\"round\":$round,\"rate\":$good}" >>"$RESULTS"
 }
