@@ -594,6 +594,12 @@ where
                 }
             }
             let mut resp = result?.map(body::boxed);
+            // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)
+            // describe its connection to this proxy, not the caller's (Envoy drops them too);
+            // a protocol switch keeps its `Connection: upgrade`.
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                crate::http::headers::strip_hop_by_hop(resp.headers_mut());
+            }
             resp.extensions_mut().insert(UpstreamHost(ep));
             Ok(resp)
         })

@@ -276,6 +276,32 @@ async fn trace_headers_are_generated_and_propagated() {
 }
 
 #[tokio::test]
+async fn the_upstreams_hop_by_hop_response_headers_stay_on_its_hop() {
+    // nginx answers `Connection: keep-alive`; a server may add `Keep-Alive` and name its own
+    // hop-by-hop headers in `Connection`. None of them is the caller's.
+    let backend = raw_server(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, x-hop\r\n\
+         Keep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Kept: yes\r\n\r\nok",
+    )
+    .await;
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(backend, "v1")],
+        vec![],
+    )]))
+    .await;
+    let r = get(&client(), proxy.outbound, "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.header("x-kept"), "yes");
+    for hop in ["connection", "keep-alive", "x-hop"] {
+        assert!(
+            r.headers.get(hop).is_none(),
+            "{hop} reached the caller: {:?}",
+            r.headers
+        );
+    }
+}
+
+#[tokio::test]
 async fn unknown_endpoints_and_dead_upstreams_get_envoy_answers() {
     // Nothing listens on this port: connect failure, 503 UF.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")

@@ -104,6 +104,10 @@ impl ResponseFlags {
 
     /// Adds these flags to those already stored in `ext`.
     pub fn insert_into_extensions(self, ext: &mut http::Extensions) {
+        if self.is_empty() {
+            // Nothing to add; inserting would allocate the extension map for nothing.
+            return;
+        }
         let mut all = ResponseFlags::from_extensions(ext);
         all.insert(self);
         ext.insert(all);

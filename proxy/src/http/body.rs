@@ -45,20 +45,20 @@ pub struct BodyEnd {
 }
 
 /// Told once when a counted body ends, fails or is dropped.
-pub trait OnEnd: Send + 'static {
-    fn on_end(self: Box<Self>, end: BodyEnd);
+pub trait OnEnd: Send + Unpin + 'static {
+    fn on_end(self, end: BodyEnd);
 }
 
-/// Counts data bytes and reports them once.
-pub struct Counted {
+/// Counts data bytes and reports them once, to `E` (held in place: no box of its own).
+pub struct Counted<E: OnEnd> {
     inner: Body,
     bytes: u64,
     grpc_status: Option<String>,
-    on_end: Option<Box<dyn OnEnd>>,
+    on_end: Option<E>,
 }
 
-impl Counted {
-    pub fn new(inner: Body, on_end: Box<dyn OnEnd>) -> Self {
+impl<E: OnEnd> Counted<E> {
+    pub fn new(inner: Body, on_end: E) -> Self {
         Self {
             inner,
             bytes: 0,
@@ -78,7 +78,7 @@ impl Counted {
     }
 }
 
-impl HttpBody for Counted {
+impl<E: OnEnd> HttpBody for Counted<E> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -124,14 +124,14 @@ impl HttpBody for Counted {
     }
 }
 
-impl Drop for Counted {
+impl<E: OnEnd> Drop for Counted<E> {
     fn drop(&mut self) {
         let complete = self.inner.is_end_stream();
         self.finish(complete);
     }
 }
 
-impl Counted {
+impl<E: OnEnd> Counted<E> {
     pub fn boxed_body(self) -> Body {
         http_body_util::BodyExt::boxed_unsync(self)
     }

@@ -2,42 +2,41 @@
 
 use http::{HeaderMap, HeaderName, header, request::Parts, uri::PathAndQuery};
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// Named once: a lookup by `&str` parses the name every time.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Hop-by-hop headers: they describe one connection and are never forwarded (RFC 9110 §7.6.1).
 /// `te: trailers` survives, since gRPC needs it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the names is cheaper than a lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none, and most responses just `Connection: keep-alive`: one pass
+    // over the names is cheaper than a lookup per name.
+    let (mut hop, mut only_connection) = (false, true);
+    for name in headers.keys().filter(|n| is_hop_by_hop(n)) {
+        hop = true;
+        only_connection &= name == header::CONNECTION;
+    }
+    if !hop {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if name != header::TE {
-                headers.remove(name);
-            }
-        }
+    if only_connection && lists_only_keep_alive_or_close(headers) {
         headers.remove(header::CONNECTION);
+        return;
     }
-    for name in [
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ] {
+    // Names `Connection` lists are hop-by-hop too (but `te`, handled below).
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    // Only what is there is removed: a removal hashes its name, the scan above does not.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| **k != header::TE && (is_hop_by_hop(k) || listed.contains(k)))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
     if !headers.contains_key(header::TE) {
@@ -56,19 +55,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether every `Connection` token is `keep-alive` or `close`: then it names no header.
+fn lists_only_keep_alive_or_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().all(|v| {
+        v.as_bytes().split(|b| *b == b',').all(|t| {
+            let t = t.trim_ascii();
+            t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+        })
+    })
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TE,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ]
-    .contains(name)
+    // By text: a list of `HeaderName`s would be built and dropped on every call.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "trailer"
+            | "te"
+            | "keep-alive"
+            | "proxy-connection"
+    )
 }
 
 /// The request target's path and query, `/` when it has none: a copy that shares the URI's
@@ -133,6 +143,25 @@ mod tests {
         assert!(h.get("x-private").is_none() && h.get("keep-alive").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn a_lone_keep_alive_or_close_is_one_removal_and_a_named_header_is_not_missed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Keep-Alive".parse().unwrap());
+        h.insert("content-length", "2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        let mut h = HeaderMap::new();
+        h.append("connection", "close".parse().unwrap());
+        h.append("connection", "x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -287,27 +287,35 @@ fn strip(mut req: Request<Body>) -> Request<Body> {
     req
 }
 
-/// Runs a request through a stack; an error becomes Envoy's local reply for it.
-pub fn call<S>(svc: S, req: Request<Body>) -> futures::future::BoxFuture<'static, Response<Body>>
+/// Runs a request through a stack; an error becomes Envoy's local reply for it. The stack's
+/// future is boxed once: awaited in place, its `Send` would have to hold for every lifetime
+/// of the boxed error type, which the compiler cannot show; the error is mapped by a plain
+/// combinator, not a second boxed `async` block.
+pub fn call<S>(svc: S, req: Request<Body>) -> Call
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = body::BoxError>
         + Send
         + 'static,
     S::Future: Send,
 {
-    // Boxed first: awaited inside the async block, the future's `Send` would have to hold for
-    // every lifetime of the boxed error type, which the compiler cannot show.
-    let fut: futures::future::BoxFuture<'static, Result<Response<Body>, body::BoxError>> =
-        Box::pin(svc.oneshot(req));
-    Box::pin(async move {
-        match fut.await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream call failed");
-                let kind = UpstreamError::classify(e.as_ref());
-                kind.local_reply()
-            }
-        }
+    use futures::FutureExt;
+    let fut: futures::future::BoxFuture<'static, Outcome> = Box::pin(svc.oneshot(req));
+    fut.map(reply_to_error as fn(Outcome) -> Response<Body>)
+}
+
+/// What a stack answers: a response, or an error that becomes a local reply.
+type Outcome = Result<Response<Body>, body::BoxError>;
+
+/// The future of [`call`].
+pub type Call = futures::future::Map<
+    futures::future::BoxFuture<'static, Outcome>,
+    fn(Outcome) -> Response<Body>,
+>;
+
+fn reply_to_error(result: Outcome) -> Response<Body> {
+    result.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "upstream call failed");
+        UpstreamError::classify(e.as_ref()).local_reply()
     })
 }
 

@@ -34,7 +34,8 @@ pub struct Exchange {
     pub parts: LabelParts,
     log: Option<Box<AccessLogEntry>>,
     start: Instant,
-    pub request_bytes: Arc<AtomicU64>,
+    /// The request body's size, once it ends; `None` for a request without a body.
+    request_bytes: Option<Arc<AtomicU64>>,
     flags: ResponseFlags,
     response_code: u16,
     grpc_status: Label,
@@ -44,7 +45,7 @@ pub struct Exchange {
 pub struct RequestBytes(pub Arc<AtomicU64>);
 
 impl OnEnd for RequestBytes {
-    fn on_end(self: Box<Self>, end: BodyEnd) {
+    fn on_end(self, end: BodyEnd) {
         self.0.store(end.bytes, Ordering::Relaxed);
     }
 }
@@ -100,7 +101,7 @@ impl Exchange {
             parts,
             log,
             start: Instant::now(),
-            request_bytes: Arc::new(AtomicU64::new(0)),
+            request_bytes: None,
             flags: ResponseFlags::default(),
             response_code: 0,
             grpc_status: Label::EMPTY,
@@ -130,11 +131,15 @@ impl Exchange {
         Self::new(telemetry, reporter, head)
     }
 
-    /// The request's body, its size counted into this report when it ends.
-    pub fn counted_body(&self, body: hyper::body::Incoming) -> Body {
+    /// The request's body, its size counted into this report when it ends. A request that
+    /// came without one (most do) gets an empty body at no cost: there is nothing to count.
+    pub fn counted_body(&mut self, body: hyper::body::Incoming) -> Body {
+        if http_body::Body::is_end_stream(&body) {
+            return crate::http::body::empty();
+        }
         Counted::new(
             crate::http::body::boxed(body),
-            Box::new(RequestBytes(self.request_bytes.clone())),
+            RequestBytes(self.request_bytes.insert(Arc::default()).clone()),
         )
         .boxed_body()
     }
@@ -177,15 +182,18 @@ impl Exchange {
             self.grpc_status = Label::from(g);
         }
         let body = std::mem::replace(response.body_mut(), crate::http::body::empty());
-        *response.body_mut() = Counted::new(body, Box::new(self)).boxed_body();
+        *response.body_mut() = Counted::new(body, self).boxed_body();
         response
     }
 }
 
 impl OnEnd for Exchange {
-    fn on_end(mut self: Box<Self>, end: BodyEnd) {
+    fn on_end(mut self, end: BodyEnd) {
         let elapsed = self.start.elapsed();
-        let req = self.request_bytes.load(Ordering::Relaxed);
+        let req = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
         if let Some(g) = end.grpc_status {
             self.grpc_status = Label::from(g);
         }
