@@ -22,9 +22,11 @@ PER_PAIR="${PER_PAIR:-2}"
 # nginx's `nobody` workers, and an exit trap that stops every process in PIDS and removes WORK.
 bench_prologue() { # work-dir-name
   if [ -z "${MIZZEN_BIN:-}" ]; then
-    cargo build -q --profile dist -p mizzen-proxy
+    cargo build -q --profile dist -p mizzen-proxy --bin mizzen-proxy --example hyper_floor
   fi
   MIZZEN="${MIZZEN_BIN:-$CARGO_TARGET_DIR/dist/mizzen-proxy}"
+  # The bare hyper forwarder (proxy/examples/hyper_floor.rs): what the HTTP stack costs alone.
+  FLOOR="${FLOOR_BIN:-$(dirname "$MIZZEN")/examples/hyper_floor}"
   WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
   chmod 755 "$WORK"
   PIDS=()

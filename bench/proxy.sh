@@ -14,6 +14,8 @@
 #   - CPU milliseconds per 1000 requests per proxy (utime+stime from /proc);
 #   - RSS per proxy idle (Mizzen with a config of 100 services) and peak RSS under load;
 #   - the highest rate held with zero errors and p90 under 5 ms.
+# The pair `hyper-floor` (proxy/examples/hyper_floor.rs, when built) is a bare hyper forwarder:
+# what the HTTP library and runtime cost alone, so Mizzen's own share can be read off.
 # Ends with Mizzen's figures as ratios to the HAProxy and nginx pairs. Paste the output into
 # bench/RESULTS.md (## Proxy) with the date and the machine it prints.
 #
@@ -43,6 +45,7 @@ P_NG_OUT=$((BASE_PORT + 301)) P_NG_IN=$((BASE_PORT + 302))
 P_MZT_OUT=$((BASE_PORT + 401)) P_MZT_IN=$((BASE_PORT + 402))
 P_HAT_OUT=$((BASE_PORT + 501)) P_HAT_IN=$((BASE_PORT + 502))
 P_NGT_OUT=$((BASE_PORT + 601)) P_NGT_IN=$((BASE_PORT + 602))
+P_FL_OUT=$((BASE_PORT + 701)) P_FL_IN=$((BASE_PORT + 702))
 MTLS="${MTLS:-0}"
 
 machine_header
@@ -65,6 +68,12 @@ start mz_out env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizze
 start mz_in env RUST_LOG=warn "$MIZZEN" "${mz_common[@]}" --config "$WORK/mizzen-in/config.json" \
   --inbound "127.0.0.1:$P_MZ_IN=127.0.0.1:$P_BACKEND" \
   --admin 127.0.0.1:$((BASE_PORT + 120)) --health 127.0.0.1:$((BASE_PORT + 121)) --prometheus 127.0.0.1:$((BASE_PORT + 122))
+
+# --- the floor: the same pair from a bare hyper forwarder (no routing, resilience, telemetry) ---
+if [ -x "$FLOOR" ]; then
+  start fl_out "$FLOOR" "127.0.0.1:$P_FL_OUT" "127.0.0.1:$P_FL_IN"
+  start fl_in "$FLOOR" "127.0.0.1:$P_FL_IN" "127.0.0.1:$P_BACKEND"
+fi
 
 # --- HAProxy pair -----------------------------------------------------------------------------
 haproxy_conf ha_out "$P_HA_OUT" "$P_HA_IN"
@@ -123,10 +132,16 @@ if [ "$MTLS" = 1 ]; then
 fi
 
 for p in $P_BACKEND $P_MZ_OUT $P_HA_OUT $P_NG_OUT; do wait_port "$p"; done
+[ -x "$FLOOR" ] && wait_port "$P_FL_OUT"
 
 declare -A TARGET=([direct]=$P_BACKEND [mizzen]=$P_MZ_OUT [haproxy]=$P_HA_OUT [nginx]=$P_NG_OUT)
 declare -A PROXIES=([direct]="" [mizzen]="$PID_mz_out $PID_mz_in" [haproxy]="$PID_ha_out $PID_ha_in" [nginx]="$PID_ng_out $PID_ng_in")
 PAIRS=(mizzen haproxy nginx)
+if [ -x "$FLOOR" ]; then
+  TARGET+=([hyper-floor]=$P_FL_OUT)
+  PROXIES+=([hyper-floor]="$PID_fl_out $PID_fl_in")
+  PAIRS+=(hyper-floor)
+fi
 if [ "$MTLS" = 1 ]; then
   TARGET+=([mizzen-mtls]=$P_MZT_OUT [haproxy-mtls]=$P_HAT_OUT [nginx-mtls]=$P_NGT_OUT)
   PROXIES+=([mizzen-mtls]="$PID_mzt_out $PID_mzt_in" [haproxy-mtls]="$PID_hat_out $PID_hat_in" [nginx-mtls]="$PID_ngt_out $PID_ngt_in")
