@@ -477,21 +477,6 @@ fn upstream_uri(parts: &http::request::Parts, endpoint: &Authority) -> Result<Ur
     Ok(Uri::from_parts(uri)?)
 }
 
-/// The request's target upstream over HTTP/1.1: the path in origin form and the authority
-/// in `Host` (the caller's, else its URI's, else the endpoint's), as Envoy forwards it.
-fn origin_form(parts: &mut http::request::Parts, endpoint: &Authority) {
-    if !parts.headers.contains_key(http::header::HOST) {
-        let authority = parts.uri.authority().unwrap_or(endpoint);
-        if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
-            parts.headers.insert(http::header::HOST, host);
-        }
-    }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let path = parts.uri.path_and_query().cloned();
-        parts.uri = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
-    }
-}
-
 /// What an upstream is built from besides its endpoints.
 struct Settings {
     policy: TrafficPolicy,
@@ -568,7 +553,7 @@ where
                 parts.uri = upstream_uri(&parts, &endpoint)?;
                 parts.version = Version::HTTP_2;
             } else {
-                origin_form(&mut parts, &endpoint);
+                // The pool puts it in origin form, with `Host` (else the endpoint's address).
                 parts.version = Version::HTTP_11;
             }
             // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds

@@ -152,7 +152,7 @@ impl Pool {
         let (mut resp, peer) = if h2 {
             self.send_h2(target, req).await?
         } else {
-            self.send_h1(target, origin_form(req)).await?
+            self.send_h1(target, origin_form(req, endpoint)).await?
         };
         if let Some(peer) = peer {
             resp.extensions_mut().insert(PeerPrincipal(peer));
@@ -362,15 +362,15 @@ fn unsent(e: TrySendError<Request<Body>>) -> Result<Request<Body>, BoxError> {
     }
 }
 
-/// HTTP/1.1 sends the target in origin form with the authority in `Host`.
-fn origin_form(mut req: Request<Body>) -> Request<Body> {
-    if !req.headers().contains_key(header::HOST)
-        && let Some(host) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(header::HOST, host);
+/// HTTP/1.1 sends the target in origin form with the authority in `Host`: the caller's, else
+/// the request URI's, else the endpoint's (as Envoy forwards it). A request already in that
+/// form (the usual one) costs a lookup.
+fn origin_form(mut req: Request<Body>, endpoint: &Authority) -> Request<Body> {
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req.uri().authority().unwrap_or(endpoint);
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req
@@ -415,7 +415,8 @@ mod tests {
             .version(Version::HTTP_2)
             .body(crate::http::body::empty())
             .unwrap();
-        let req = origin_form(req);
+        let endpoint: Authority = "10.0.0.1:9080".parse().unwrap();
+        let req = origin_form(req, &endpoint);
         assert_eq!(req.uri(), "/r?x=1");
         assert_eq!(
             req.headers()[header::HOST],
@@ -428,6 +429,18 @@ mod tests {
             .header(header::HOST, "reviews")
             .body(crate::http::body::empty())
             .unwrap();
-        assert_eq!(origin_form(req).headers()[header::HOST], "reviews");
+        assert_eq!(
+            origin_form(req, &endpoint).headers()[header::HOST],
+            "reviews"
+        );
+        // A request with neither names the endpoint.
+        let req = Request::builder()
+            .uri("/p")
+            .body(crate::http::body::empty())
+            .unwrap();
+        assert_eq!(
+            origin_form(req, &endpoint).headers()[header::HOST],
+            "10.0.0.1:9080"
+        );
     }
 }
