@@ -108,7 +108,7 @@ pub async fn forward_to<S>(
     let target = match dest {
         Some(dest) => {
             let snap = shared.store.current();
-            let port = crate::http::outbound::destination_port(&snap, dest, port);
+            let port = crate::http::outbound::destination_port(&snap, None, dest, port);
             pick_target(shared, &snap, dest, port, peer, &mut parts)
         }
         None => None,

@@ -6,7 +6,7 @@ use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use mizzen_proxy_config::Destination;
+use mizzen_proxy_config::{Destination, Service};
 use mizzen_resilience::{
     ResponseFlags, UpstreamError, circuit::CircuitLayer, fault::FaultLayer, reply::local_reply,
     retry::RetryLayer, timeout::TimeoutLayer,
@@ -161,7 +161,7 @@ pub async fn respond(
     }
     let mut response = match decision {
         Decision::Forward {
-            service: _,
+            service,
             route,
             destination,
             rewrite,
@@ -180,7 +180,7 @@ pub async fn respond(
             ));
             log_skipped(&route.name, &skipped);
             let dest = &destination.destination;
-            let port = destination_port(snap, dest, in_port);
+            let port = destination_port(snap, Some(service), dest, in_port);
             let upstream = shared.upstreams.get(
                 snap,
                 &*shared.endpoints,
@@ -261,11 +261,23 @@ pub async fn respond(
 /// The port a destination is reached on: its own, else the port the request came in on when
 /// the service serves it (or declares none), else the service's only port (a gateway's
 /// listening port is rarely the service's).
-pub fn destination_port(snap: &Snapshot, dest: &Destination, in_port: u16) -> u16 {
+///
+/// `known`: a service already at hand (the one the request was routed by), looked up again
+/// only when the destination is another.
+pub fn destination_port(
+    snap: &Snapshot,
+    known: Option<&Service>,
+    dest: &Destination,
+    in_port: u16,
+) -> u16 {
     if let Some(p) = dest.port {
         return p;
     }
-    match snap.config().service(&dest.host) {
+    let service = match known {
+        Some(s) if s.host == dest.host => Some(s),
+        _ => snap.config().service(&dest.host),
+    };
+    match service {
         Some(s) if !s.ports.is_empty() && s.port(in_port).is_none() && s.ports.len() == 1 => {
             s.ports[0].number
         }

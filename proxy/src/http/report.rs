@@ -19,7 +19,7 @@ use crate::{
         headers::{GRPC_STATUS, request_protocol},
     },
     telemetry::{
-        AccessLogEntry, Label, LabelParts, PeerLabels, RequestLabels, ServiceLabels, Telemetry,
+        AccessLogEntry, Label, LabelParts, PeerLabels, RequestKey, ServiceLabels, Telemetry,
         access_log::rfc3339, trace,
     },
     upstream::UpstreamHost,
@@ -201,11 +201,6 @@ impl OnEnd for Exchange {
             // The caller went away (or the upstream body failed) before the end.
             self.flags |= ResponseFlags::DC;
         }
-        let labels = RequestLabels {
-            common: self.parts.labels(self.reporter, self.protocol, self.flags),
-            response_code: self.response_code,
-            grpc_response_status: self.grpc_status.clone(),
-        };
         let (flags, code) = (self.flags, self.response_code);
         self.log(|entry| {
             entry.response_code = code;
@@ -214,8 +209,16 @@ impl OnEnd for Exchange {
             entry.bytes_sent = end.bytes;
             entry.duration = elapsed.as_millis() as u64;
         });
+        let key = RequestKey {
+            parts: &self.parts,
+            reporter: self.reporter,
+            protocol: self.protocol,
+            flags,
+            response_code: code,
+            grpc_status: &self.grpc_status,
+        };
         self.telemetry.request_done(
-            &labels,
+            &key,
             req,
             end.bytes,
             elapsed.as_secs_f64() * 1000.0,

@@ -2,7 +2,7 @@
 //! same port, with upgrades, and Envoy's answers to bad clients: 400 for a malformed request,
 //! 431 for oversized headers, and a closed connection for one that never finishes its headers.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -45,11 +45,8 @@ pub async fn serve<S, F, Fut>(
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_header_bytes as u32)
         .adaptive_window(true);
-    let handler = Arc::new(handler);
-    let svc = hyper::service::service_fn(move |req| {
-        let handler = handler.clone();
-        async move { handler(req).await }
-    });
+    // The handler's future is the service's: no wrapper future moved per request.
+    let svc = hyper::service::service_fn(handler);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
