@@ -129,7 +129,8 @@ impl HostIndex {
         // `a.b.example.com`: try `b.example.com`, `example.com`, `com`, then `*`. A wildcard
         // needs at least one label in front of it, so the host itself is never tried.
         let mut rest = host;
-        while let Some(dot) = rest.find('.') {
+        // A byte search: `str::find` with a `char` sets up a searcher per call.
+        while let Some(dot) = rest.bytes().position(|b| b == b'.') {
             rest = &rest[dot + 1..];
             if let Some(&i) = self.wildcard.get(rest) {
                 return Some(i);

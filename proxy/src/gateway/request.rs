@@ -7,7 +7,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header::Entry};
 use hyper::body::Incoming;
 use mizzen_resilience::{ResponseFlags, reply::local_reply};
 use mizzen_route::{RequestInfo, authority_host};
@@ -121,19 +121,22 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// header value) is appended to `x-forwarded-for` (where a destination's `remoteIpBlocks` finds
 /// it) and the scheme it used replaces `x-forwarded-proto`.
 fn forwarded(headers: &mut HeaderMap, client: &HeaderValue, scheme: &'static str) {
-    let earlier: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if earlier.is_empty() {
-        Some(client.clone())
-    } else {
-        let client = client.to_str().unwrap_or_default();
-        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", "))).ok()
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+    // One lookup for the common case of a client that sent none.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(client.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let mut joined = String::new();
+            for earlier in slot.iter().filter_map(|v| v.to_str().ok()) {
+                joined.push_str(earlier);
+                joined.push_str(", ");
+            }
+            joined.push_str(client.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                slot.insert(v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }

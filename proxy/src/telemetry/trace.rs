@@ -12,12 +12,22 @@ pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
+/// The two lower-case hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Lower-case hex of `bytes` into `out` (twice as long); no allocation on the request path.
 fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
