@@ -2,10 +2,12 @@
 //! finish its requests; a count of open connections says when everything is done.
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Poll, Waker},
     time::Duration,
 };
 
@@ -50,6 +52,25 @@ impl Drain {
     /// Resolves once draining has started.
     pub async fn started(rx: &mut watch::Receiver<bool>) {
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Resolves once draining has started, like [`Drain::started`], for a future polled on
+    /// every wake of a busy task (a connection's): after the first poll it reads one atomic
+    /// (the channel's version) per poll, and polls the channel's own future (which takes
+    /// the channel's lock) only when the signal changed or the task's waker did.
+    pub fn watch(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+        let check = rx.clone();
+        let mut wait = rx.clone();
+        let mut started = Box::pin(async move { Drain::started(&mut wait).await });
+        let mut waker: Option<Waker> = None;
+        std::future::poll_fn(move |cx| {
+            let same_waker = waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if same_waker && !check.has_changed().unwrap_or(true) {
+                return Poll::Pending;
+            }
+            waker = Some(cx.waker().clone());
+            started.as_mut().poll(cx)
+        })
     }
 
     pub fn start(&self) {
@@ -108,5 +129,32 @@ mod tests {
         assert!(drain.wait(Duration::from_secs(5)).await);
         assert_eq!(t.elapsed(), Duration::from_secs(1));
         closer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watch_resolves_when_draining_starts_whichever_waker_polled_it_first() {
+        let drain = Drain::new();
+        let rx = drain.signal();
+        let mut watch = Box::pin(Drain::watch(&rx));
+        // First polled by another waker (one that wakes nothing), then by this task's.
+        let noop = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&noop);
+        assert!(watch.as_mut().poll(&mut cx).is_pending());
+        for _ in 0..3 {
+            assert!(futures::poll!(watch.as_mut()).is_pending());
+        }
+        let starter = drain.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            starter.start();
+        });
+        // Woken by the signal, not found ready by a later poll for another reason.
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(2)) => panic!("the watch was not woken"),
+            _ = watch => {}
+        }
+        // Already draining: at once.
+        Drain::watch(&drain.signal()).await;
     }
 }

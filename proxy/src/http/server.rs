@@ -27,7 +27,7 @@ pub async fn serve<S, F, Fut>(
     stream: S,
     settings: ServerSettings,
     handler: F,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -55,7 +55,7 @@ pub async fn serve<S, F, Fut>(
                 tracing::debug!(error = %e, "connection closed with an error");
             }
         }
-        _ = crate::drain::Drain::started(&mut shutdown) => {
+        _ = crate::drain::Drain::watch(&shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
