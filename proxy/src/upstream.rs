@@ -34,7 +34,7 @@ use crate::{
     endpoints::{Endpoint, EndpointSource},
     http::{
         body::{self, Body, BoxError},
-        client::{Hop, MeshHop, Pool, PoolSettings},
+        client::{Hop, MeshHop, Peer, Pool, PoolSettings},
     },
     mtls::{MeshTls, origination::Originator},
     telemetry::{PeerLabels, ServiceLabels},
@@ -87,9 +87,13 @@ pub fn expected_peer(tls: Option<&ClientTls>, endpoint: &Endpoint) -> ExpectedPe
     }
 }
 
-/// Where a response came from, for telemetry (in the response's extensions).
+/// Where a response came from, for telemetry (in the response's extensions): the endpoint,
+/// and the server identity its mesh connection presented (`destination_principal`).
 #[derive(Clone, Debug)]
-pub struct UpstreamHost(pub Arc<EndpointState>);
+pub struct UpstreamHost {
+    pub endpoint: Arc<EndpointState>,
+    pub principal: Peer,
+}
 
 /// Marks a request that must go over HTTP/1.1 (an upgrade), whatever the port's protocol.
 #[derive(Clone, Copy, Debug)]
@@ -571,21 +575,25 @@ where
             let result = up.pool.send(&endpoint, h2, hop, req).await;
             if let Some(o) = &up.outlier {
                 let outcome = match &result {
-                    Ok(r) => Outcome::of_response(r),
+                    Ok((r, _)) => Outcome::of_response(r),
                     Err(e) => Outcome::of_error(e.as_ref()),
                 };
                 if let Some(t) = o.record(&ep.name, outcome) {
                     tracing::info!(endpoint = %ep.name, cluster = %up.cluster, ejected_for = ?t, "endpoint ejected");
                 }
             }
-            let mut resp = result?.map(body::boxed);
+            let (resp, principal) = result?;
+            let mut resp = resp.map(body::boxed);
             // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)
             // describe its connection to this proxy, not the caller's (Envoy drops them too);
             // a protocol switch keeps its `Connection: upgrade`.
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 crate::http::headers::strip_hop_by_hop(resp.headers_mut());
             }
-            resp.extensions_mut().insert(UpstreamHost(ep));
+            resp.extensions_mut().insert(UpstreamHost {
+                endpoint: ep,
+                principal,
+            });
             Ok(resp)
         })
     }

@@ -104,12 +104,7 @@ pub struct Pool {
 }
 
 /// The SPIFFE id (URI) the server of a mesh connection presented; `None` for plaintext.
-type Peer = Option<Arc<str>>;
-
-/// The server identity of the mesh connection a response came over (in its extensions), for
-/// the `destination_principal` label.
-#[derive(Clone, Debug)]
-pub struct PeerPrincipal(pub Arc<str>);
+pub type Peer = Option<Arc<str>>;
 
 /// An HTTP/1.1 connection in the pool: idle, or busy until its response ends (then hyper
 /// reports it ready again).
@@ -136,28 +131,25 @@ impl Pool {
 
     /// Sends `req` to the endpoint at `endpoint`, over HTTP/2 or HTTP/1.1. The request's URI
     /// keeps the authority the caller asked for; it goes out as `:authority` (HTTP/2) or as
-    /// the `Host` header (HTTP/1.1, in origin form).
+    /// the `Host` header (HTTP/1.1, in origin form). Answers with the server identity the
+    /// connection presented (mesh mTLS).
     pub async fn send(
         &self,
         endpoint: &Authority,
         h2: bool,
         hop: Option<Hop<'_>>,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    ) -> Result<(Response<Incoming>, Peer), BoxError> {
         let key = Key {
             endpoint: endpoint.clone(),
             tls: hop.is_some(),
         };
         let target = Target { key: &key, hop };
-        let (mut resp, peer) = if h2 {
-            self.send_h2(target, req).await?
+        if h2 {
+            self.send_h2(target, req).await
         } else {
-            self.send_h1(target, origin_form(req, endpoint)).await?
-        };
-        if let Some(peer) = peer {
-            resp.extensions_mut().insert(PeerPrincipal(peer));
+            self.send_h1(target, origin_form(req, endpoint)).await
         }
-        Ok(resp)
     }
 
     async fn send_h1(

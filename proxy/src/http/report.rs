@@ -15,7 +15,6 @@ use mizzen_resilience::ResponseFlags;
 use crate::{
     http::{
         body::{Body, BodyEnd, Counted, OnEnd},
-        client::PeerPrincipal,
         headers::{GRPC_STATUS, request_protocol},
     },
     telemetry::{
@@ -159,18 +158,20 @@ impl Exchange {
     pub fn finish(mut self, mut response: Response<Body>) -> Response<Body> {
         self.flags = ResponseFlags::from(&response);
         self.response_code = response.status().as_u16();
-        if let Some(UpstreamHost(ep)) = response.extensions().get::<UpstreamHost>() {
+        if let Some(UpstreamHost {
+            endpoint,
+            principal,
+        }) = response.extensions().get::<UpstreamHost>()
+        {
             if let Some(entry) = &mut self.log {
-                entry.upstream_host = ep.name.clone();
+                entry.upstream_host = endpoint.name.clone();
             }
             if self.reporter == "source" {
-                self.parts.destination = ep.peer.clone();
+                self.parts.destination = endpoint.peer.clone();
+                if let Some(principal) = principal {
+                    self.parts.destination.principal = Label::Shared(principal.clone());
+                }
             }
-        }
-        if self.reporter == "source"
-            && let Some(PeerPrincipal(principal)) = response.extensions().get::<PeerPrincipal>()
-        {
-            self.parts.destination.principal = Label::Shared(principal.clone());
         }
         // Only a gRPC exchange has a `grpc_response_status` (in a trailers-only response, here).
         if self.protocol == "grpc"

@@ -28,7 +28,9 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
 /// A body that records what it streams so a retry can send it again. See the module docs.
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    /// `None` for a body that had ended before it was wrapped (most requests have none):
+    /// every try gets it empty, with nothing to share or record.
+    shared: Option<Arc<Mutex<Shared<B>>>>,
     /// Which reader this is; only the newest (`Shared::newest`) reads from the source.
     generation: u64,
     /// Index of the next recorded chunk this reader plays back.
@@ -55,52 +57,56 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, keeping up to `limit` bytes of it for retries.
     pub fn new(body: B, limit: usize) -> Self {
         let hint = body.size_hint();
-        let ended = body.is_end_stream();
+        if body.is_end_stream() {
+            return Self::reader(None, 0);
+        }
         let shared = Shared {
-            source: if ended { None } else { Some(Box::pin(body)) },
+            source: Some(Box::pin(body)),
             chunks: Vec::new(),
             trailers: None,
             recorded: 0,
             limit,
             replayable: hint.lower() <= limit as u64,
-            ended,
+            ended: false,
             hint,
             newest: 0,
         };
-        Self {
-            shared: Arc::new(Mutex::new(shared)),
-            generation: 0,
-            pos: 0,
-            trailers_sent: false,
-        }
+        Self::reader(Some(Arc::new(Mutex::new(shared))), 0)
     }
 }
 
 impl<B> ReplayBody<B> {
-    fn lock(&self) -> MutexGuard<'_, Shared<B>> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    fn reader(shared: Option<Arc<Mutex<Shared<B>>>>, generation: u64) -> Self {
+        Self {
+            shared,
+            generation,
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, Shared<B>>> {
+        let shared = self.shared.as_ref()?;
+        Some(shared.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A reader that sends the whole body again from its start, or `None` when the body is
     /// too large or failed.
     /// The new reader supersedes every earlier one.
     pub fn try_clone(&self) -> Option<Self> {
-        let mut shared = self.lock();
+        let Some(mut shared) = self.lock() else {
+            return Some(Self::reader(None, 0));
+        };
         if !shared.replayable {
             return None;
         }
         shared.newest += 1;
-        Some(Self {
-            shared: self.shared.clone(),
-            generation: shared.newest,
-            pos: 0,
-            trailers_sent: false,
-        })
+        Some(Self::reader(self.shared.clone(), shared.newest))
     }
 
     /// Whether [`Self::try_clone`] would succeed now.
     pub fn is_replayable(&self) -> bool {
-        self.lock().replayable
+        self.lock().is_none_or(|s| s.replayable)
     }
 }
 
@@ -117,7 +123,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let shared = this.shared.clone();
+        let Some(shared) = this.shared.clone() else {
+            return Poll::Ready(None);
+        };
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
 
         if this.pos < s.chunks.len() {
@@ -189,12 +197,16 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        let s = self.lock();
+        let Some(s) = self.lock() else {
+            return true;
+        };
         s.ended && self.pos >= s.chunks.len() && (self.trailers_sent || s.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let s = self.lock();
+        let Some(s) = self.lock() else {
+            return SizeHint::with_exact(0);
+        };
         if s.ended {
             let rest: usize = s.chunks.iter().skip(self.pos).map(Bytes::len).sum();
             SizeHint::with_exact(rest as u64)
@@ -208,7 +220,9 @@ where
 
 impl<B> std::fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.lock();
+        let Some(s) = self.lock() else {
+            return f.write_str("ReplayBody(empty)");
+        };
         f.debug_struct("ReplayBody")
             .field("pos", &self.pos)
             .field("recorded", &s.recorded)
@@ -309,5 +323,10 @@ mod tests {
         assert!(body.is_end_stream());
         assert!(body.try_clone().unwrap().is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
+        for _ in 0..2 {
+            let got = body.try_clone().unwrap().collect().await.unwrap();
+            assert!(got.trailers().is_none());
+            assert!(got.to_bytes().is_empty());
+        }
     }
 }
