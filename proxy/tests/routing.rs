@@ -555,27 +555,8 @@ async fn stale_pooled_connections_are_not_a_failure() {
 /// upstream off (a connection per request); unset, one connection carries them all.
 #[tokio::test]
 async fn max_requests_per_connection_retires_upstream_connections() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    // A backend that counts the connections it accepts.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let CountingBackend { addr, accepted, .. } = counting_backend().await;
     for (limit, expected) in [(Some(1), 5), (None, 1)] {
         accepted.store(0, Ordering::SeqCst);
         let mut svc = serviceb(vec![endpoint(addr, "v1")], vec![]);
@@ -594,4 +575,52 @@ async fn max_requests_per_connection_retires_upstream_connections() {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), expected, "limit {limit:?}");
     }
+}
+
+/// The upstream pool keeps an HTTP/1.1 connection for reuse until it has been idle longer than
+/// its idle timeout; the next request then closes it and opens another.
+#[tokio::test]
+async fn idle_upstream_connections_are_reused_until_their_idle_timeout() {
+    use mizzen_proxy::http::client::{Pool, PoolSettings};
+    use std::sync::atomic::Ordering;
+    let backend = counting_backend().await;
+    let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
+    let pool = Pool::new(PoolSettings {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_millis(300),
+        h2: false,
+        max_requests: None,
+    });
+    let get = || async {
+        let req = http::Request::builder()
+            .uri("/")
+            .body(mizzen_proxy::http::body::empty())
+            .unwrap();
+        let (resp, _) = pool.send(&endpoint, false, None, req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        // Let the connection see its response end and become ready again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for _ in 0..5 {
+        get().await;
+    }
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection, reused"
+    );
+    // Idle past the timeout: closed at the next checkout, and a new one opened and kept.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    get().await;
+    get().await;
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend.closed.load(Ordering::SeqCst),
+        1,
+        "the expired connection closed"
+    );
 }

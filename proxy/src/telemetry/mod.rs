@@ -253,6 +253,11 @@ mod tests {
         let lines = requests_total(&t);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].ends_with(" 2"), "{lines:?}");
+        // The fingerprint covers every label the series has (its labels, the flags, the code):
+        // a label added to the metrics but not to the fingerprint fails here.
+        let exported = lines[0].matches("=\"").count();
+        let covered = key(&base, &grpc, 200).fingerprint().labels.len() + 2;
+        assert_eq!(exported, covered, "{}", lines[0]);
         // Each label value on its own makes another series.
         let mut expected = 1;
         for i in 0..15 {
@@ -281,9 +286,15 @@ mod tests {
             expected += 1;
             assert_eq!(requests_total(&t).len(), expected, "label {i}");
         }
-        // And the response code.
+        // And the response code, and the flags.
         t.request_done(&key(&base, &Label::EMPTY, 503), 0, 0, 1.0, None);
         assert_eq!(requests_total(&t).len(), expected + 1);
+        let flagged = RequestKey {
+            flags: ResponseFlags::UO,
+            ..key(&base, &grpc, 200)
+        };
+        t.request_done(&flagged, 0, 0, 1.0, None);
+        assert_eq!(requests_total(&t).len(), expected + 2);
     }
 
     #[test]

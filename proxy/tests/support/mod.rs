@@ -448,6 +448,41 @@ pub async fn text_server(status: u16, body: String, delay: Duration) -> Backend 
 }
 pub mod agent;
 
+/// A plain HTTP/1.1 server on loopback that answers `ok` and counts the connections it
+/// accepted and those that have since closed.
+pub struct CountingBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub closed: Arc<AtomicUsize>,
+}
+
+pub async fn counting_backend() -> CountingBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    CountingBackend {
+        addr,
+        accepted,
+        closed,
+    }
+}
+
 /// A server on loopback that answers every request on a connection with the raw bytes of
 /// `response` (keep-alive), for answers a library server would not write.
 pub async fn raw_server(response: &'static str) -> SocketAddr {
