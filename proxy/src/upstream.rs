@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -517,85 +518,117 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Everything up to the first wait is done here, so the future holds only what the
+        // send needs (not the request twice, as parts and whole).
         let up = self.upstream.clone();
-        Box::pin(async move {
-            let hash = up.balancer.hash_key().and_then(|key| {
-                let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
-                balance::request_key(key, req.headers(), req.uri().query(), ip)
-                    .map(|k| balance::hash::hash64(&k))
-            });
-            let eligible: Option<Vec<bool>> = up
-                .outlier
-                .as_ref()
-                .map(|o| o.eligible(up.endpoints.iter().map(|e| &e.name)));
-            let picked = up.balancer.pick(
-                up.endpoints.len(),
-                hash,
-                rand::random::<u32>,
-                |i| up.endpoints[i].active.load(Ordering::Relaxed),
-                |i| eligible.as_ref().is_none_or(|e| e[i]),
-            );
-            let Some(i) = picked else {
-                return Ok(mizzen_resilience::reply::local_reply(
+        let hash = up.balancer.hash_key().and_then(|key| {
+            let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
+            balance::request_key(key, req.headers(), req.uri().query(), ip)
+                .map(|k| balance::hash::hash64(&k))
+        });
+        let eligible: Option<Vec<bool>> = up
+            .outlier
+            .as_ref()
+            .map(|o| o.eligible(up.endpoints.iter().map(|e| &e.name)));
+        let picked = up.balancer.pick(
+            up.endpoints.len(),
+            hash,
+            rand::random::<u32>,
+            |i| up.endpoints[i].active.load(Ordering::Relaxed),
+            |i| eligible.as_ref().is_none_or(|e| e[i]),
+        );
+        let Some(i) = picked else {
+            return Box::pin(std::future::ready(Ok(
+                mizzen_resilience::reply::local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no healthy upstream",
                     ResponseFlags::UH,
-                ));
+                ),
+            )));
+        };
+        let ep = up.endpoints[i].clone();
+        let h2 = req.extensions().get::<ForceHttp1>().is_none() && up.speaks_h2(req.version());
+        let Some(endpoint) = ep.authority.clone() else {
+            let error = UpstreamError::connect_failure(format!(
+                "endpoint {} is not a valid address",
+                ep.name
+            ));
+            return Box::pin(std::future::ready(Err(error.into())));
+        };
+        let (mut parts, body) = req.into_parts();
+        if h2 {
+            parts.uri = match upstream_uri(&parts, &endpoint) {
+                Ok(uri) => uri,
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
             };
-            let ep = up.endpoints[i].clone();
-            ep.active.fetch_add(1, Ordering::Relaxed);
-            let _guard = InFlight(ep.clone());
-            let h2 = req.extensions().get::<ForceHttp1>().is_none() && up.speaks_h2(req.version());
-            let endpoint = ep.authority.clone().ok_or_else(|| {
-                UpstreamError::connect_failure(format!(
-                    "endpoint {} is not a valid address",
-                    ep.name
-                ))
-            })?;
-            let (mut parts, body) = req.into_parts();
-            if h2 {
-                parts.uri = upstream_uri(&parts, &endpoint)?;
-                parts.version = Version::HTTP_2;
-            } else {
-                // The pool puts it in origin form, with `Host` (else the endpoint's address).
-                parts.version = Version::HTTP_11;
+            parts.version = Version::HTTP_2;
+        } else {
+            // The pool puts it in origin form, with `Host` (else the endpoint's address).
+            parts.version = Version::HTTP_11;
+        }
+        // A request without a body (most) goes with the empty body, which costs no box.
+        let body = if body.is_end_stream() {
+            body::empty()
+        } else {
+            body::boxed(body)
+        };
+        let req = Request::from_parts(parts, body);
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(ep);
+        Box::pin(send(up, guard, endpoint, h2, req))
+    }
+}
+
+/// Sends a request to the endpoint it was balanced to (in flight under `guard`), feeds the
+/// outcome to outlier detection, and marks the response with where it came from.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+)]
+fn send(
+    up: Arc<Upstream>,
+    guard: InFlight,
+    endpoint: Authority,
+    h2: bool,
+    req: Request<Body>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    // An `async` block rather than an `async fn`: that would hold its arguments twice.
+    async move {
+        let ep = &guard.0;
+        // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds them,
+        // waiting requests count as pending and overflow is shed with 503 UO.
+        let _connection = if h2 {
+            None
+        } else {
+            match up.limits.acquire_connection().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Ok(overflow_response()),
             }
-            // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds
-            // them, waiting requests count as pending and overflow is shed with 503 UO.
-            let _connection = if h2 {
-                None
-            } else {
-                match up.limits.acquire_connection().await {
-                    Ok(permit) => Some(permit),
-                    Err(_) => return Ok(overflow_response()),
-                }
+        };
+        let hop = up.hop(ep)?;
+        let result = up.pool.send(&endpoint, h2, hop, req).await;
+        if let Some(o) = &up.outlier {
+            let outcome = match &result {
+                Ok((r, _)) => Outcome::of_response(r),
+                Err(e) => Outcome::of_error(e.as_ref()),
             };
-            let req = Request::from_parts(parts, body::boxed(body));
-            let hop = up.hop(&ep)?;
-            let result = up.pool.send(&endpoint, h2, hop, req).await;
-            if let Some(o) = &up.outlier {
-                let outcome = match &result {
-                    Ok((r, _)) => Outcome::of_response(r),
-                    Err(e) => Outcome::of_error(e.as_ref()),
-                };
-                if let Some(t) = o.record(&ep.name, outcome) {
-                    tracing::info!(endpoint = %ep.name, cluster = %up.cluster, ejected_for = ?t, "endpoint ejected");
-                }
+            if let Some(t) = o.record(&ep.name, outcome) {
+                tracing::info!(endpoint = %ep.name, cluster = %up.cluster, ejected_for = ?t, "endpoint ejected");
             }
-            let (resp, principal) = result?;
-            let mut resp = resp.map(body::boxed);
-            // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)
-            // describe its connection to this proxy, not the caller's (Envoy drops them too);
-            // a protocol switch keeps its `Connection: upgrade`.
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                crate::http::headers::strip_hop_by_hop(resp.headers_mut());
-            }
-            resp.extensions_mut().insert(UpstreamHost {
-                endpoint: ep,
-                principal,
-            });
-            Ok(resp)
-        })
+        }
+        let (resp, principal) = result?;
+        let mut resp = resp.map(body::boxed);
+        // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)
+        // describe its connection to this proxy, not the caller's (Envoy drops them too);
+        // a protocol switch keeps its `Connection: upgrade`.
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            crate::http::headers::strip_hop_by_hop(resp.headers_mut());
+        }
+        resp.extensions_mut().insert(UpstreamHost {
+            endpoint: guard.0.clone(),
+            principal,
+        });
+        Ok(resp)
     }
 }
 

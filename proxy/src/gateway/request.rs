@@ -5,7 +5,7 @@
 //! `httpsRedirect`: 301 to `https://<host><path>`. As Envoy at the edge, the client's address
 //! is appended to `x-forwarded-for` and its scheme set in `x-forwarded-proto`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header::Entry};
 use hyper::body::Incoming;
@@ -57,60 +57,66 @@ pub fn handle(
     Box::pin(handle_inner(shared, conn, req))
 }
 
-async fn handle_inner(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+)]
+fn handle_inner(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let Some(gateway) = shared.gateway.clone() else {
-        return Ok(local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR));
-    };
-    let snap = shared.store.current();
-    let plan = gateway.plan(&snap);
-    let (mut parts, body) = req.into_parts();
-    let authority = request_authority(&parts).unwrap_or_default();
-    let target = path_and_query(&parts);
-    let path_and_query = target.as_str();
-    let mut ex = Exchange::start(
-        shared.telemetry.clone(),
-        "source",
-        &mut parts,
-        &authority,
-        path_and_query,
-        conn.peer,
-    );
-    let body = ex.counted_body(body);
-    forwarded(&mut parts.headers, &conn.client, conn.scheme);
-    let host = authority_host(&authority);
-    let response = match plan.http_site(&conn.site) {
-        Some(site) if site.redirects(host) => {
-            ex.destination_service(ServiceLabels::of(host, ""));
-            outbound::redirect(301, &format!("https://{host}{path_and_query}"))
-        }
-        Some(site) => {
-            let info = RequestInfo {
-                authority: host,
-                port: site.port,
-                method: &parts.method,
-                scheme: conn.scheme,
-                path_and_query,
-                headers: &parts.headers,
-                source_labels: &shared.workload.labels,
-                source_namespace: &shared.workload.namespace,
-                gateway: &site.gateway,
-            };
-            let decision = HttpSite::gateway_decision(site.table.select(&info, rand::random()));
-            let at = Routed {
-                shared: &shared,
-                snap: &snap,
-                peer: conn.peer,
-                port: site.port,
-            };
-            outbound::respond(at, decision, parts, body, &mut ex).await
-        }
-        None => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
-    };
-    Ok(ex.finish(response))
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+    async move {
+        let Some(gateway) = shared.gateway.clone() else {
+            return Ok(local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR));
+        };
+        let snap = shared.store.current();
+        let plan = gateway.plan(&snap);
+        let (mut parts, body) = req.into_parts();
+        let authority = request_authority(&parts).unwrap_or_default();
+        let target = path_and_query(&parts);
+        let path_and_query = target.as_str();
+        let mut ex = Exchange::start(
+            shared.telemetry.clone(),
+            "source",
+            &mut parts,
+            &authority,
+            path_and_query,
+            conn.peer,
+        );
+        let body = ex.counted_body(body);
+        forwarded(&mut parts.headers, &conn.client, conn.scheme);
+        let host = authority_host(&authority);
+        let response = match plan.http_site(&conn.site) {
+            Some(site) if site.redirects(host) => {
+                ex.destination_service(ServiceLabels::of(host, ""));
+                outbound::redirect(301, &format!("https://{host}{path_and_query}"))
+            }
+            Some(site) => {
+                let info = RequestInfo {
+                    authority: host,
+                    port: site.port,
+                    method: &parts.method,
+                    scheme: conn.scheme,
+                    path_and_query,
+                    headers: &parts.headers,
+                    source_labels: &shared.workload.labels,
+                    source_namespace: &shared.workload.namespace,
+                    gateway: &site.gateway,
+                };
+                let decision = HttpSite::gateway_decision(site.table.select(&info, rand::random()));
+                let at = Routed {
+                    shared: &shared,
+                    snap: &snap,
+                    peer: conn.peer,
+                    port: site.port,
+                };
+                outbound::respond(at, decision, parts, body, &mut ex).await
+            }
+            None => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
+        };
+        Ok(ex.finish(response))
+    }
 }
 
 // Named once: a header inserted by a `&str` name is parsed every time.

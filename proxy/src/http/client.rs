@@ -11,10 +11,12 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use futures::future::Either;
 use http::{HeaderValue, Request, Response, Version, header, uri::Authority};
 use hyper::{
     body::Incoming,
@@ -142,82 +144,106 @@ impl Pool {
     /// keeps the authority the caller asked for; it goes out as `:authority` (HTTP/2) or as
     /// the `Host` header (HTTP/1.1, in origin form). Answers with the server identity the
     /// connection presented (mesh mTLS).
-    pub async fn send(
-        &self,
+    ///
+    /// The protocol is chosen here and the request handed to its sender at once: a request's
+    /// future holds each request it was given, and every byte of it is copied when it is
+    /// boxed (an `async fn` holds its arguments twice).
+    pub fn send<'a>(
+        &'a self,
         endpoint: &Authority,
         h2: bool,
-        hop: Option<Hop<'_>>,
+        hop: Option<Hop<'a>>,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Peer), BoxError> {
+    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
         let key = Key {
             endpoint: endpoint.clone(),
             tls: hop.is_some(),
         };
-        let target = Target { key: &key, hop };
         if h2 {
-            self.send_h2(target, req).await
+            Either::Left(self.send_h2(key, hop, req))
         } else {
-            self.send_h1(target, origin_form(req, endpoint)).await
+            Either::Right(self.send_h1(key, hop, origin_form(req, endpoint)))
         }
     }
 
-    async fn send_h1(
-        &self,
-        target: Target<'_>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+    )]
+    fn send_h1<'a>(
+        &'a self,
+        key: Key,
+        hop: Option<Hop<'a>>,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Peer), BoxError> {
-        // A pooled connection the server closed just now may refuse the request before any of
-        // it was written; it is then sent once more on a new connection, as clients do.
-        let mut fresh = false;
-        loop {
-            let (mut tx, peer, served) = match self.checkout_h1(target.key) {
-                Some(conn) => conn,
-                None => {
-                    fresh = true;
-                    let (tx, peer) = self.connect_h1(target).await?;
-                    (tx, peer, 0)
-                }
-            };
-            let sent = tx.try_send_request(req);
-            self.checkin_h1(target.key, tx, peer.clone(), served + 1);
-            match sent.await {
-                Ok(resp) => return Ok((resp, peer)),
-                Err(e) => match unsent(e) {
-                    Ok(back) if !fresh => req = back,
-                    Ok(_) => {
-                        return Err(UpstreamError::reset(
-                            "connection closed before the request was sent",
-                        )
-                        .into());
+    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
+        async move {
+            let target = Target { key: &key, hop };
+            // A pooled connection the server closed just now may refuse the request before
+            // any of it was written; it is then sent once more on a new connection, as
+            // clients do.
+            let mut fresh = false;
+            loop {
+                let (mut tx, peer, served) = match self.checkout_h1(target.key) {
+                    Some(conn) => conn,
+                    None => {
+                        fresh = true;
+                        // Boxed: connecting is rare, and its future, held inline, would make
+                        // every request's future a kilobyte and more larger.
+                        let (tx, peer) = Box::pin(self.connect_h1(target)).await?;
+                        (tx, peer, 0)
                     }
-                    Err(e) => return Err(e),
-                },
+                };
+                let sent = tx.try_send_request(req);
+                self.checkin_h1(target.key, tx, peer.clone(), served + 1);
+                match sent.await {
+                    Ok(resp) => return Ok((resp, peer)),
+                    Err(e) => match unsent(e) {
+                        Ok(back) if !fresh => req = back,
+                        Ok(_) => {
+                            return Err(UpstreamError::reset(
+                                "connection closed before the request was sent",
+                            )
+                            .into());
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
             }
         }
     }
 
-    async fn send_h2(
-        &self,
-        target: Target<'_>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+    )]
+    fn send_h2<'a>(
+        &'a self,
+        key: Key,
+        hop: Option<Hop<'a>>,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Peer), BoxError> {
-        let open = self.checkout_h2(target.key);
-        let ((mut tx, peer), fresh) = match open {
-            Some(conn) => (conn, false),
-            None => (self.connect_h2(target).await?, true),
-        };
-        match tx.try_send_request(req).await {
-            Ok(resp) => Ok((resp, peer)),
-            Err(e) => match unsent(e) {
-                Ok(req) if !fresh => {
-                    let (mut tx, peer) = self.connect_h2(target).await?;
-                    Ok((tx.send_request(req).await?, peer))
-                }
-                Ok(_) => Err(
-                    UpstreamError::reset("connection closed before the request was sent").into(),
-                ),
-                Err(e) => Err(e),
-            },
+    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
+        async move {
+            let target = Target { key: &key, hop };
+            let open = self.checkout_h2(target.key);
+            let ((mut tx, peer), fresh) = match open {
+                Some(conn) => (conn, false),
+                // Boxed as in `send_h1`: the rare path kept out of every request's future.
+                None => (Box::pin(self.connect_h2(target)).await?, true),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => Ok((resp, peer)),
+                Err(e) => match unsent(e) {
+                    Ok(req) if !fresh => {
+                        let (mut tx, peer) = Box::pin(self.connect_h2(target)).await?;
+                        Ok((tx.send_request(req).await?, peer))
+                    }
+                    Ok(_) => Err(UpstreamError::reset(
+                        "connection closed before the request was sent",
+                    )
+                    .into()),
+                    Err(e) => Err(e),
+                },
+            }
         }
     }
 

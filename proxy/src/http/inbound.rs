@@ -1,7 +1,7 @@
 //! The inbound request path: what arrives for the local app. Reported with
 //! `reporter="destination"` and forwarded to the app's port on loopback.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -28,53 +28,59 @@ pub fn handle(
     Box::pin(handle_inner(shared, conn, req))
 }
 
-async fn handle_inner(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+)]
+fn handle_inner(
     shared: Arc<Shared>,
     conn: Arc<ConnMeta>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let snap = shared.store.current();
-    let (mut parts, body) = req.into_parts();
-    let authority = super::headers::request_authority(&parts).unwrap_or_default();
-    let target = path_and_query(&parts);
-    let path = target.as_str();
-    let mut ex = Exchange::start(
-        shared.telemetry.clone(),
-        "destination",
-        &mut parts,
-        &authority,
-        path,
-        conn.peer,
-    );
-    if let Identity::Spiffe(id) = &conn.identity {
-        ex.parts.mtls_source(id);
-    }
-    let service = shared.host_labels.get(snap.version, &authority, || {
-        match snap.routes.service_for_host(&authority) {
-            Some(s) => ServiceLabels::of(&s.host, &s.namespace),
-            None => ServiceLabels::of(
-                mizzen_route::authority_host(&authority),
-                &shared.workload.namespace,
-            ),
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+    async move {
+        let snap = shared.store.current();
+        let (mut parts, body) = req.into_parts();
+        let authority = super::headers::request_authority(&parts).unwrap_or_default();
+        let target = path_and_query(&parts);
+        let path = target.as_str();
+        let mut ex = Exchange::start(
+            shared.telemetry.clone(),
+            "destination",
+            &mut parts,
+            &authority,
+            path,
+            conn.peer,
+        );
+        if let Identity::Spiffe(id) = &conn.identity {
+            ex.parts.mtls_source(id);
         }
-    });
-    ex.destination_service(service);
-    let policy = shared.policy.get(&snap, &shared.workload);
-    if let Err(resp) = policy.check(&mut parts, &conn) {
-        return Ok(ex.finish(resp));
+        let service = shared.host_labels.get(snap.version, &authority, || {
+            match snap.routes.service_for_host(&authority) {
+                Some(s) => ServiceLabels::of(&s.host, &s.namespace),
+                None => ServiceLabels::of(
+                    mizzen_route::authority_host(&authority),
+                    &shared.workload.namespace,
+                ),
+            }
+        });
+        ex.destination_service(service);
+        let policy = shared.policy.get(&snap, &shared.workload);
+        if let Err(resp) = policy.check(&mut parts, &conn) {
+            return Ok(ex.finish(resp));
+        }
+        let upstream = shared.inbound.passthrough(conn.orig_dst);
+        ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
+        let body = ex.counted_body(body);
+        let upgrade = is_upgrade(&parts.headers);
+        if !upgrade {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        let req = Request::from_parts(parts, body);
+        let resp = if upgrade {
+            upgrade::forward(upstream, req).await
+        } else {
+            call(UpstreamService { upstream }, req).await
+        };
+        Ok(ex.finish(resp))
     }
-    let upstream = shared.inbound.passthrough(conn.orig_dst);
-    ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
-    let body = ex.counted_body(body);
-    let upgrade = is_upgrade(&parts.headers);
-    if !upgrade {
-        strip_hop_by_hop(&mut parts.headers);
-    }
-    let req = Request::from_parts(parts, body);
-    let resp = if upgrade {
-        upgrade::forward(upstream, req).await
-    } else {
-        call(UpstreamService { upstream }, req).await
-    };
-    Ok(ex.finish(resp))
 }

@@ -1,7 +1,7 @@
 //! The outbound request path: what the app sends out. Route with the config's route table,
 //! then through the route's resilience layers to a balanced endpoint of the chosen upstream.
 
-use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -40,75 +40,81 @@ pub fn handle(
     Box::pin(handle_inner(shared, conn, req))
 }
 
-async fn handle_inner(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+)]
+fn handle_inner(
     shared: Arc<Shared>,
     conn: Arc<ConnMeta>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let snap = shared.store.current();
-    let (mut parts, body) = req.into_parts();
-    let authority: Cow<'_, str> = match &conn.service_host {
-        Some(h) => Cow::Borrowed(h),
-        None => Cow::Owned(
-            super::headers::request_authority(&parts)
-                .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
-        ),
-    };
-    let target = path_and_query(&parts);
-    let path_and_query = target.as_str();
-    let mut ex = Exchange::start(
-        shared.telemetry.clone(),
-        "source",
-        &mut parts,
-        &authority,
-        path_and_query,
-        conn.peer,
-    );
-    let body = ex.counted_body(body);
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
+    async move {
+        let snap = shared.store.current();
+        let (mut parts, body) = req.into_parts();
+        let authority: Cow<'_, str> = match &conn.service_host {
+            Some(h) => Cow::Borrowed(h),
+            None => Cow::Owned(
+                super::headers::request_authority(&parts)
+                    .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
+            ),
+        };
+        let target = path_and_query(&parts);
+        let path_and_query = target.as_str();
+        let mut ex = Exchange::start(
+            shared.telemetry.clone(),
+            "source",
+            &mut parts,
+            &authority,
+            path_and_query,
+            conn.peer,
+        );
+        let body = ex.counted_body(body);
 
-    let info = RequestInfo {
-        authority: &authority,
-        port: conn.port,
-        method: &parts.method,
-        scheme: "http",
-        path_and_query,
-        headers: &parts.headers,
-        source_labels: &shared.workload.labels,
-        source_namespace: &shared.workload.namespace,
-        gateway: MESH_GATEWAY,
-    };
-    let decision = snap.routes.select(&info, rand::random());
-    let response = match decision {
-        Decision::UnknownHost => match snap.routes.unknown_host_action() {
-            // An explicit listener has no original destination to pass through to.
-            UnknownHostAction::Passthrough if conn.service_host.is_none() => {
-                let upstream = shared.upstreams.passthrough(conn.orig_dst);
-                ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
-                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
-                let req = Request::from_parts(parts, body);
-                if is_upgrade(req.headers()) {
-                    upgrade::forward(upstream, req).await
-                } else {
-                    call(UpstreamService { upstream }, strip(req)).await
+        let info = RequestInfo {
+            authority: &authority,
+            port: conn.port,
+            method: &parts.method,
+            scheme: "http",
+            path_and_query,
+            headers: &parts.headers,
+            source_labels: &shared.workload.labels,
+            source_namespace: &shared.workload.namespace,
+            gateway: MESH_GATEWAY,
+        };
+        let decision = snap.routes.select(&info, rand::random());
+        let response = match decision {
+            Decision::UnknownHost => match snap.routes.unknown_host_action() {
+                // An explicit listener has no original destination to pass through to.
+                UnknownHostAction::Passthrough if conn.service_host.is_none() => {
+                    let upstream = shared.upstreams.passthrough(conn.orig_dst);
+                    ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
+                    ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
+                    let req = Request::from_parts(parts, body);
+                    if is_upgrade(req.headers()) {
+                        upgrade::forward(upstream, req).await
+                    } else {
+                        call(UpstreamService { upstream }, strip(req)).await
+                    }
                 }
+                _ => {
+                    ex.log(|e| e.upstream_cluster = "BlackHoleCluster".into());
+                    ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
+                    local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
+                }
+            },
+            decision => {
+                let at = Routed {
+                    shared: &shared,
+                    snap: &snap,
+                    peer: conn.peer,
+                    port: conn.port,
+                };
+                respond(at, decision, parts, body, &mut ex).await
             }
-            _ => {
-                ex.log(|e| e.upstream_cluster = "BlackHoleCluster".into());
-                ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
-                local_reply(StatusCode::BAD_GATEWAY, "", ResponseFlags::NR)
-            }
-        },
-        decision => {
-            let at = Routed {
-                shared: &shared,
-                snap: &snap,
-                peer: conn.peer,
-                port: conn.port,
-            };
-            respond(at, decision, parts, body, &mut ex).await
-        }
-    };
-    Ok(ex.finish(response))
+        };
+        Ok(ex.finish(response))
+    }
 }
 
 /// Where a routed request came in: what [`respond`] needs besides the decision.
@@ -129,133 +135,142 @@ pub struct Routed<'a> {
 ///
 /// [`Decision::UnknownHost`] is answered 404 with flag NR (a gateway's answer); the sidecar
 /// decides unknown hosts itself before calling this.
-pub async fn respond(
-    at: Routed<'_>,
-    decision: Decision<'_>,
+///
+/// An `async` block rather than an `async fn`, here and in the handlers: an `async fn` holds
+/// its arguments twice, and a request's future is copied whole when it is boxed.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice (see `outbound::respond`)"
+)]
+pub fn respond<'a>(
+    at: Routed<'a>,
+    decision: Decision<'a>,
     mut parts: http::request::Parts,
     body: Body,
-    ex: &mut Exchange,
-) -> Response<Body> {
-    let Routed {
-        shared,
-        snap,
-        peer,
-        port: in_port,
-    } = at;
-    let upgrade = is_upgrade(&parts.headers);
-    let cors = decision.cors();
-    let origin = cors.and_then(|_| {
-        let origin = parts.headers.get(header::ORIGIN)?;
-        origin.to_str().ok().map(str::to_string)
-    });
-    if let Some(policy) = cors
-        && let Preflight::Respond(head) = policy.preflight(&parts.method, &parts.headers)
-    {
-        if let Some(route) = decision.route() {
-            ex.log(|e| e.route_name = route.name.clone());
-        }
-        if let Some(service) = decision.service() {
-            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
-        }
-        return Response::from_parts(head, body::empty());
-    }
-    let mut response = match decision {
-        Decision::Forward {
-            service,
-            route,
-            destination,
-            rewrite,
-            matched,
-            ..
-        } => {
-            ex.log(|e| e.route_name = route.name.clone());
-            let mut skipped = Vec::new();
-            if let Some(rw) = rewrite {
-                skipped.extend(rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts));
+    ex: &'a mut Exchange,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    async move {
+        let Routed {
+            shared,
+            snap,
+            peer,
+            port: in_port,
+        } = at;
+        let upgrade = is_upgrade(&parts.headers);
+        let cors = decision.cors();
+        let origin = cors.and_then(|_| {
+            let origin = parts.headers.get(header::ORIGIN)?;
+            origin.to_str().ok().map(str::to_string)
+        });
+        if let Some(policy) = cors
+            && let Preflight::Respond(head) = policy.preflight(&parts.method, &parts.headers)
+        {
+            if let Some(route) = decision.route() {
+                ex.log(|e| e.route_name = route.name.clone());
             }
-            skipped.extend(mizzen_route::apply_request_header_ops(
+            if let Some(service) = decision.service() {
+                ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
+            }
+            return Response::from_parts(head, body::empty());
+        }
+        let mut response = match decision {
+            Decision::Forward {
+                service,
                 route,
                 destination,
-                &mut parts.headers,
-            ));
-            log_skipped(&route.name, &skipped);
-            let dest = &destination.destination;
-            let port = destination_port(snap, Some(service), dest, in_port);
-            let upstream = shared.upstreams.get(
-                snap,
-                &*shared.endpoints,
-                &dest.host,
-                dest.subset.as_deref(),
-                port,
-            );
-            ex.destination_service(upstream.service.clone());
-            ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
-            if upstream.balancer.hash_key().is_some() {
-                parts.extensions.insert(ClientAddr(peer.ip()));
-            }
-            let req = Request::from_parts(parts, body);
-            let mut resp = if upgrade {
-                upgrade::forward(upstream, req).await
-            } else {
-                let budget = upstream.limits.retry_budget();
-                let retry = match &route.retry {
-                    Some(r) => RetryLayer::new(r, budget),
-                    None => RetryLayer::from_policy(snap.default_retry.clone(), budget),
+                rewrite,
+                matched,
+                ..
+            } => {
+                ex.log(|e| e.route_name = route.name.clone());
+                let mut skipped = Vec::new();
+                if let Some(rw) = rewrite {
+                    skipped.extend(rw.apply(matched.and_then(|m| m.uri.as_ref()), &mut parts));
+                }
+                skipped.extend(mizzen_route::apply_request_header_ops(
+                    route,
+                    destination,
+                    &mut parts.headers,
+                ));
+                log_skipped(&route.name, &skipped);
+                let dest = &destination.destination;
+                let port = destination_port(snap, Some(service), dest, in_port);
+                let upstream = shared.upstreams.get(
+                    snap,
+                    &*shared.endpoints,
+                    &dest.host,
+                    dest.subset.as_deref(),
+                    port,
+                );
+                ex.destination_service(upstream.service.clone());
+                ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
+                if upstream.balancer.hash_key().is_some() {
+                    parts.extensions.insert(ClientAddr(peer.ip()));
+                }
+                let req = Request::from_parts(parts, body);
+                let mut resp = if upgrade {
+                    upgrade::forward(upstream, req).await
+                } else {
+                    let budget = upstream.limits.retry_budget();
+                    let retry = match &route.retry {
+                        Some(r) => RetryLayer::new(r, budget),
+                        None => RetryLayer::from_policy(snap.default_retry.clone(), budget),
+                    };
+                    // Mirrors sit under fault injection: an aborted request is not copied.
+                    let stack = ServiceBuilder::new()
+                        .option_layer(
+                            route
+                                .fault
+                                .is_some()
+                                .then(|| FaultLayer::new(route.fault.clone())),
+                        )
+                        .option_layer(mirror::MirrorLayer::for_route(shared, snap, route, port))
+                        .layer(TimeoutLayer::from_ms(route.timeout_ms))
+                        .layer(retry)
+                        .layer(CircuitLayer::new(upstream.limits.clone()))
+                        .service(UpstreamService {
+                            upstream: upstream.clone(),
+                        });
+                    call(stack, strip(req)).await
                 };
-                // Mirrors sit under fault injection: an aborted request is not copied.
-                let stack = ServiceBuilder::new()
-                    .option_layer(
-                        route
-                            .fault
-                            .is_some()
-                            .then(|| FaultLayer::new(route.fault.clone())),
-                    )
-                    .option_layer(mirror::MirrorLayer::for_route(shared, snap, route, port))
-                    .layer(TimeoutLayer::from_ms(route.timeout_ms))
-                    .layer(retry)
-                    .layer(CircuitLayer::new(upstream.limits.clone()))
-                    .service(UpstreamService {
-                        upstream: upstream.clone(),
-                    });
-                call(stack, strip(req)).await
-            };
-            let skipped =
-                mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
-            log_skipped(&route.name, &skipped);
-            resp
+                let skipped =
+                    mizzen_route::apply_response_header_ops(route, destination, resp.headers_mut());
+                log_skipped(&route.name, &skipped);
+                resp
+            }
+            Decision::Redirect {
+                route,
+                location,
+                code,
+                service,
+                ..
+            } => {
+                ex.log(|e| e.route_name = route.name.clone());
+                ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
+                redirect(code, &location)
+            }
+            Decision::DirectResponse {
+                route,
+                status,
+                body,
+                service,
+                ..
+            } => {
+                ex.log(|e| e.route_name = route.name.clone());
+                ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
+                text(status, body.unwrap_or(""))
+            }
+            Decision::NoRoute { service } => {
+                ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
+                local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR)
+            }
+            Decision::UnknownHost => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
+        };
+        if let Some(policy) = cors {
+            policy.response_headers(origin.as_deref(), response.headers_mut());
         }
-        Decision::Redirect {
-            route,
-            location,
-            code,
-            service,
-            ..
-        } => {
-            ex.log(|e| e.route_name = route.name.clone());
-            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
-            redirect(code, &location)
-        }
-        Decision::DirectResponse {
-            route,
-            status,
-            body,
-            service,
-            ..
-        } => {
-            ex.log(|e| e.route_name = route.name.clone());
-            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
-            text(status, body.unwrap_or(""))
-        }
-        Decision::NoRoute { service } => {
-            ex.destination_service(ServiceLabels::of(&service.host, &service.namespace));
-            local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR)
-        }
-        Decision::UnknownHost => local_reply(StatusCode::NOT_FOUND, "", ResponseFlags::NR),
-    };
-    if let Some(policy) = cors {
-        policy.response_headers(origin.as_deref(), response.headers_mut());
+        response
     }
-    response
 }
 
 /// The port a destination is reached on: its own, else the port the request came in on when

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -11,7 +13,13 @@ use crate::{
     upstream::{ForceHttp1, Upstream, UpstreamService},
 };
 
-pub async fn forward(upstream: Arc<Upstream>, mut req: Request<Body>) -> Response<Body> {
+/// Boxed: upgrades are rare, and the future of one, held inline by the request path that
+/// may take this turn, would enlarge every request's future.
+pub fn forward(upstream: Arc<Upstream>, req: Request<Body>) -> BoxFuture<'static, Response<Body>> {
+    Box::pin(forward_inner(upstream, req))
+}
+
+async fn forward_inner(upstream: Arc<Upstream>, mut req: Request<Body>) -> Response<Body> {
     let downstream = hyper::upgrade::on(&mut req);
     req.extensions_mut().insert(ForceHttp1);
     let mut resp = call(UpstreamService { upstream }, req).await;

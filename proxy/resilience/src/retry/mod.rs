@@ -31,6 +31,7 @@ mod policy;
 pub mod replay;
 
 use std::{
+    future::Future,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -167,13 +168,19 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let first = std::mem::replace(&mut self.inner, clone);
-        let retry = self.clone();
-        Box::pin(retry.run(first, req))
+        Box::pin(self.clone().run(first, req))
     }
 }
 
 impl<S> Retry<S> {
-    async fn run<B, RB>(self, mut ready: S, req: Request<B>) -> Result<Response<RB>, BoxError>
+    /// Prepares the request and starts its first try here, so the future holds the try's
+    /// future and the head kept for retries, not the request as well: every byte of a
+    /// request's future is copied when it is boxed.
+    fn run<B, RB>(
+        self,
+        mut ready: S,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<RB>, BoxError>> + Send + 'static
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
         S::Future: Send,
@@ -204,69 +211,62 @@ impl<S> Retry<S> {
         };
         // The first try goes to the service `poll_ready` drove.
         let per_try = self.policy.per_try_timeout;
-        let mut result = try_once(
-            &mut ready,
-            Request::from_parts(first_head, first_body),
+        let first = try_once(
+            ready.call(Request::from_parts(first_head, first_body)),
             per_try,
-        )
-        .await;
-        let mut retries = 0;
-        loop {
-            let retriable = match &result {
-                Ok(response) => self.policy.retries_response(response),
-                Err(error) => self
-                    .policy
-                    .retries_error(UpstreamError::classify(error.as_ref())),
-            };
-            if !retriable {
-                return finish(result, false);
-            }
-            if retries >= self.policy.attempts {
-                // With retries off nothing ran out.
-                return finish(result, self.policy.attempts > 0);
-            }
-            // Need a head and body to send again and room in the budget.
-            let (Some(parts), Some(replay)) = (
-                parts.as_ref(),
-                template.as_ref().and_then(ReplayBody::try_clone),
-            ) else {
-                return finish(result, false);
-            };
-            let Some(_permit) = self.budget.try_acquire() else {
-                return finish(result, false);
-            };
-            retries += 1;
-            // Let go of the failed answer (and its connection) before waiting.
-            drop(result);
-            tokio::time::sleep(self.backoff.delay(retries)).await;
-            let mut svc = self.inner.clone();
-            let readiness: Result<_, BoxError> = svc.ready().await.map(|_| ()).map_err(Into::into);
-            result = match readiness {
-                Ok(()) => {
-                    try_once(
-                        &mut svc,
-                        Request::from_parts(try_head(parts, retries + 1), replay),
-                        per_try,
-                    )
-                    .await
+        );
+        async move {
+            let mut result = first.await;
+            let mut retries = 0;
+            loop {
+                let retriable = match &result {
+                    Ok(response) => self.policy.retries_response(response),
+                    Err(error) => self
+                        .policy
+                        .retries_error(UpstreamError::classify(error.as_ref())),
+                };
+                if !retriable {
+                    return finish(result, false);
                 }
-                Err(e) => Err(e),
-            };
+                if retries >= self.policy.attempts {
+                    // With retries off nothing ran out.
+                    return finish(result, self.policy.attempts > 0);
+                }
+                // Need a head and body to send again and room in the budget.
+                let (Some(parts), Some(replay)) = (
+                    parts.as_ref(),
+                    template.as_ref().and_then(ReplayBody::try_clone),
+                ) else {
+                    return finish(result, false);
+                };
+                let Some(_permit) = self.budget.try_acquire() else {
+                    return finish(result, false);
+                };
+                retries += 1;
+                // Let go of the failed answer (and its connection) before waiting.
+                drop(result);
+                tokio::time::sleep(self.backoff.delay(retries)).await;
+                let mut svc = self.inner.clone();
+                let readiness: Result<_, BoxError> =
+                    svc.ready().await.map(|_| ()).map_err(Into::into);
+                result = match readiness {
+                    Ok(()) => {
+                        let req = Request::from_parts(try_head(parts, retries + 1), replay);
+                        try_once(svc.call(req), per_try).await
+                    }
+                    Err(e) => Err(e),
+                };
+            }
         }
     }
 }
 
-/// One try, bounded by the per-try timeout.
-async fn try_once<S, B, RB>(
-    svc: &mut S,
-    req: Request<ReplayBody<B>>,
-    per_try: Option<Duration>,
-) -> TryResult<RB>
+/// One try (its call made), bounded by the per-try timeout.
+async fn try_once<F, RB, E>(call: F, per_try: Option<Duration>) -> TryResult<RB>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
 {
-    let call = svc.call(req);
     match per_try {
         None => call.await.map_err(Into::into),
         Some(limit) => match tokio::time::timeout(limit, call).await {
