@@ -40,33 +40,45 @@ impl Default for RandomDraw {
 
 impl Draw for RandomDraw {
     fn hit(&mut self, pct: f64) -> bool {
-        if pct.is_nan() || pct <= 0.0 {
-            false
-        } else if pct >= 100.0 {
-            true
-        } else {
-            self.rng.random::<f64>() * 100.0 < pct
-        }
+        percent_hit(pct, self.rng.random::<f64>())
     }
 }
 
-/// A [`Draw`] shared by every clone of a service (so clones do not repeat one sequence).
+/// A [`Draw`] shared by every clone of a service (so clones do not repeat one sequence): the
+/// thread's generator, which costs nothing to make, or a given one (seeded, for tests).
 #[derive(Clone)]
-pub struct SharedDraw(Arc<Mutex<dyn Draw + Send>>);
+pub struct SharedDraw(Option<Arc<Mutex<dyn Draw + Send>>>);
 
 impl SharedDraw {
     pub fn new(draw: impl Draw + Send + 'static) -> Self {
-        Self(Arc::new(Mutex::new(draw)))
+        Self(Some(Arc::new(Mutex::new(draw))))
     }
 
+    /// Draws from the thread's random generator: made per request by the data path, so no
+    /// generator of its own is seeded (from the operating system) and no lock is taken.
     pub fn random() -> Self {
-        Self::new(RandomDraw::new())
+        Self(None)
     }
 
     pub fn hit(&self, pct: f64) -> bool {
+        let Some(draw) = &self.0 else {
+            return percent_hit(pct, rand::rng().random::<f64>());
+        };
         // A panic while drawing cannot leave the generator in a state worth refusing.
-        let mut draw = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut draw = draw.lock().unwrap_or_else(|p| p.into_inner());
         draw.hit(pct)
+    }
+}
+
+/// Whether a uniform draw `u` in [0, 1) falls in `pct` percent: always for 100 or more, never
+/// for 0, less or NaN.
+fn percent_hit(pct: f64, u: f64) -> bool {
+    if pct.is_nan() || pct <= 0.0 {
+        false
+    } else if pct >= 100.0 {
+        true
+    } else {
+        u * 100.0 < pct
     }
 }
 
@@ -91,6 +103,16 @@ mod tests {
         let mut d = RandomDraw::seeded(7);
         let hits = (0..2000).filter(|_| d.hit(50.0)).count();
         assert!((900..=1100).contains(&hits), "{hits} hits of 2000");
+    }
+
+    #[test]
+    fn the_threads_generator_draws_like_a_seeded_one() {
+        let d = SharedDraw::random();
+        let hits = (0..20_000).filter(|_| d.hit(25.0)).count();
+        assert!((4_600..=5_400).contains(&hits), "{hits} hits of 20000");
+        assert_eq!((0..2000).filter(|_| d.hit(0.0)).count(), 0);
+        assert_eq!((0..2000).filter(|_| d.hit(f64::NAN)).count(), 0);
+        assert_eq!((0..2000).filter(|_| d.hit(100.0)).count(), 2000);
     }
 
     #[test]

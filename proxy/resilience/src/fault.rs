@@ -37,10 +37,13 @@ pub struct FaultLayer {
 
 impl FaultLayer {
     pub fn new(fault: Option<Fault>) -> Self {
+        Self::shared(fault.map(Arc::new))
+    }
+
+    /// For a fault shared with the compiled route (no copy per request).
+    pub fn shared(fault: Option<Arc<Fault>>) -> Self {
         Self {
-            fault: fault
-                .filter(|f| f.delay.is_some() || f.abort.is_some())
-                .map(Arc::new),
+            fault: fault.filter(|f| f.delay.is_some() || f.abort.is_some()),
             draw: SharedDraw::random(),
         }
     }

@@ -1,11 +1,13 @@
 //! The route table: a [`ProxyConfig`] compiled for fast, allocation-free route selection.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use mizzen_proxy_config::{
-    Destination, HttpAction, HttpMatch, HttpRoute, OutboundTrafficPolicy, ProxyConfig, Service,
-    StringMatcher, WeightedDestination,
+    Destination, Fault, HttpAction, HttpMatch, HttpRoute, Mirror, OutboundTrafficPolicy,
+    ProxyConfig, Service, StringMatcher, WeightedDestination,
 };
+
+use mizzen_resilience::retry::RetryPolicy;
 
 use crate::cors::CorsPolicy;
 use crate::error::CompileError;
@@ -42,6 +44,12 @@ pub enum Decision<'a> {
         rewrite: Option<&'a UriRewrite>,
         /// The route's CORS policy, compiled.
         cors: Option<&'a CorsPolicy>,
+        /// The route's `retries`, `fault` and `mirrors`, compiled once and shared (a request's
+        /// layers hold them while it runs, without a copy); `None` when it has none (for
+        /// `retry`: the mesh's default policy applies).
+        retry: Option<&'a Arc<RetryPolicy>>,
+        fault: Option<&'a Arc<Fault>>,
+        mirrors: Option<&'a Arc<[Mirror]>>,
     },
     /// Answer with a redirect.
     Redirect {
@@ -145,6 +153,9 @@ struct CompiledRoute {
     pick: Option<WeightedPick>,
     rewrite: Option<UriRewrite>,
     cors: Option<CorsPolicy>,
+    retry: Option<Arc<RetryPolicy>>,
+    fault: Option<Arc<Fault>>,
+    mirrors: Option<Arc<[Mirror]>>,
 }
 
 impl CompiledRoute {
@@ -323,6 +334,9 @@ impl RouteTable {
                         matched,
                         rewrite: cr.rewrite.as_ref(),
                         cors: cr.cors.as_ref(),
+                        retry: cr.retry.as_ref(),
+                        fault: cr.fault.as_ref(),
+                        mirrors: cr.mirrors.as_ref(),
                     }
                 }
                 HttpAction::Redirect(r) => Decision::Redirect {
@@ -356,6 +370,9 @@ fn default_forward<'a>(service: &'a Service, compiled: &'a CompiledService) -> D
         matched: None,
         rewrite: None,
         cors: None,
+        retry: None,
+        fault: None,
+        mirrors: None,
     }
 }
 
@@ -425,6 +442,9 @@ fn compile_service(svc: &Service) -> Result<CompiledService, CompileError> {
             pick,
             rewrite,
             cors,
+            retry: route.retry.as_ref().map(|r| Arc::new(RetryPolicy::new(r))),
+            fault: route.fault.clone().map(Arc::new),
+            mirrors: (!route.mirrors.is_empty()).then(|| Arc::from(route.mirrors.as_slice())),
         });
     }
     Ok(CompiledService {

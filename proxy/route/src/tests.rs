@@ -1,6 +1,6 @@
 //! Route selection over hand-built configs, as the operator would render them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use http::Method;
 use mizzen_proxy_config::*;
@@ -1144,4 +1144,51 @@ fn unnamed_routes_are_named_by_position_in_errors() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn a_routes_retries_fault_and_mirrors_are_compiled_once_and_shared() {
+    let mut r = route("flaky", vec![], to_subset("v1"));
+    r.retry = Some(Retry {
+        attempts: 3,
+        retry_on: vec!["5xx".into(), "connect-failure".into()],
+        ..Retry::istio_default()
+    });
+    r.fault = Some(Fault {
+        delay: Some(FaultDelay {
+            fixed_delay_ms: 5,
+            percentage: 50.0,
+        }),
+        abort: None,
+    });
+    r.mirrors = vec![Mirror {
+        destination: dest(REVIEWS, Some("v2"), 100).destination,
+        percentage: 10.0,
+    }];
+    let t = reviews(vec![r]);
+    let layers = |d: Decision<'_>| match d {
+        Decision::Forward {
+            retry,
+            fault,
+            mirrors,
+            ..
+        } => (retry.cloned(), fault.cloned(), mirrors.cloned()),
+        other => panic!("{other:?}"),
+    };
+    let (retry, fault, mirrors) = layers(t.select(&req("/").info(), 0));
+    let (retry2, fault2, mirrors2) = layers(t.select(&req("/").info(), 0));
+    let (retry, fault, mirrors) = (retry.unwrap(), fault.unwrap(), mirrors.unwrap());
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(fault.delay.as_ref().unwrap().fixed_delay_ms, 5);
+    assert_eq!(mirrors[0].destination.subset.as_deref(), Some("v2"));
+    // The same compiled values for every request, not a copy each.
+    assert!(Arc::ptr_eq(&retry, &retry2.unwrap()));
+    assert!(Arc::ptr_eq(&fault, &fault2.unwrap()));
+    assert!(Arc::ptr_eq(&mirrors, &mirrors2.unwrap()));
+    // A route without them, and a service's default route, carry none.
+    let plain = reviews(vec![route("plain", vec![], to_subset("v1"))]);
+    assert_eq!(layers(plain.select(&req("/").info(), 0)).0, None);
+    let none = reviews(vec![]);
+    let (retry, fault, mirrors) = layers(none.select(&req("/").info(), 0));
+    assert!(retry.is_none() && fault.is_none() && mirrors.is_none());
 }

@@ -10,7 +10,7 @@ use std::{
 use http::Request;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use mizzen_proxy_config::HttpRoute;
+use mizzen_proxy_config::Mirror as MirrorTo;
 use mizzen_resilience::mirror::Mirror;
 
 use crate::{
@@ -56,11 +56,11 @@ impl Mirrors {
 pub async fn send_copies(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    route: &HttpRoute,
+    mirrors: &[MirrorTo],
     port: u16,
     req: Request<Body>,
 ) -> Request<Body> {
-    if route.mirrors.is_empty() {
+    if mirrors.is_empty() {
         return req;
     }
     let small = req.body().is_end_stream()
@@ -80,7 +80,7 @@ pub async fn send_copies(
             return Request::from_parts(parts, body::empty());
         }
     };
-    for m in &route.mirrors {
+    for m in mirrors {
         if !mizzen_route::percent_hit(m.percentage, rand::random()) {
             continue;
         }
@@ -106,7 +106,8 @@ pub async fn send_copies(
 pub struct MirrorLayer {
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
-    route: Arc<HttpRoute>,
+    /// The route's mirrors, as its compiled route shares them (not copied per request).
+    mirrors: Arc<[MirrorTo]>,
     port: u16,
 }
 
@@ -115,13 +116,13 @@ impl MirrorLayer {
     pub fn for_route(
         shared: &Arc<Shared>,
         snap: &Arc<Snapshot>,
-        route: &HttpRoute,
+        mirrors: Option<&Arc<[MirrorTo]>>,
         port: u16,
     ) -> Option<Self> {
-        (!route.mirrors.is_empty()).then(|| Self {
+        mirrors.map(|mirrors| Self {
             shared: shared.clone(),
             snap: snap.clone(),
-            route: Arc::new(route.clone()),
+            mirrors: mirrors.clone(),
             port,
         })
     }
@@ -166,7 +167,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let l = self.layer.clone();
         Box::pin(async move {
-            let req = send_copies(&l.shared, &l.snap, &l.route, l.port, req).await;
+            let req = send_copies(&l.shared, &l.snap, &l.mirrors, l.port, req).await;
             inner.call(req).await
         })
     }

@@ -180,6 +180,9 @@ pub fn respond<'a>(
                 destination,
                 rewrite,
                 matched,
+                retry,
+                fault,
+                mirrors,
                 ..
             } => {
                 ex.log(|e| e.route_name = route.name.clone());
@@ -212,19 +215,12 @@ pub fn respond<'a>(
                     upgrade::forward(upstream, req).await
                 } else {
                     let budget = upstream.limits.retry_budget();
-                    let retry = match &route.retry {
-                        Some(r) => RetryLayer::new(r, budget),
-                        None => RetryLayer::from_policy(snap.default_retry.clone(), budget),
-                    };
+                    let policy = retry.unwrap_or(&snap.default_retry);
+                    let retry = RetryLayer::from_policy(policy.clone(), budget);
                     // Mirrors sit under fault injection: an aborted request is not copied.
                     let stack = ServiceBuilder::new()
-                        .option_layer(
-                            route
-                                .fault
-                                .is_some()
-                                .then(|| FaultLayer::new(route.fault.clone())),
-                        )
-                        .option_layer(mirror::MirrorLayer::for_route(shared, snap, route, port))
+                        .option_layer(fault.map(|f| FaultLayer::shared(Some(f.clone()))))
+                        .option_layer(mirror::MirrorLayer::for_route(shared, snap, mirrors, port))
                         .layer(TimeoutLayer::from_ms(route.timeout_ms))
                         .layer(retry)
                         .layer(CircuitLayer::new(upstream.limits.clone()))
