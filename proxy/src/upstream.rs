@@ -88,12 +88,28 @@ pub fn expected_peer(tls: Option<&ClientTls>, endpoint: &Endpoint) -> ExpectedPe
     }
 }
 
-/// Where a response came from, for telemetry (in the response's extensions): the endpoint,
-/// and the server identity its mesh connection presented (`destination_principal`).
+/// Where a response came from, for telemetry: the endpoint, and the server identity its mesh
+/// connection presented (`destination_principal`).
 #[derive(Clone, Debug)]
 pub struct UpstreamHost {
     pub endpoint: Arc<EndpointState>,
     pub principal: Peer,
+}
+
+/// Where the upstream service tells a request's report which [`UpstreamHost`] answered (the
+/// last try's). A slot shared by the two rather than an extension of the response: an
+/// extension map costs three allocations per response.
+#[derive(Debug, Default)]
+pub struct Origin(Mutex<Option<UpstreamHost>>);
+
+impl Origin {
+    fn set(&self, host: UpstreamHost) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(host);
+    }
+
+    pub fn take(&self) -> Option<UpstreamHost> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Marks a request that must go over HTTP/1.1 (an upgrade), whatever the port's protocol.
@@ -493,6 +509,15 @@ struct Settings {
 #[derive(Clone)]
 pub struct UpstreamService {
     pub upstream: Arc<Upstream>,
+    /// Told where each response came from (`None`: nobody reports it, as for mirrors).
+    pub origin: Option<Arc<Origin>>,
+}
+
+impl UpstreamService {
+    /// Sends to `upstream`, telling `origin` where each response came from.
+    pub fn new(upstream: Arc<Upstream>, origin: Option<Arc<Origin>>) -> Self {
+        Self { upstream, origin }
+    }
 }
 
 /// Decrements an endpoint's in-flight count when the call ends, however it ends.
@@ -575,18 +600,19 @@ where
         let req = Request::from_parts(parts, body);
         ep.active.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(ep);
-        Box::pin(send(up, guard, endpoint, h2, req))
+        Box::pin(send(up, self.origin.clone(), guard, endpoint, h2, req))
     }
 }
 
 /// Sends a request to the endpoint it was balanced to (in flight under `guard`), feeds the
-/// outcome to outlier detection, and marks the response with where it came from.
+/// outcome to outlier detection, and tells `origin` where the response came from.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice (see `outbound::respond`)"
 )]
 fn send(
     up: Arc<Upstream>,
+    origin: Option<Arc<Origin>>,
     guard: InFlight,
     endpoint: Authority,
     h2: bool,
@@ -624,10 +650,12 @@ fn send(
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             crate::http::headers::strip_hop_by_hop(resp.headers_mut());
         }
-        resp.extensions_mut().insert(UpstreamHost {
-            endpoint: guard.0.clone(),
-            principal,
-        });
+        if let Some(origin) = origin {
+            origin.set(UpstreamHost {
+                endpoint: guard.0.clone(),
+                principal,
+            });
+        }
         Ok(resp)
     }
 }

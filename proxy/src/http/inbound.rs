@@ -76,10 +76,11 @@ fn handle_inner(
             strip_hop_by_hop(&mut parts.headers);
         }
         let req = Request::from_parts(parts, body);
+        let upstream = UpstreamService::new(upstream, Some(ex.origin()));
         let resp = if upgrade {
             upgrade::forward(upstream, req).await
         } else {
-            call(UpstreamService { upstream }, req).await
+            call(upstream, req).await
         };
         Ok(ex.finish(resp))
     }

@@ -40,9 +40,8 @@ impl Mirrors {
             Some((up, m)) if Arc::ptr_eq(up, &upstream) => m.clone(),
             _ => {
                 let m = Mirror::new(
-                    UpstreamService {
-                        upstream: upstream.clone(),
-                    },
+                    // Nobody reports a copy's response.
+                    UpstreamService::new(upstream.clone(), None),
                     100.0,
                 );
                 map.insert(upstream.key.clone(), (upstream, m.clone()));

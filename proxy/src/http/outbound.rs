@@ -91,10 +91,11 @@ fn handle_inner(
                     ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
                     ex.destination_service(ServiceLabels::of(authority_host(&authority), ""));
                     let req = Request::from_parts(parts, body);
+                    let upstream = UpstreamService::new(upstream, Some(ex.origin()));
                     if is_upgrade(req.headers()) {
                         upgrade::forward(upstream, req).await
                     } else {
-                        call(UpstreamService { upstream }, strip(req)).await
+                        call(upstream, strip(req)).await
                     }
                 }
                 _ => {
@@ -211,8 +212,9 @@ pub fn respond<'a>(
                     parts.extensions.insert(ClientAddr(peer.ip()));
                 }
                 let req = Request::from_parts(parts, body);
+                let origin = Some(ex.origin());
                 let mut resp = if upgrade {
-                    upgrade::forward(upstream, req).await
+                    upgrade::forward(UpstreamService::new(upstream, origin), req).await
                 } else {
                     let budget = upstream.limits.retry_budget();
                     let policy = retry.unwrap_or(&snap.default_retry);
@@ -224,9 +226,7 @@ pub fn respond<'a>(
                         .layer(TimeoutLayer::from_ms(route.timeout_ms))
                         .layer(retry)
                         .layer(CircuitLayer::new(upstream.limits.clone()))
-                        .service(UpstreamService {
-                            upstream: upstream.clone(),
-                        });
+                        .service(UpstreamService::new(upstream.clone(), origin));
                     call(stack, strip(req)).await
                 };
                 let skipped =

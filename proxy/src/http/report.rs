@@ -21,7 +21,7 @@ use crate::{
         AccessLogEntry, Label, LabelParts, PeerLabels, RequestKey, ServiceLabels, Telemetry,
         access_log::rfc3339, trace,
     },
-    upstream::UpstreamHost,
+    upstream::{Origin, UpstreamHost},
 };
 
 /// What a request is known to be before it is answered. Its metric labels are assembled from
@@ -38,6 +38,8 @@ pub struct Exchange {
     flags: ResponseFlags,
     response_code: u16,
     grpc_status: Label,
+    /// Where the upstream service says the response came from, once the request is sent.
+    origin: Option<Arc<Origin>>,
 }
 
 /// Stores the request body's size where the response's end can read it.
@@ -104,6 +106,7 @@ impl Exchange {
             flags: ResponseFlags::default(),
             response_code: 0,
             grpc_status: Label::EMPTY,
+            origin: None,
         }
     }
 
@@ -150,6 +153,11 @@ impl Exchange {
         }
     }
 
+    /// Where the upstream service of this request is to say which endpoint answered.
+    pub fn origin(&mut self) -> Arc<Origin> {
+        self.origin.get_or_insert_default().clone()
+    }
+
     pub fn destination_service(&mut self, service: ServiceLabels) {
         self.parts.service = service;
     }
@@ -161,15 +169,15 @@ impl Exchange {
         if let Some(UpstreamHost {
             endpoint,
             principal,
-        }) = response.extensions().get::<UpstreamHost>()
+        }) = self.origin.take().and_then(|o| o.take())
         {
             if let Some(entry) = &mut self.log {
-                entry.upstream_host = endpoint.name.clone();
+                entry.upstream_host.clone_from(&endpoint.name);
             }
             if self.reporter == "source" {
                 self.parts.destination = endpoint.peer.clone();
                 if let Some(principal) = principal {
-                    self.parts.destination.principal = Label::Shared(principal.clone());
+                    self.parts.destination.principal = Label::Shared(principal);
                 }
             }
         }

@@ -1,8 +1,6 @@
 //! Upgrades (WebSocket and other `Upgrade:` protocols over HTTP/1.1): the request goes
 //! upstream as is; on `101 Switching Protocols` both sides are joined byte for byte.
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 
 use http::{Request, Response, StatusCode};
@@ -10,19 +8,22 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     http::{body::Body, outbound::call},
-    upstream::{ForceHttp1, Upstream, UpstreamService},
+    upstream::{ForceHttp1, UpstreamService},
 };
 
 /// Boxed: upgrades are rare, and the future of one, held inline by the request path that
 /// may take this turn, would enlarge every request's future.
-pub fn forward(upstream: Arc<Upstream>, req: Request<Body>) -> BoxFuture<'static, Response<Body>> {
+pub fn forward(
+    upstream: UpstreamService,
+    req: Request<Body>,
+) -> BoxFuture<'static, Response<Body>> {
     Box::pin(forward_inner(upstream, req))
 }
 
-async fn forward_inner(upstream: Arc<Upstream>, mut req: Request<Body>) -> Response<Body> {
+async fn forward_inner(upstream: UpstreamService, mut req: Request<Body>) -> Response<Body> {
     let downstream = hyper::upgrade::on(&mut req);
     req.extensions_mut().insert(ForceHttp1);
-    let mut resp = call(UpstreamService { upstream }, req).await;
+    let mut resp = call(upstream, req).await;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
