@@ -58,7 +58,8 @@ struct Head<'a> {
     /// `http` or `grpc`.
     pub protocol: &'static str,
     pub authority: &'a str,
-    pub request_id: &'a str,
+    /// Read as text only for the access log.
+    pub request_id: &'a http::HeaderValue,
     pub version: http::Version,
     pub peer: std::net::SocketAddr,
 }
@@ -89,7 +90,7 @@ impl Exchange {
                 path: head.path.to_string(),
                 protocol: format!("{:?}", head.version),
                 authority: head.authority.to_string(),
-                x_request_id: head.request_id.to_string(),
+                x_request_id: head.request_id.to_str().unwrap_or_default().to_string(),
                 downstream_remote_address: head.peer.to_string(),
                 reporter,
                 ..Default::default()
@@ -126,7 +127,7 @@ impl Exchange {
             path,
             protocol: request_protocol(&parts.headers),
             authority,
-            request_id: request_id.to_str().unwrap_or_default(),
+            request_id: &request_id,
             version: parts.version,
             peer,
         };
