@@ -17,7 +17,7 @@ use crate::{
     app::Shared,
     http::{
         body::Body,
-        headers::{path_and_query, request_authority},
+        headers::request_authority,
         outbound::{self, Routed},
         report::Exchange,
     },
@@ -74,17 +74,15 @@ fn handle_inner(
         let plan = gateway.plan(&snap);
         let (mut parts, body) = req.into_parts();
         let authority = request_authority(&parts).unwrap_or_default();
-        let target = path_and_query(&parts);
-        let path_and_query = target.as_str();
-        let mut ex = Exchange::start(
+        let (mut ex, body, target) = Exchange::start(
             shared.telemetry.clone(),
             "source",
             &mut parts,
+            body,
             &authority,
-            path_and_query,
             conn.peer,
         );
-        let body = ex.counted_body(body);
+        let path_and_query = target.as_str();
         forwarded(&mut parts.headers, &conn.client, conn.scheme);
         let host = authority_host(&authority);
         let response = match plan.http_site(&conn.site) {

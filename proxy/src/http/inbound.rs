@@ -10,7 +10,7 @@ use crate::{
     app::Shared,
     http::{
         body::Body,
-        headers::{is_upgrade, path_and_query, strip_hop_by_hop},
+        headers::{is_upgrade, strip_hop_by_hop},
         outbound::call,
         report::Exchange,
         upgrade,
@@ -41,14 +41,12 @@ fn handle_inner(
         let snap = shared.store.current();
         let (mut parts, body) = req.into_parts();
         let authority = super::headers::request_authority(&parts).unwrap_or_default();
-        let target = path_and_query(&parts);
-        let path = target.as_str();
-        let mut ex = Exchange::start(
+        let (mut ex, body, _target) = Exchange::start(
             shared.telemetry.clone(),
             "destination",
             &mut parts,
+            body,
             &authority,
-            path,
             conn.peer,
         );
         if let Identity::Spiffe(id) = &conn.identity {
@@ -70,7 +68,6 @@ fn handle_inner(
         }
         let upstream = shared.inbound.passthrough(conn.orig_dst);
         ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
-        let body = ex.counted_body(body);
         let upgrade = is_upgrade(&parts.headers);
         if !upgrade {
             strip_hop_by_hop(&mut parts.headers);

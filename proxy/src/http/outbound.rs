@@ -21,7 +21,7 @@ use crate::{
     config::Snapshot,
     http::{
         body::{self, Body},
-        headers::{is_upgrade, path_and_query, strip_hop_by_hop},
+        headers::{is_upgrade, strip_hop_by_hop},
         mirror,
         report::Exchange,
         upgrade,
@@ -59,17 +59,15 @@ fn handle_inner(
                     .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
             ),
         };
-        let target = path_and_query(&parts);
-        let path_and_query = target.as_str();
-        let mut ex = Exchange::start(
+        let (mut ex, body, target) = Exchange::start(
             shared.telemetry.clone(),
             "source",
             &mut parts,
+            body,
             &authority,
-            path_and_query,
             conn.peer,
         );
-        let body = ex.counted_body(body);
+        let path_and_query = target.as_str();
 
         let info = RequestInfo {
             authority: &authority,

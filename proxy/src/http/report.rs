@@ -9,13 +9,13 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use http::Response;
+use http::{Response, uri::PathAndQuery};
 use mizzen_resilience::ResponseFlags;
 
 use crate::{
     http::{
         body::{Body, BodyEnd, Counted, OnEnd},
-        headers::{GRPC_STATUS, request_protocol},
+        headers::{GRPC_STATUS, path_and_query, request_protocol},
     },
     telemetry::{
         AccessLogEntry, Label, LabelParts, PeerLabels, RequestKey, ServiceLabels, Telemetry,
@@ -111,32 +111,37 @@ impl Exchange {
         }
     }
 
-    /// Starts the report of a request arriving with `parts`: makes sure it carries a request
-    /// id and trace context (adding what is missing), then records its head.
+    /// Starts the report of a request arriving with `parts` and `body`: makes sure it carries
+    /// a request id and trace context (adding what is missing) and records its head. Gives
+    /// back the report, the body (its size counted into the report) and the request's target
+    /// (path and query), which routing reads.
     pub fn start(
         telemetry: Arc<Telemetry>,
         reporter: &'static str,
         parts: &mut http::request::Parts,
+        body: hyper::body::Incoming,
         authority: &str,
-        path: &str,
         peer: std::net::SocketAddr,
-    ) -> Self {
+    ) -> (Self, Body, PathAndQuery) {
+        let target = path_and_query(parts);
         let request_id = trace::ensure(&mut parts.headers);
         let head = Head {
             method: parts.method.as_str(),
-            path,
+            path: target.as_str(),
             protocol: request_protocol(&parts.headers),
             authority,
             request_id: &request_id,
             version: parts.version,
             peer,
         };
-        Self::new(telemetry, reporter, head)
+        let mut ex = Self::new(telemetry, reporter, head);
+        let body = ex.counted_body(body);
+        (ex, body, target)
     }
 
     /// The request's body, its size counted into this report when it ends. A request that
     /// came without one (most do) gets an empty body at no cost: there is nothing to count.
-    pub fn counted_body(&mut self, body: hyper::body::Incoming) -> Body {
+    fn counted_body(&mut self, body: hyper::body::Incoming) -> Body {
         if http_body::Body::is_end_stream(&body) {
             return crate::http::body::empty();
         }
