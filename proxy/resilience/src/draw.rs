@@ -40,7 +40,7 @@ impl Default for RandomDraw {
 
 impl Draw for RandomDraw {
     fn hit(&mut self, pct: f64) -> bool {
-        percent_hit(pct, self.rng.random::<f64>())
+        percent_hit(pct, self.rng.random())
     }
 }
 
@@ -62,7 +62,7 @@ impl SharedDraw {
 
     pub fn hit(&self, pct: f64) -> bool {
         let Some(draw) = &self.0 else {
-            return percent_hit(pct, rand::rng().random::<f64>());
+            return percent_hit(pct, rand::rng().random());
         };
         // A panic while drawing cannot leave the generator in a state worth refusing.
         let mut draw = draw.lock().unwrap_or_else(|p| p.into_inner());
@@ -70,16 +70,23 @@ impl SharedDraw {
     }
 }
 
-/// Whether a uniform draw `u` in [0, 1) falls in `pct` percent: always for 100 or more, never
-/// for 0, less or NaN.
-fn percent_hit(pct: f64, u: f64) -> bool {
-    if pct.is_nan() || pct <= 0.0 {
-        false
-    } else if pct >= 100.0 {
-        true
-    } else {
-        u * 100.0 < pct
+/// The resolution of percentage draws: one part in a million (Envoy's `MILLION` denominator).
+pub const PERCENT_DENOMINATOR: u32 = 1_000_000;
+
+/// Whether a draw `random` falls within `percentage` (0 to 100, fractions allowed). Every
+/// percentage in the proxy (fault delay and abort, mirror) uses this, so they share one
+/// definition: the draw hits when `random % 1_000_000 < percentage × 10_000`, so sweeping
+/// `random` over any million consecutive values hits exactly `percentage`% of them. 100 or more
+/// always hits; 0, less, or NaN never does.
+pub fn percent_hit(percentage: f64, random: u32) -> bool {
+    if percentage.is_nan() || percentage <= 0.0 {
+        return false;
     }
+    if percentage >= 100.0 {
+        return true;
+    }
+    let threshold = (percentage * f64::from(PERCENT_DENOMINATOR) / 100.0).round() as u32;
+    random % PERCENT_DENOMINATOR < threshold
 }
 
 impl Default for SharedDraw {
@@ -103,6 +110,23 @@ mod tests {
         let mut d = RandomDraw::seeded(7);
         let hits = (0..2000).filter(|_| d.hit(50.0)).count();
         assert!((900..=1100).contains(&hits), "{hits} hits of 2000");
+    }
+
+    #[test]
+    fn percentages_are_exact_over_a_million_draws() {
+        let count = |p: f64| {
+            (0..PERCENT_DENOMINATOR)
+                .filter(|&r| percent_hit(p, r))
+                .count()
+        };
+        assert_eq!(count(50.0), 500_000);
+        assert_eq!(count(0.1), 1_000);
+        assert_eq!(count(12.5), 125_000);
+        assert_eq!(count(0.0), 0);
+        assert_eq!(count(100.0), 1_000_000);
+        assert!(!percent_hit(-1.0, 0));
+        assert!(!percent_hit(f64::NAN, 0));
+        assert!(percent_hit(150.0, u32::MAX));
     }
 
     #[test]

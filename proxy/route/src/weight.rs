@@ -3,24 +3,8 @@
 
 use mizzen_proxy_config::WeightedDestination;
 
-/// The resolution of percentage draws: one part in a million (Envoy's `MILLION` denominator).
-pub const PERCENT_DENOMINATOR: u32 = 1_000_000;
-
-/// Whether a draw `random` falls within `percentage` (0 to 100, fractions allowed). Every
-/// percentage in the proxy (fault delay and abort, mirror) uses this, so they share one
-/// definition: the draw hits when `random % 1_000_000 < percentage × 10_000`, so sweeping
-/// `random` over any million consecutive values hits exactly `percentage`% of them. 100 or more
-/// always hits; 0, less, or NaN never does.
-pub fn percent_hit(percentage: f64, random: u32) -> bool {
-    if percentage.is_nan() || percentage <= 0.0 {
-        return false;
-    }
-    if percentage >= 100.0 {
-        return true;
-    }
-    let threshold = (percentage * f64::from(PERCENT_DENOMINATOR) / 100.0).round() as u32;
-    random % PERCENT_DENOMINATOR < threshold
-}
+// The percentage draw is defined once, beside the draws of the fault and mirror layers.
+pub use mizzen_resilience::draw::{PERCENT_DENOMINATOR, percent_hit};
 
 /// Cumulative weights of a route's destinations, built once.
 #[derive(Clone, Debug)]
@@ -121,22 +105,5 @@ mod tests {
         let ds = dests(&[1, 99]);
         assert!(std::ptr::eq(pick_weighted(&ds, 0).unwrap(), &ds[0]));
         assert!(std::ptr::eq(pick_weighted(&ds, 1).unwrap(), &ds[1]));
-    }
-
-    #[test]
-    fn percentages_are_exact_over_a_million_draws() {
-        let count = |p: f64| {
-            (0..PERCENT_DENOMINATOR)
-                .filter(|&r| percent_hit(p, r))
-                .count()
-        };
-        assert_eq!(count(50.0), 500_000);
-        assert_eq!(count(0.1), 1_000);
-        assert_eq!(count(12.5), 125_000);
-        assert_eq!(count(0.0), 0);
-        assert_eq!(count(100.0), 1_000_000);
-        assert!(!percent_hit(-1.0, 0));
-        assert!(!percent_hit(f64::NAN, 0));
-        assert!(percent_hit(150.0, u32::MAX));
     }
 }
