@@ -97,7 +97,7 @@ pub struct UpstreamHost {
 }
 
 /// Where the upstream service tells a request's report which [`UpstreamHost`] answered (the
-/// last try's). A slot shared by the two rather than an extension of the response: an
+/// last try's, when it answered; cleared as each try starts). A slot shared by the two rather than an extension of the response: an
 /// extension map costs three allocations per response.
 #[derive(Debug, Default)]
 pub struct Origin(Mutex<Option<UpstreamHost>>);
@@ -546,6 +546,11 @@ where
         // Everything up to the first wait is done here, so the future holds only what the
         // send needs (not the request twice, as parts and whole).
         let up = self.upstream.clone();
+        // A new try: an earlier try's endpoint is not where this one's answer comes from (a
+        // try that fails reports no upstream host, as when the endpoint rode on the response).
+        if let Some(origin) = &self.origin {
+            origin.take();
+        }
         let hash = up.balancer.hash_key().and_then(|key| {
             let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
             balance::request_key(key, req.headers(), req.uri().query(), ip)
