@@ -683,6 +683,49 @@ mod tests {
         SpiffeId::parse(s).unwrap()
     }
 
+    /// A try that fails reports no upstream host, even after an earlier try of the same
+    /// request answered (a 503 retried into a refused connection): each try clears the slot
+    /// its endpoint is reported through.
+    #[tokio::test]
+    async fn a_failed_try_clears_the_endpoint_an_earlier_try_reported() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tower::Service;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0; 1024];
+            let _ = conn.read(&mut head).await.unwrap();
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            // The listener closes with this task: the next try is refused.
+        });
+        let upstreams = Upstreams::new(Duration::from_secs(1), None);
+        let origin = Arc::new(Origin::default());
+        let mut service = UpstreamService::new(upstreams.passthrough(addr), Some(origin.clone()));
+        let request = || Request::get("/").body(body::empty()).unwrap();
+
+        let first = service.call(request()).await.unwrap();
+        assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+        server.await.unwrap();
+        let reported = origin
+            .0
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|h| h.endpoint.name.clone());
+        assert_eq!(reported, Some(addr.to_string()));
+
+        let second = service.call(request()).await;
+        assert!(second.is_err(), "the retry's connection is refused");
+        assert!(
+            origin.take().is_none(),
+            "the failed try reports no upstream host"
+        );
+    }
+
     #[test]
     fn secure_naming_prefers_subject_alt_names_then_the_endpoint_identity() {
         const B: &str = "spiffe://cluster.local/ns/shop/sa/b";
