@@ -20,7 +20,8 @@
 
 use std::{
     collections::HashMap,
-    future::poll_fn,
+    future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -28,7 +29,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures::future::{BoxFuture, Either, Ready, ready};
+use futures::future::{Either, Ready, ready};
 use http::{HeaderValue, Response, StatusCode};
 use mizzen_proxy_config::{ConnectionPool, Destination};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -249,71 +250,118 @@ impl<S> Layer<S> for CircuitLayer {
         CircuitBreaker {
             inner,
             limits: self.limits.clone(),
+            waiting: Waiting::No,
         }
     }
 }
 
-/// Always ready: instead of pushing back, it sheds with 503 UO what exceeds the limits.
-#[derive(Clone, Debug)]
+/// Sheds with 503 UO what exceeds an upstream's limits, instead of queueing it without bound.
+///
+/// Readiness is where the limits are checked: `poll_ready` refuses a request at once when the
+/// upstream is full, counts it as pending while the service below is not ready (shedding it
+/// when the pending queue is full), and `call` counts it in flight. The call's future is the
+/// service below's, holding the in-flight permit: no box, no clone of the service.
+#[derive(Debug)]
 pub struct CircuitBreaker<S> {
     inner: S,
     limits: Arc<ClusterLimits>,
+    waiting: Waiting,
+}
+
+/// Where a request stands between `poll_ready` and `call`.
+#[derive(Debug)]
+enum Waiting {
+    /// Not waiting for the service below.
+    No,
+    /// Waiting for it, counted as pending (until the permit drops).
+    Pending { _counted: PendingPermit },
+    /// Over a limit: `call` sheds the request without calling below.
+    Shed,
+}
+
+/// A clone starts afresh: what one request waits for is not another's.
+impl<S: Clone> Clone for CircuitBreaker<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+            waiting: Waiting::No,
+        }
+    }
 }
 
 impl<S, Req, B> Service<Req> for CircuitBreaker<S>
 where
-    S: Service<Req, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    Req: Send + 'static,
-    B: LocalReply + Send + 'static,
+    S: Service<Req, Response = Response<B>>,
+    B: LocalReply,
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = Either<
-        Ready<Result<Response<B>, S::Error>>,
-        BoxFuture<'static, Result<Response<B>, S::Error>>,
-    >;
+    type Future = Either<Ready<Result<Response<B>, S::Error>>, Admitted<S::Future>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Like Envoy: refuse at once when the upstream is full, else wait (counted as
+        // pending) for the side below to take the request.
+        if matches!(self.waiting, Waiting::Shed) {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.limits.has_request_room() {
+            self.waiting = Waiting::Shed;
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(result) => {
+                self.waiting = Waiting::No;
+                Poll::Ready(result)
+            }
+            Poll::Pending if matches!(self.waiting, Waiting::Pending { .. }) => Poll::Pending,
+            Poll::Pending => {
+                self.waiting = match self.limits.try_pending() {
+                    Ok(permit) => Waiting::Pending { _counted: permit },
+                    Err(Overflow) => Waiting::Shed,
+                };
+                match self.waiting {
+                    Waiting::Shed => Poll::Ready(Ok(())),
+                    _ => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        // Like Envoy: refuse at once when the upstream is full, then wait (counted as
-        // pending) for the side below to take the request, and only then count it in flight.
-        if !self.limits.has_request_room() {
+        if matches!(
+            std::mem::replace(&mut self.waiting, Waiting::No),
+            Waiting::Shed
+        ) {
             return Either::Left(ready(Ok(overflow_response())));
         }
-        let limits = self.limits.clone();
-        let mut inner = self.inner.clone();
-        Either::Right(Box::pin(async move {
-            let mut pending = None;
-            let readiness = poll_fn(|cx| match inner.poll_ready(cx) {
-                Poll::Ready(result) => Poll::Ready(Ok(result)),
-                Poll::Pending if pending.is_some() => Poll::Pending,
-                Poll::Pending => match limits.try_pending() {
-                    Ok(p) => {
-                        pending = Some(p);
-                        Poll::Pending
-                    }
-                    Err(overflow) => Poll::Ready(Err(overflow)),
-                },
-            })
-            .await;
-            drop(pending);
-            let permit = match readiness {
-                Err(Overflow) => return Ok(overflow_response()),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(())) => match limits.try_request() {
-                    Ok(permit) => permit,
-                    Err(Overflow) => return Ok(overflow_response()),
-                },
-            };
-            let result = inner.call(req).await;
-            drop(permit);
-            result
-        }))
+        match self.limits.try_request() {
+            Ok(permit) => Either::Right(Admitted {
+                inner: self.inner.call(req),
+                permit: Some(permit),
+            }),
+            Err(Overflow) => Either::Left(ready(Ok(overflow_response()))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request the circuit breaker let through: in flight until its response head arrives.
+    pub struct Admitted<F> {
+        #[pin]
+        inner: F,
+        permit: Option<RequestPermit>,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(output)
     }
 }
 
