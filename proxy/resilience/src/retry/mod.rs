@@ -166,23 +166,39 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The first try goes to the service `poll_ready` drove, which then serves the
+        // retries; this layer keeps a fresh clone for its next call.
         let clone = self.inner.clone();
-        let first = std::mem::replace(&mut self.inner, clone);
-        Box::pin(self.clone().run(first, req))
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let tries = Tries {
+            policy: self.policy.clone(),
+            backoff: self.backoff,
+            budget: self.budget.clone(),
+            replay_limit: self.replay_limit,
+        };
+        Box::pin(tries.run(ready, req))
     }
 }
 
-impl<S> Retry<S> {
+/// What a request's retrying needs of the layer, without the layer's own service.
+struct Tries {
+    policy: Arc<RetryPolicy>,
+    backoff: Backoff,
+    budget: RetryBudget,
+    replay_limit: usize,
+}
+
+impl Tries {
     /// Prepares the request and starts its first try here, so the future holds the try's
     /// future and the head kept for retries, not the request as well: every byte of a
     /// request's future is copied when it is boxed.
-    fn run<B, RB>(
+    fn run<S, B, RB>(
         self,
         mut ready: S,
         req: Request<B>,
     ) -> impl Future<Output = Result<Response<RB>, BoxError>> + Send + 'static
     where
-        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + 'static,
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
         S::Future: Send,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
@@ -246,13 +262,12 @@ impl<S> Retry<S> {
                 // Let go of the failed answer (and its connection) before waiting.
                 drop(result);
                 tokio::time::sleep(self.backoff.delay(retries)).await;
-                let mut svc = self.inner.clone();
                 let readiness: Result<_, BoxError> =
-                    svc.ready().await.map(|_| ()).map_err(Into::into);
+                    ready.ready().await.map(|_| ()).map_err(Into::into);
                 result = match readiness {
                     Ok(()) => {
                         let req = Request::from_parts(try_head(parts, retries + 1), replay);
-                        try_once(svc.call(req), per_try).await
+                        try_once(ready.call(req), per_try).await
                     }
                     Err(e) => Err(e),
                 };
