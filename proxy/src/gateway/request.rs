@@ -17,7 +17,7 @@ use crate::{
     app::Shared,
     http::{
         body::Body,
-        headers::request_authority,
+        headers::RequestAuthority,
         outbound::{self, Routed},
         report::Exchange,
     },
@@ -73,18 +73,19 @@ fn handle_inner(
         let snap = shared.store.current();
         let plan = gateway.plan(&snap);
         let (mut parts, body) = req.into_parts();
-        let authority = request_authority(&parts).unwrap_or_default();
+        let authority = RequestAuthority::of(&parts);
+        let authority = authority.as_ref().map_or("", RequestAuthority::as_str);
         let (mut ex, body, target) = Exchange::start(
             shared.telemetry.clone(),
             "source",
             &mut parts,
             body,
-            &authority,
+            authority,
             conn.peer,
         );
         let path_and_query = target.as_str();
         forwarded(&mut parts.headers, &conn.client, conn.scheme);
-        let host = authority_host(&authority);
+        let host = authority_host(authority);
         let response = match plan.http_site(&conn.site) {
             Some(site) if site.redirects(host) => {
                 ex.destination_service(ServiceLabels::of(host, ""));

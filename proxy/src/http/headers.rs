@@ -1,6 +1,10 @@
 //! Header hygiene at the proxy boundary.
 
-use http::{HeaderMap, HeaderName, header, request::Parts, uri::PathAndQuery};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, header,
+    request::Parts,
+    uri::{Authority, PathAndQuery},
+};
 
 /// Named once: a lookup by `&str` parses the name every time.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -111,20 +115,36 @@ pub fn request_protocol(headers: &HeaderMap) -> &'static str {
     if grpc { "grpc" } else { "http" }
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1.1), else the `Host` header.
-pub fn request_authority(parts: &Parts) -> Option<String> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            // The parser has already refused control characters; what is left to check is
-            // that it is text, which `from_utf8` does a block at a time.
-            let host = parts.headers.get(header::HOST)?;
-            std::str::from_utf8(host.as_bytes())
-                .ok()
-                .map(str::to_string)
-        })
+/// The request's authority: the URI's (HTTP/2, absolute-form HTTP/1.1), else the `Host`
+/// header. It shares the request's bytes rather than copying them, and stays valid while the
+/// request's headers change.
+#[derive(Clone, Debug)]
+pub enum RequestAuthority {
+    Uri(Authority),
+    /// A `Host` header that is text.
+    Host(HeaderValue),
+}
+
+impl RequestAuthority {
+    /// `None` when the request names no authority, or a `Host` that is not text.
+    pub fn of(parts: &Parts) -> Option<Self> {
+        if let Some(a) = parts.uri.authority() {
+            return Some(Self::Uri(a.clone()));
+        }
+        // The parser has already refused control characters; what is left to check is that
+        // it is text, which `from_utf8` does a block at a time.
+        let host = parts.headers.get(header::HOST)?;
+        std::str::from_utf8(host.as_bytes()).ok()?;
+        Some(Self::Host(host.clone()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Uri(a) => a.as_str(),
+            // Checked to be text when made.
+            Self::Host(v) => std::str::from_utf8(v.as_bytes()).unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +182,34 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn the_authority_is_the_uris_else_the_host_headers_and_outlives_header_changes() {
+        let (mut parts, ()) = http::Request::get("http://api.example.com:8080/x")
+            .header(header::HOST, "other.example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let a = RequestAuthority::of(&parts).unwrap();
+        assert_eq!(a.as_str(), "api.example.com:8080");
+
+        parts.uri = "/x".parse().unwrap();
+        let a = RequestAuthority::of(&parts).unwrap();
+        parts.headers.clear();
+        assert_eq!(a.as_str(), "other.example.com");
+        assert!(RequestAuthority::of(&parts).is_none());
+
+        // Not text: no authority (as a Host the parser lets through could be).
+        let latin1 = HeaderValue::from_bytes(b"caf\xe9.example").unwrap();
+        parts.headers.insert(header::HOST, latin1);
+        assert!(RequestAuthority::of(&parts).is_none());
+        let utf8 = HeaderValue::from_bytes("café.example".as_bytes()).unwrap();
+        parts.headers.insert(header::HOST, utf8);
+        assert_eq!(
+            RequestAuthority::of(&parts).unwrap().as_str(),
+            "café.example"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
     app::Shared,
     http::{
         body::Body,
-        headers::{is_upgrade, strip_hop_by_hop},
+        headers::{RequestAuthority, is_upgrade, strip_hop_by_hop},
         outbound::call,
         report::Exchange,
         upgrade,
@@ -40,23 +40,24 @@ fn handle_inner(
     async move {
         let snap = shared.store.current();
         let (mut parts, body) = req.into_parts();
-        let authority = super::headers::request_authority(&parts).unwrap_or_default();
+        let authority = RequestAuthority::of(&parts);
+        let authority = authority.as_ref().map_or("", RequestAuthority::as_str);
         let (mut ex, body, _target) = Exchange::start(
             shared.telemetry.clone(),
             "destination",
             &mut parts,
             body,
-            &authority,
+            authority,
             conn.peer,
         );
         if let Identity::Spiffe(id) = &conn.identity {
             ex.parts.mtls_source(id);
         }
-        let service = shared.host_labels.get(snap.version, &authority, || {
-            match snap.routes.service_for_host(&authority) {
+        let service = shared.host_labels.get(snap.version, authority, || {
+            match snap.routes.service_for_host(authority) {
                 Some(s) => ServiceLabels::of(&s.host, &s.namespace),
                 None => ServiceLabels::of(
-                    mizzen_route::authority_host(&authority),
+                    mizzen_route::authority_host(authority),
                     &shared.workload.namespace,
                 ),
             }

@@ -21,7 +21,7 @@ use crate::{
     config::Snapshot,
     http::{
         body::{self, Body},
-        headers::{is_upgrade, strip_hop_by_hop},
+        headers::{RequestAuthority, is_upgrade, strip_hop_by_hop},
         mirror,
         report::Exchange,
         upgrade,
@@ -52,12 +52,15 @@ fn handle_inner(
     async move {
         let snap = shared.store.current();
         let (mut parts, body) = req.into_parts();
-        let authority: Cow<'_, str> = match &conn.service_host {
-            Some(h) => Cow::Borrowed(h),
-            None => Cow::Owned(
-                super::headers::request_authority(&parts)
-                    .unwrap_or_else(|| conn.orig_dst.ip().to_string()),
-            ),
+        let named = conn
+            .service_host
+            .is_none()
+            .then(|| RequestAuthority::of(&parts))
+            .flatten();
+        let authority: Cow<'_, str> = match (&conn.service_host, &named) {
+            (Some(h), _) => Cow::Borrowed(h),
+            (None, Some(a)) => Cow::Borrowed(a.as_str()),
+            (None, None) => Cow::Owned(conn.orig_dst.ip().to_string()),
         };
         let (mut ex, body, target) = Exchange::start(
             shared.telemetry.clone(),
