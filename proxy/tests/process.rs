@@ -39,6 +39,7 @@ fn sidecar(cfg: &ProxyConfig, args: &[String]) -> Sidecar {
     let path = dir.path().join("config.json");
     std::fs::write(&path, cfg.to_json()).unwrap();
     let (admin, health, prometheus) = (free_port(), free_port(), free_port());
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_mizzen-proxy"))
         .arg("sidecar")
         .arg("--config")
@@ -50,7 +51,7 @@ fn sidecar(cfg: &ProxyConfig, args: &[String]) -> Sidecar {
         .args(["--drain-duration", "2", "--concurrency", "1"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Sidecar {
@@ -62,7 +63,10 @@ fn sidecar(cfg: &ProxyConfig, args: &[String]) -> Sidecar {
     }
 }
 
-async fn ready(s: &Sidecar) {
+/// Waits until the sidecar is ready. `Err` with its log when it exited instead (a port it was
+/// given may have been taken after the test chose it: ports come free from the kernel's
+/// ephemeral range, which the connections of tests running alongside draw from too).
+async fn ready(s: &mut Sidecar) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let c = client();
     loop {
@@ -73,11 +77,34 @@ async fn ready(s: &Sidecar) {
         if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), c.request(req)).await
             && r.status() == 200
         {
-            return;
+            return Ok(());
+        }
+        if let Some(status) = s.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(s._dir.path().join("stderr")).unwrap_or_default();
+            return Err(format!("sidecar exited ({status}):\n{log}"));
         }
         assert!(Instant::now() < deadline, "sidecar never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts a sidecar listening on a free port (given to `args`) and waits until it is ready;
+/// starts it again on fresh ports when one was taken before it could bind it.
+async fn started(
+    cfg: &ProxyConfig,
+    args: impl Fn(SocketAddr) -> Vec<String>,
+) -> (Sidecar, SocketAddr) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut s = sidecar(cfg, &args(port));
+        match ready(&mut s).await {
+            Ok(()) => return (s, port),
+            Err(log) if log.contains("in use") => last = log,
+            Err(log) => panic!("{log}"),
+        }
+    }
+    panic!("no free ports after three tries: {last}");
 }
 
 fn terminate(s: &mut Sidecar) -> String {
@@ -112,34 +139,31 @@ fn terminate(s: &mut Sidecar) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_pair_serves_logs_and_drains_on_sigterm() {
     let app = backend("app").await;
-    let inbound_port = free_port();
-    let outbound_port = free_port();
-    let mut inbound = sidecar(
-        &config(vec![]),
-        &[
+    let (mut inbound, inbound_port) = started(&config(vec![]), |port| {
+        vec![
             "--inbound".into(),
-            format!("{inbound_port}={}", app.addr),
+            format!("{port}={}", app.addr),
             "--workload-name".into(),
             "serviceb-v1".into(),
             "--app".into(),
             "serviceb".into(),
             "--version".into(),
             "v1".into(),
-        ],
-    );
-    let mut outbound = sidecar(
-        &config(vec![serviceb(vec![endpoint(inbound_port, "v1")], vec![])]),
-        &[
+        ]
+    })
+    .await;
+    let outbound_config = config(vec![serviceb(vec![endpoint(inbound_port, "v1")], vec![])]);
+    let (mut outbound, outbound_port) = started(&outbound_config, |port| {
+        vec![
             "--outbound".into(),
-            format!("{outbound_port}={HOST}:{PORT}"),
+            format!("{port}={HOST}:{PORT}"),
             "--workload-name".into(),
             "servicea-v1".into(),
             "--app".into(),
             "servicea".into(),
-        ],
-    );
-    ready(&inbound).await;
-    ready(&outbound).await;
+        ]
+    })
+    .await;
     let c = client();
     for i in 0..5 {
         let r = get(&c, outbound_port, &format!("/item/{i}")).await;
