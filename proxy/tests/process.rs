@@ -24,7 +24,14 @@ struct Sidecar {
     admin: SocketAddr,
     health: SocketAddr,
     prometheus: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// Its config, and its log (`stderr`).
+    dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
 }
 
 impl Drop for Sidecar {
@@ -59,7 +66,7 @@ fn sidecar(cfg: &ProxyConfig, args: &[String]) -> Sidecar {
         admin,
         health,
         prometheus,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -80,10 +87,13 @@ async fn ready(s: &mut Sidecar) -> Result<(), String> {
             return Ok(());
         }
         if let Some(status) = s.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(s._dir.path().join("stderr")).unwrap_or_default();
-            return Err(format!("sidecar exited ({status}):\n{log}"));
+            return Err(format!("sidecar exited ({status}):\n{}", s.log()));
         }
-        assert!(Instant::now() < deadline, "sidecar never became ready");
+        assert!(
+            Instant::now() < deadline,
+            "sidecar never became ready:\n{}",
+            s.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
