@@ -374,6 +374,8 @@ mod tests {
     use tower::ServiceExt;
     use tower_test::mock;
 
+    use std::time::Duration;
+
     type Body = Full<Bytes>;
 
     fn pool(max_requests: Option<u32>, max_pending: Option<u32>) -> ConnectionPool {
@@ -443,6 +445,21 @@ mod tests {
         assert_eq!(limits.in_flight(), 1);
         send.send_response(ok());
         assert_eq!(waiting.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_upstream_sheds_at_once_rather_than_counting_the_request_as_pending() {
+        let limits = Arc::new(ClusterLimits::new(&pool(Some(1), Some(5))));
+        let _in_flight = limits.try_request().unwrap();
+        let (svc, mut handle) = mock::pair::<Request<()>, Response<Body>>();
+        handle.allow(0); // the side below is not ready either
+        let svc = CircuitLayer::new(limits.clone()).layer(svc);
+        let answer = tokio::time::timeout(Duration::from_secs(1), svc.oneshot(Request::new(())))
+            .await
+            .expect("answered at once, not queued");
+        assert_overflow(answer.unwrap()).await;
+        assert_eq!(limits.pending(), 0, "shed, not queued");
+        assert_eq!(limits.in_flight(), 1);
     }
 
     #[tokio::test(start_paused = true)]
