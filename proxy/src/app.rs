@@ -129,6 +129,7 @@ impl App {
             drain: Drain::new(),
             server: ServerSettings {
                 header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
                 max_header_bytes: config.max_header_bytes,
             },
             log_level,

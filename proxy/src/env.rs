@@ -179,8 +179,11 @@ pub struct Config {
     pub health: Option<SocketAddr>,
     pub prometheus: Option<SocketAddr>,
     pub drain: Duration,
-    /// A client that has not sent its request headers by then is disconnected (slowloris).
+    /// A client that has not sent a whole request head this long after its first byte is
+    /// disconnected (slowloris).
     pub header_read_timeout: Duration,
+    /// A keep-alive connection idle this long is closed (Envoy's default: 1 h).
+    pub idle_timeout: Duration,
     /// Request heads larger than this get 431.
     pub max_header_bytes: usize,
     /// Fallback re-read of the config file, besides change notifications.
@@ -296,6 +299,7 @@ impl Config {
             prometheus: Some(any(15090)),
             drain: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
             max_header_bytes: 60 * 1024,
             poll_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),

@@ -387,6 +387,37 @@ async fn bad_clients_get_envoys_answers_and_never_crash_the_proxy() {
     assert_eq!(get(&client(), proxy.outbound, "/").await.status, 200);
 }
 
+/// Envoy keeps an idle client connection for its idle timeout (1 h); the header timeout (500 ms
+/// in these tests) counts only from a request head's first byte, so a pooled connection that
+/// waits between requests is not closed under its client.
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_the_header_timeout_still_serves() {
+    let v1 = backend("v1").await;
+    let proxy = start(&config(vec![serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![],
+    )]))
+    .await;
+    let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
+    for round in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: serviceb\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "round {round}: the proxy closed the connection");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "round {round}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
 #[tokio::test]
 async fn health_and_quitquitquit_drain_in_flight_requests() {
     let slow = backend_with("slow", Arc::new(|_, _| (200, Duration::from_millis(400)))).await;

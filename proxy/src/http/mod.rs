@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod client;
+pub mod head_wait;
 pub mod headers;
 pub mod inbound;
 pub mod mirror;
