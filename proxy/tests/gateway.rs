@@ -326,6 +326,30 @@ async fn https_get(
     addr: SocketAddr,
     sni: &str,
 ) -> Result<(u16, String, CertificateDer<'static>), String> {
+    let got = https_send(connector, addr, sni, &[]).await?;
+    let backend = got
+        .headers
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((got.status, backend, got.cert))
+}
+
+struct Got {
+    status: u16,
+    headers: http::HeaderMap,
+    /// The server's certificate.
+    cert: CertificateDer<'static>,
+}
+
+/// One HTTPS GET of `/productpage` with `headers` on a new connection.
+async fn https_send(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+    headers: &[(&str, &str)],
+) -> Result<Got, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
     let tls = connector
@@ -337,27 +361,29 @@ async fn https_get(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = http::Request::get("/productpage")
-        .header("host", sni)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let mut req = http::Request::get("/productpage").header("host", sni);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let backend = resp
-        .headers()
-        .get("x-backend")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let headers = resp.headers().clone();
     resp.into_body()
         .collect()
         .await
         .map_err(|e| format!("body: {e}"))?;
-    Ok((status, backend, cert))
+    Ok(Got {
+        status,
+        headers,
+        cert,
+    })
 }
+
+const FORGED_XFCC: (&str, &str) = ("x-forwarded-client-cert", "By=spiffe://forged;Hash=0");
 
 // ---- tests ---------------------------------------------------------------------------------
 
@@ -474,6 +500,12 @@ async fn simple_tls_terminates_with_the_credential_and_routes_by_host() {
         .unwrap();
     assert_eq!((status, from.as_str()), (200, "productpage"));
     assert_eq!(served, der);
+    // No client certificate: an x-forwarded-client-cert the client wrote does not pass.
+    let got = https_send(&tls, gw.addr(443), "shop.example.com", &[FORGED_XFCC])
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    assert!(!got.headers.contains_key("x-echo-x-forwarded-client-cert"));
     // HTTP/2 when the client offers it (ALPN).
     let h2 = connector(&root, None, &[b"h2", b"http/1.1"]);
     let tcp = TcpStream::connect(gw.addr(443)).await.unwrap();
@@ -534,11 +566,21 @@ async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
     let (c_cert, c_key, _) = leaf(&stranger_ca, &["client.example.com"]);
     let stranger = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
     assert!(https_get(&stranger, at, "mtls.example.com").await.is_err());
-    let (c_cert, c_key, _) = leaf(&client_ca, &["client.example.com"]);
+    let (c_cert, c_key, c_der) = leaf(&client_ca, &["client.example.com"]);
     let known = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
     let (status, from, _) = https_get(&known, at, "mtls.example.com").await.unwrap();
     assert_eq!((status, from.as_str()), (200, "productpage"));
     assert_eq!(backend.hits(), 1);
+    // The app learns the client certificate from x-forwarded-client-cert, which replaces what
+    // the client wrote (Istio's SANITIZE_SET at the gateway).
+    let got = https_send(&known, at, "mtls.example.com", &[FORGED_XFCC])
+        .await
+        .unwrap();
+    let hash = mizzen_identity::CertDetails::of(&c_der).unwrap().hash;
+    assert_eq!(
+        got.headers["x-echo-x-forwarded-client-cert"],
+        format!("Hash={hash};Subject=\"CN=rcgen self signed cert\";URI=;DNS=client.example.com")
+    );
 }
 
 /// A TLS echo server: terminates with its own certificate and echoes what it reads.

@@ -13,6 +13,7 @@ use mizzen_proxy_config::{
     ClientTls, ClientTlsMode, InboundConfig, PeerAuthMode, PeerAuthentication, ProxyConfig,
     TrafficPolicy,
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use support::*;
 
 /// A mesh root and a certificate for `ns/<ns>/sa/<sa>`, written as the proxy's files.
@@ -164,6 +165,30 @@ async fn permissive_serves_mtls_and_plaintext_on_one_port() {
         "istio_requests_total",
         &[("connection_security_policy", "none")],
     );
+}
+
+/// The app behind the inbound proxy learns its mTLS caller from x-forwarded-client-cert, as
+/// behind Istio's sidecar: the element the inbound proxy appends is the only one, since the
+/// caller's proxy drops what its app wrote, and a plaintext request carries none.
+#[tokio::test]
+async fn the_app_learns_its_mtls_caller_from_x_forwarded_client_cert() {
+    let p = pair(PeerAuthMode::Permissive).await;
+    let forged = [("x-forwarded-client-cert", "By=spiffe://forged;Hash=0")];
+    let r = get_with(&client(), p.outbound.outbound, "/", &forged).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let leaf = CertificateDer::from_pem_file(p.dir.path().join("servicea.pem")).unwrap();
+    let hash = mizzen_identity::CertDetails::of(&leaf).unwrap().hash;
+    assert_eq!(
+        r.header("x-echo-x-forwarded-client-cert"),
+        format!(
+            "By=spiffe://cluster.local/ns/default/sa/serviceb;Hash={hash};Subject=\"\";\
+             URI=spiffe://cluster.local/ns/default/sa/servicea"
+        )
+    );
+    // Plaintext to the inbound port (PERMISSIVE): nobody vouches for the header, so it goes.
+    let r = get_with(&client(), p.inbound_addr, "/", &forged).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-echo-x-forwarded-client-cert"), "");
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ pub struct Validity {
     pub not_after: SystemTime,
 }
 
-fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
+pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, SvidError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SvidError::Parse(

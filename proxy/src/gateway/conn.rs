@@ -5,6 +5,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use http::HeaderValue;
+
 use mizzen_proxy_config::{Server, ServerTlsMode};
 use mizzen_route::{ConnectionInfo, L4Decision, L4Rule};
 use tokio::{
@@ -20,7 +22,11 @@ use super::{
     request::{self, Conn},
     sni::{self, Hello},
 };
-use crate::{app::Shared, http::server, listener, tcp};
+use crate::{
+    app::Shared,
+    http::{server, xfcc},
+    listener, tcp,
+};
 
 /// How long a client may take to send its ClientHello, or its first bytes on a port that
 /// takes both TLS and plaintext.
@@ -144,7 +150,9 @@ async fn tls(
                         tracing::debug!("ISTIO_MUTUAL handshake failed");
                         return;
                     };
-                    return terminated(accepted.stream, peer, site, http, shared).await;
+                    let by = mesh.store.id().uri();
+                    let client = xfcc::of_connection(Some(&by), accepted.stream.get_ref().1);
+                    return terminated(accepted.stream, peer, client, site, http, shared).await;
                 }
                 None => {
                     let server = &site.id;
@@ -160,7 +168,11 @@ async fn tls(
         (_, None) => return,
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => terminated(stream, peer, site, http, shared).await,
+        Ok(Ok(stream)) => {
+            // A MUTUAL server's client certificate; none under SIMPLE.
+            let client = xfcc::of_connection(None, stream.get_ref().1);
+            terminated(stream, peer, client, site, http, shared).await
+        }
         Ok(Err(e)) => tracing::debug!(error = %e, server = %site.id, "TLS handshake failed"),
         Err(_) => tracing::debug!(server = %site.id, "TLS handshake timed out"),
     }
@@ -171,6 +183,7 @@ async fn tls(
 async fn terminated<S>(
     stream: S,
     peer: SocketAddr,
+    client_cert: Option<HeaderValue>,
     site: &TlsSite,
     http_site: bool,
     shared: Arc<Shared>,
@@ -178,11 +191,12 @@ async fn terminated<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if http_site {
-        let conn = Conn::new(
+        let mut conn = Conn::new(
             peer,
             SiteKey::Tls(site.server.port, site.id.clone()),
             "https",
         );
+        conn.client_cert = client_cert;
         http(stream, conn, shared).await;
     } else {
         tcp_routes(stream, peer, &site.server, &shared).await;

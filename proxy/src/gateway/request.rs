@@ -20,6 +20,7 @@ use crate::{
         headers::RequestAuthority,
         outbound::{self, Routed},
         report::Exchange,
+        xfcc,
     },
     telemetry::ServiceLabels,
 };
@@ -34,6 +35,8 @@ pub struct Conn {
     pub scheme: &'static str,
     /// The client's address as `x-forwarded-for` carries it, formatted once per connection.
     client: HeaderValue,
+    /// The `x-forwarded-client-cert` element of a TLS client's certificate.
+    pub client_cert: Option<HeaderValue>,
 }
 
 impl Conn {
@@ -45,6 +48,7 @@ impl Conn {
             site,
             scheme,
             client,
+            client_cert: None,
         }
     }
 }
@@ -85,6 +89,7 @@ fn handle_inner(
         );
         let path_and_query = target.as_str();
         forwarded(&mut parts.headers, &conn.client, conn.scheme);
+        xfcc::set(&mut parts.headers, conn.client_cert.as_ref());
         let host = authority_host(authority);
         let response = match plan.http_site(&conn.site) {
             Some(site) if site.redirects(host) => {

@@ -13,7 +13,7 @@ use crate::{
         headers::{RequestAuthority, is_upgrade, strip_hop_by_hop},
         outbound::call,
         report::Exchange,
-        upgrade,
+        upgrade, xfcc,
     },
     listener::{ConnMeta, Identity},
     telemetry::ServiceLabels,
@@ -67,6 +67,7 @@ fn handle_inner(
         if let Err(resp) = policy.check(&mut parts, &conn) {
             return Ok(ex.finish(resp));
         }
+        xfcc::append(&mut parts.headers, conn.client_cert.as_ref());
         let upstream = shared.inbound.passthrough(conn.orig_dst);
         ex.log(|e| e.upstream_cluster = format!("inbound|{}||", conn.orig_dst.port()));
         let upgrade = is_upgrade(&parts.headers);

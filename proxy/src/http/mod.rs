@@ -12,3 +12,4 @@ pub mod policy;
 pub mod report;
 pub mod server;
 pub mod upgrade;
+pub mod xfcc;

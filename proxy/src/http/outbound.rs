@@ -24,7 +24,7 @@ use crate::{
         headers::{RequestAuthority, is_upgrade, strip_hop_by_hop},
         mirror,
         report::Exchange,
-        upgrade,
+        upgrade, xfcc,
     },
     listener::ConnMeta,
     telemetry::ServiceLabels,
@@ -71,6 +71,7 @@ fn handle_inner(
             conn.peer,
         );
         let path_and_query = target.as_str();
+        xfcc::sanitize(&mut parts.headers);
 
         let info = RequestInfo {
             authority: &authority,

@@ -513,6 +513,7 @@ mod tests {
             port: 8080,
             service_host: None,
             identity,
+            client_cert: None,
         }
     }
 

@@ -50,6 +50,8 @@ pub struct ConnMeta {
     /// Explicit outbound listener: the service this port stands for.
     pub service_host: Option<String>,
     pub identity: Identity,
+    /// An mTLS connection's `x-forwarded-client-cert` element ([`crate::http::xfcc`]).
+    pub client_cert: Option<http::HeaderValue>,
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +215,8 @@ async fn inbound_mtls(
         }
     };
     meta.identity = Identity::Spiffe(accepted.peer.uri());
+    let (_, conn) = accepted.stream.get_ref();
+    meta.client_cert = crate::http::xfcc::of_connection(Some(&tls.store.id().uri()), conn);
     let http = accepted.alpn != mtls::Alpn::Tcp;
     handle(accepted.stream, Arc::new(meta), http, false, shared).await;
 }
@@ -254,5 +258,6 @@ fn meta(peer: SocketAddr, orig_dst: SocketAddr, port: u16, host: Option<String>)
         port,
         service_host: host,
         identity: Identity::None,
+        client_cert: None,
     }
 }

@@ -90,6 +90,7 @@ pub async fn backend_with(name: &'static str, behaviour: Behaviour) -> Backend {
                             "traceparent",
                             "x-b3-traceid",
                             "x-added",
+                            "x-forwarded-client-cert",
                             "connection",
                         ] {
                             if let Some(v) = req.headers().get(h) {
