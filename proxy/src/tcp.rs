@@ -14,7 +14,7 @@ use mizzen_resilience::{ResponseFlags, UpstreamError};
 use crate::{
     app::Shared,
     http::{body::BoxError, client},
-    listener::{ConnMeta, Identity},
+    listener::ConnMeta,
     mtls::{Alpn, MeshTls},
     stream::Stream,
     telemetry::{Label, LabelParts, ServiceLabels},
@@ -53,8 +53,8 @@ where
             security_policy: Label::Static("none"),
             ..Default::default()
         };
-        if let Identity::Spiffe(id) = &meta.identity {
-            parts.mtls_source(id);
+        if let Some(peer) = &meta.mtls_peer {
+            parts.mtls_source(peer);
         }
         ("destination", parts)
     };

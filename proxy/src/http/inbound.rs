@@ -15,7 +15,7 @@ use crate::{
         report::Exchange,
         upgrade, xfcc,
     },
-    listener::{ConnMeta, Identity},
+    listener::ConnMeta,
     telemetry::ServiceLabels,
     upstream::UpstreamService,
 };
@@ -50,8 +50,8 @@ fn handle_inner(
             authority,
             conn.peer,
         );
-        if let Identity::Spiffe(id) = &conn.identity {
-            ex.parts.mtls_source(id);
+        if let Some(peer) = &conn.mtls_peer {
+            ex.parts.mtls_source(peer);
         }
         let service = shared.host_labels.get(snap.version, authority, || {
             match snap.routes.service_for_host(authority) {

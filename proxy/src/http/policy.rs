@@ -514,6 +514,7 @@ mod tests {
             service_host: None,
             identity,
             client_cert: None,
+            mtls_peer: None,
         }
     }
 

@@ -28,6 +28,7 @@ use crate::{
     app::Shared,
     http::{inbound, outbound, server},
     mtls, tcp,
+    telemetry::MtlsPeer,
 };
 
 /// Who is on the other end of a connection, as far as TLS can tell: the SPIFFE id (URI) an mTLS
@@ -52,6 +53,8 @@ pub struct ConnMeta {
     pub identity: Identity,
     /// An mTLS connection's `x-forwarded-client-cert` element ([`crate::http::xfcc`]).
     pub client_cert: Option<http::HeaderValue>,
+    /// An mTLS peer's metric labels, made once for all the connection's requests.
+    pub mtls_peer: Option<MtlsPeer>,
 }
 
 #[derive(Clone, Debug)]
@@ -214,7 +217,10 @@ async fn inbound_mtls(
             return;
         }
     };
-    meta.identity = Identity::Spiffe(accepted.peer.uri());
+    let uri = accepted.peer.uri();
+    let served = &shared.telemetry.workload.served_identity;
+    meta.mtls_peer = Some(MtlsPeer::new(&uri, served));
+    meta.identity = Identity::Spiffe(uri);
     let (_, conn) = accepted.stream.get_ref();
     meta.client_cert = crate::http::xfcc::of_connection(Some(&tls.store.id().uri()), conn);
     let http = accepted.alpn != mtls::Alpn::Tcp;
@@ -259,5 +265,6 @@ fn meta(peer: SocketAddr, orig_dst: SocketAddr, port: u16, host: Option<String>)
         service_host: host,
         identity: Identity::None,
         client_cert: None,
+        mtls_peer: None,
     }
 }

@@ -168,29 +168,53 @@ impl PeerLabels {
     }
 }
 
-impl LabelParts {
-    /// A meshed peer on the inbound side: the security policy is `mutual_tls`, the source is
-    /// known by its SPIFFE identity (its namespace is the id's), and the destination — this
-    /// workload — by the identity it served, in the peer's trust domain (one mesh: the server
-    /// accepts only chains to its own roots). That is the workload's own id, the only one the
-    /// node agent signs for it; with certificate files, they must be the workload's.
-    pub fn mtls_source(&mut self, spiffe_uri: &str) {
-        self.security_policy = Label::Static("mutual_tls");
-        let served = self.destination.served_identity.as_str();
-        if !served.is_empty()
-            && let Some(td) = spiffe_uri
-                .strip_prefix("spiffe://")
-                .and_then(|rest| rest.split('/').next())
-        {
-            self.destination.principal = Label::from(format!("spiffe://{td}{served}"));
-        }
-        self.source.principal = Label::from(spiffe_uri);
-        if let Some(ns) = spiffe_uri
+/// What a meshed peer gives the requests of its mTLS connection on the inbound side: the source
+/// is known by its SPIFFE identity (its namespace is the id's), and the destination — this
+/// workload — by the identity it served, in the peer's trust domain (one mesh: the server
+/// accepts only chains to its own roots). That is the workload's own id, the only one the node
+/// agent signs for it; with certificate files, they must be the workload's.
+///
+/// Made once per connection: labels made per request would be new text at new addresses each
+/// time, and the series cache, keyed by address, would miss on every request.
+#[derive(Clone, Debug)]
+pub struct MtlsPeer {
+    principal: Label,
+    namespace: Option<Label>,
+    served_principal: Option<Label>,
+}
+
+impl MtlsPeer {
+    /// `served_identity`: this workload's (see [`PeerLabels::served_identity`]).
+    pub fn new(spiffe_uri: &str, served_identity: &Label) -> Self {
+        let served = served_identity.as_str();
+        let served_principal = spiffe_uri
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|_| !served.is_empty())
+            .map(|td| Label::from(format!("spiffe://{td}{served}")));
+        let namespace = spiffe_uri
             .split("/ns/")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-        {
-            self.source.namespace = Label::from(ns);
+            .map(Label::from);
+        Self {
+            principal: Label::from(spiffe_uri),
+            namespace,
+            served_principal,
+        }
+    }
+}
+
+impl LabelParts {
+    /// A request from a meshed peer: the security policy is `mutual_tls`, and the peer's labels.
+    pub fn mtls_source(&mut self, peer: &MtlsPeer) {
+        self.security_policy = Label::Static("mutual_tls");
+        if let Some(p) = &peer.served_principal {
+            self.destination.principal = p.clone();
+        }
+        self.source.principal = peer.principal.clone();
+        if let Some(ns) = &peer.namespace {
+            self.source.namespace = ns.clone();
         }
     }
 }
@@ -339,7 +363,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(parts.destination.principal, Label::UNKNOWN);
-        parts.mtls_source("spiffe://corp.example/ns/web/sa/frontend");
+        parts.mtls_source(&MtlsPeer::new(
+            "spiffe://corp.example/ns/web/sa/frontend",
+            &parts.destination.served_identity,
+        ));
         assert_eq!(
             parts.source.principal.as_str(),
             "spiffe://corp.example/ns/web/sa/frontend"
@@ -357,13 +384,19 @@ mod tests {
             }),
             ..Default::default()
         };
-        parts.mtls_source("spiffe://cluster.local/ns/web/sa/frontend");
+        parts.mtls_source(&MtlsPeer::new(
+            "spiffe://cluster.local/ns/web/sa/frontend",
+            &parts.destination.served_identity,
+        ));
         assert_eq!(
             parts.destination.principal.as_str(),
             "spiffe://cluster.local/ns/shop/sa/default"
         );
         let mut parts = LabelParts::default();
-        parts.mtls_source("spiffe://cluster.local/ns/web/sa/frontend");
+        parts.mtls_source(&MtlsPeer::new(
+            "spiffe://cluster.local/ns/web/sa/frontend",
+            &parts.destination.served_identity,
+        ));
         assert_eq!(parts.destination.principal, Label::UNKNOWN);
     }
 

@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 
 pub use access_log::AccessLogEntry;
-pub use label::{HostLabels, Label, PeerLabels, ServiceLabels};
+pub use label::{HostLabels, Label, MtlsPeer, PeerLabels, ServiceLabels};
 pub use metrics::{LabelParts, Metrics, RequestLabels, TcpLabels};
 
 use crate::env::Workload;
@@ -295,6 +295,28 @@ mod tests {
         };
         t.request_done(&flagged, 0, 0, 1.0, None);
         assert_eq!(requests_total(&t).len(), expected + 2);
+    }
+
+    /// The labels of an mTLS peer are made once per connection, so its requests find their
+    /// series by address (made per request, every request missed the cache and hashed its
+    /// labels four times in the registry).
+    #[test]
+    fn the_requests_of_one_mtls_connection_share_a_cached_series() {
+        let t = Telemetry::new(false, &Workload::default());
+        let peer = MtlsPeer::new(
+            "spiffe://cluster.local/ns/web/sa/front",
+            &t.workload.served_identity,
+        );
+        for _ in 0..3 {
+            let mut parts = LabelParts {
+                destination: t.workload.clone(),
+                ..Default::default()
+            };
+            parts.mtls_source(&peer);
+            t.request_done(&key(&parts, &Label::EMPTY, 200), 0, 0, 1.0, None);
+        }
+        assert_eq!(t.cached_series(), 1);
+        assert_eq!(requests_total(&t).len(), 1);
     }
 
     #[test]
