@@ -176,6 +176,7 @@ pub fn request_authentication(
                     .timeout
                     .as_ref()
                     .map(|d| u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)),
+                space_delimited_claims: j.space_delimited_claims.clone(),
             })
             .collect(),
     })

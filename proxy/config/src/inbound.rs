@@ -183,6 +183,10 @@ pub struct JwtRule {
     pub output_claim_to_headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_fetch_timeout_ms: Option<u64>,
+    /// Claims split on spaces for `request.auth.claims[...]` besides `scope` and `permission`,
+    /// which always are (Istio's `spaceDelimitedClaims`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,8 +139,13 @@ struct Rule {
     forward_original_token: bool,
     payload_header: Option<HeaderName>,
     claim_headers: Vec<(Vec<String>, HeaderName)>,
+    /// Top-level claims whose text is a space-separated list (see [`principal`]).
+    split_claims: Vec<String>,
     verified: Verified,
 }
+
+/// Claims Istio always treats as space-separated lists.
+const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 
 /// Envoy compares audiences without an `http://` or `https://` scheme and a trailing `/`.
 fn sanitize_audience(a: &str) -> &str {
@@ -233,6 +238,11 @@ impl Rule {
             forward_original_token: r.forward_original_token,
             payload_header,
             claim_headers,
+            split_claims: SPACE_DELIMITED
+                .iter()
+                .map(|c| c.to_string())
+                .chain(r.space_delimited_claims.iter().cloned())
+                .collect(),
             verified: Verified::default(),
         }
     }
@@ -390,8 +400,25 @@ impl Verified {
     }
 }
 
-/// The principal of a validated token's `claims`.
-fn principal(claims: Value) -> Principal {
+/// The principal of a validated token's `claims`. A top-level claim named in `split` whose
+/// value is text becomes the list of its space-separated words, as Envoy's JWT filter
+/// normalises it for Istio: a condition on `request.auth.claims[scope]` then matches one scope
+/// of `"read write"` (and no longer the whole text).
+fn principal(mut claims: Value, split: &[String]) -> Principal {
+    if let Value::Object(map) = &mut claims {
+        for name in split {
+            if let Some(v) = map.get_mut(name)
+                && let Value::String(text) = v
+            {
+                *v = Value::Array(
+                    text.split(' ')
+                        .filter(|w| !w.is_empty())
+                        .map(|w| Value::String(w.to_string()))
+                        .collect(),
+                );
+            }
+        }
+    }
     let text = |k: &str| claims.get(k).and_then(Value::as_str).map(String::from);
     let issuer = text("iss").unwrap_or_default();
     let subject = text("sub").unwrap_or_default();
@@ -548,7 +575,7 @@ impl JwtAuthenticator {
         let principal = valid
             .into_iter()
             .next()
-            .map(|(_, claims, _)| principal(claims));
+            .map(|(_, claims, at)| principal(claims, &self.rules[at[0].0].split_claims));
         Ok(principal)
     }
 }

@@ -231,6 +231,48 @@ fn principal_feeds_authorization() {
     assert_eq!(req.status(&authz), 403);
 }
 
+/// Istio splits `scope` and `permission` (and the rule's `spaceDelimitedClaims`) on spaces, so
+/// a condition matches one entry of `"read write"`: an ALLOW for `read` lets it in, a DENY for
+/// `admin` keeps out a token whose scopes include it. The whole text no longer matches.
+#[test]
+fn space_delimited_claims_match_word_by_word() {
+    let jwt = authenticator(vec![rule(json!({"spaceDelimitedClaims": ["roles"]}))]);
+    let token = Signer::rsa().sign(&json!({
+        "iss": ISSUER, "sub": "alice", "aud": ["httpbin"], "exp": NOW + 60,
+        "scope": "read  write", "permission": "pay", "roles": "ops dev", "groups": "a b"
+    }));
+    let mut h = bearer(&token);
+    let p = jwt.authenticate_at(&mut h, None, NOW).unwrap().unwrap();
+    assert_eq!(p.claims["scope"], json!(["read", "write"]));
+    assert_eq!(p.claims["permission"], json!(["pay"]));
+    assert_eq!(p.claims["roles"], json!(["ops", "dev"]));
+    // Not named: left as text.
+    assert_eq!(p.claims["groups"], json!("a b"));
+    let when = |action: &str, claim: &str, value: &str| {
+        let cfg = json!({"authorization": [policy("p", action, json!([{
+            "when": [{"key": format!("request.auth.claims[{claim}]"), "values": [value]}]
+        }]))]});
+        let authz = Authorizer::new(&inbound(cfg), &labels());
+        let mut req = Req::get("/");
+        req.jwt = Some(p.clone());
+        req.status(&authz)
+    };
+    assert_eq!(when("ALLOW", "scope", "read"), 200);
+    assert_eq!(when("ALLOW", "scope", "read  write"), 403);
+    assert_eq!(when("DENY", "scope", "write"), 403);
+    assert_eq!(when("DENY", "scope", "admin"), 200);
+    assert_eq!(when("ALLOW", "roles", "dev"), 200);
+    assert_eq!(when("ALLOW", "groups", "a"), 403);
+    // Without the rule's list, only the defaults are split.
+    let plain = authenticator(vec![rule(json!({}))]);
+    let p = plain
+        .authenticate_at(&mut bearer(&token), None, NOW)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.claims["roles"], json!("ops dev"));
+    assert_eq!(p.claims["scope"], json!(["read", "write"]));
+}
+
 #[test]
 fn token_locations() {
     let token = Signer::rsa().sign(&claims("alice"));
