@@ -648,9 +648,13 @@ impl Validate for DestinationRuleSpec {
                 if sel.match_labels.is_empty() {
                     c.warn(
                         Code::InvalidSelector,
-                        "has no matchLabels, so it selects every workload in the namespace",
+                        "has no matchLabels: Istio would apply the rule to every workload in the namespace",
                     );
                 }
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen does not apply a DestinationRule to selected workloads only; with workloadSelector it applies to no workload",
+                );
             });
             if self.export_to.iter().any(|e| e == "*") {
                 c.field("exportTo", |c| {
@@ -734,11 +738,27 @@ impl Validate for TrafficPolicy {
             }
         });
 
-        c.opt("tunnel", self.tunnel.as_ref(), |c, t| t.validate(c));
+        c.opt("tunnel", self.tunnel.as_ref(), |c, t| {
+            t.validate(c);
+            c.warn(
+                Code::NotSupported,
+                "Mizzen's proxy does not tunnel connections over HTTP CONNECT or POST; it connects to the destination directly, so tunnel has no effect",
+            );
+        });
+        c.opt("proxyProtocol", self.proxy_protocol.as_ref(), |c, _| {
+            c.warn(
+                Code::NotSupported,
+                "Mizzen's proxy does not send a PROXY protocol header on upstream connections; the setting has no effect",
+            )
+        });
         c.opt("retryBudget", self.retry_budget.as_ref(), |c, b| {
             if let Some(p) = b.percent {
                 c.field("percent", |c| check_percent_f64(c, p));
             }
+            c.warn(
+                Code::NotSupported,
+                "Mizzen limits concurrent retries with connectionPool.http.maxRetries only; retryBudget has no effect",
+            );
         });
     }
 }
@@ -779,7 +799,10 @@ fn validate_policy_parts(
     tls: Option<&ClientTlsSettings>,
 ) {
     c.opt("loadBalancer", lb, |c, lb| lb.validate(c));
-    c.opt("connectionPool", pool, |c, p| p.validate(c));
+    c.opt("connectionPool", pool, |c, p| {
+        p.validate(c);
+        p.report_unsupported_upstream(c);
+    });
     c.opt("outlierDetection", outlier, |c, o| o.validate(c));
     c.opt("tls", tls, |c, t| t.validate(c));
 }
@@ -838,20 +861,33 @@ impl Validate for LoadBalancerSettings {
         c.opt(
             "localityLbSetting",
             self.locality_lb_setting.as_ref(),
-            |c, l| l.validate(c),
+            |c, l| {
+                l.validate(c);
+                // Turning locality load balancing off is what Mizzen does anyway.
+                if l.enabled != Some(false) {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen balances over all endpoints without regard to their locality; localityLbSetting has no effect",
+                    );
+                }
+            },
         );
         if self.warmup_duration_secs.is_some() {
             c.field("warmupDurationSecs", |c| {
                 let msg = if self.warmup.is_some() {
                     "warmupDurationSecs is deprecated and ignored because warmup is set: use warmup.duration"
                 } else {
-                    "warmupDurationSecs is deprecated: use warmup.duration"
+                    "warmupDurationSecs is deprecated: use warmup.duration (Mizzen does not ramp traffic up to new endpoints, so neither has an effect)"
                 };
                 c.warn(Code::Deprecated, msg);
             });
         }
         check_duration_ms(c, "warmupDurationSecs", self.warmup_duration_secs.as_ref());
         c.opt("warmup", self.warmup.as_ref(), |c, w| {
+            c.warn(
+                Code::NotSupported,
+                "Mizzen's load balancer does not ramp traffic up to new endpoints; they get a full share at once, so warmup has no effect",
+            );
             check_duration_ms(c, "duration", Some(&w.duration));
             if let Some(p) = w.minimum_percent {
                 c.field("minimumPercent", |c| check_percent_f64(c, p));
@@ -919,6 +955,14 @@ impl Validate for ConsistentHashLb {
             c.each("attributes", &cookie.attributes, |c, a| {
                 c.require("name", !a.name.is_empty())
             });
+            if !cookie.attributes.is_empty() {
+                c.field("attributes", |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen does not add attributes to the hash cookie; the setting has no effect",
+                    )
+                });
+            }
         });
 
         if self.ring_hash.is_some() && self.maglev.is_some() {
@@ -1107,6 +1151,51 @@ impl Validate for ConnectionPoolSettings {
     }
 }
 
+impl ConnectionPoolSettings {
+    /// Reports the fields of an upstream (DestinationRule) pool that the proxy does not apply.
+    /// Not part of `validate`: a Sidecar's inbound pools are reported as a whole instead.
+    fn report_unsupported_upstream(&self, c: &mut Checker) {
+        c.opt("tcp", self.tcp.as_ref(), |c, t| {
+            c.opt("tcpKeepalive", t.tcp_keepalive.as_ref(), |c, _| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's proxy does not apply TCP keepalive to upstream connections; the setting has no effect",
+                )
+            });
+            c.opt(
+                "maxConnectionDuration",
+                t.max_connection_duration.as_ref(),
+                |c, _| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen's proxy does not close upstream connections at a maximum age; the setting has no effect",
+                    )
+                },
+            );
+        });
+        c.opt("http", self.http.as_ref(), |c, h| {
+            if h.use_client_protocol == Some(true) {
+                c.field("useClientProtocol", |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect",
+                    )
+                });
+            }
+            c.opt(
+                "maxConcurrentStreams",
+                h.max_concurrent_streams.as_ref(),
+                |c, _| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen's proxy does not cap the streams of an upstream HTTP/2 connection; the setting has no effect",
+                    )
+                },
+            );
+        });
+    }
+}
+
 impl Validate for TcpSettings {
     fn validate(&self, c: &mut Checker) {
         check_non_negative(c, "maxConnections", self.max_connections);
@@ -1177,10 +1266,26 @@ impl Validate for OutlierDetection {
                 c.warn(Code::Deprecated, msg);
             });
         }
-        if self.split_external_local_origin_errors != Some(true)
-            && self
-                .consecutive_local_origin_failures
-                .is_some_and(|n| n > 0)
+        if self.split_external_local_origin_errors == Some(true) {
+            c.field("splitExternalLocalOriginErrors", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect",
+                )
+            });
+            c.opt(
+                "consecutiveLocalOriginFailures",
+                self.consecutive_local_origin_failures.as_ref(),
+                |c, _| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen does not count local-origin failures separately; consecutiveLocalOriginFailures has no effect",
+                    )
+                },
+            );
+        } else if self
+            .consecutive_local_origin_failures
+            .is_some_and(|n| n > 0)
         {
             c.field("consecutiveLocalOriginFailures", |c| {
                 c.error(
@@ -1274,6 +1379,14 @@ impl Validate for ClientTlsSettings {
                 }
             }
             ClientTlsMode::Simple | ClientTlsMode::Disable => {}
+        }
+        if set(&self.ca_crl) && matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+            c.field("caCrl", |c| {
+                c.error(
+                    Code::NotSupported,
+                    "Mizzen does not check certificate revocation lists, so it would accept a revoked server certificate; caCrl cannot be honoured",
+                )
+            });
         }
         if self.insecure_skip_verify == Some(true) && mode != ClientTlsMode::IstioMutual {
             for (present, name) in [
@@ -1542,7 +1655,7 @@ subsets:
 "#;
 
     #[test]
-    fn every_field_parses_round_trips_and_validates_clean() {
+    fn every_field_parses_round_trips_and_reports_only_what_mizzen_ignores() {
         let s = spec(EVERYTHING);
         let tp = s.traffic_policy.as_ref().unwrap();
         let ch = tp
@@ -1586,8 +1699,10 @@ subsets:
         );
         let back: DestinationRuleSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
+        // Every problem is a field Mizzen does not implement (see `unsupported_fields_are_reported`).
         let p = validate_spec(&s);
-        assert!(p.is_empty(), "{p:#?}");
+        assert!(!p.is_empty());
+        assert!(p.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
     }
 
     #[test]
@@ -1692,6 +1807,7 @@ subsets:
                     "spec.trafficPolicy.retryBudget.percent",
                     Code::InvalidPercentage
                 ),
+                ("spec.trafficPolicy.retryBudget", Code::NotSupported),
             ]
         );
         assert_eq!(p[1].message, "must be between 0 and 100 (got 110)");
@@ -1768,6 +1884,11 @@ subsets:
             ]
         );
         assert!(p.iter().all(|p| !p.is_error()));
+        assert!(
+            p[1].message.contains("neither has an effect"),
+            "{}",
+            p[1].message
+        );
         assert!(p[2].message.contains("ringHash.minimumRingSize"));
         s.normalize();
         let tp = s.traffic_policy.as_ref().unwrap();
@@ -1784,7 +1905,10 @@ subsets:
             .unwrap();
         assert_eq!(ch.minimum_ring_size, None);
         assert_eq!(ch.ring_hash.unwrap().minimum_ring_size, Some(4096));
-        assert!(validate_spec(&s).is_empty());
+        assert_eq!(
+            codes(&validate_spec(&s)),
+            [("spec.trafficPolicy.loadBalancer.warmup", Code::NotSupported)]
+        );
     }
 
     #[test]
@@ -1888,7 +2012,13 @@ subsets:
         let p = problems("host: a\nexportTo: ['*', 'team-a']");
         assert_eq!(codes(&p), [("spec.exportTo", Code::ConflictingFields)]);
         let p = problems("host: a\nexportTo: ['*']\nworkloadSelector:\n  matchLabels:\n    app: x");
-        assert_eq!(codes(&p), [("spec.exportTo", Code::ConflictingFields)]);
+        assert_eq!(
+            codes(&p),
+            [
+                ("spec.workloadSelector", Code::NotSupported),
+                ("spec.exportTo", Code::ConflictingFields)
+            ]
+        );
     }
 
     #[test]
@@ -1902,6 +2032,10 @@ subsets:
                 (
                     "spec.trafficPolicy.connectionPool.http.useClientProtocol",
                     Code::ConflictingFields
+                ),
+                (
+                    "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+                    Code::NotSupported
                 ),
                 (
                     "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
@@ -1933,6 +2067,8 @@ subsets:
                 ("spec.trafficPolicy.tunnel.protocol", Code::UnknownEnumValue),
                 ("spec.trafficPolicy.tunnel.targetHost", Code::InvalidHost),
                 ("spec.trafficPolicy.tunnel.targetPort", Code::InvalidPort),
+                ("spec.trafficPolicy.tunnel", Code::NotSupported),
+                ("spec.trafficPolicy.proxyProtocol", Code::NotSupported),
             ]
         );
     }
@@ -1962,8 +2098,130 @@ subsets:
                     "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]",
                     Code::InvalidValue
                 ),
+                (
+                    "spec.trafficPolicy.loadBalancer.localityLbSetting",
+                    Code::NotSupported
+                ),
             ]
         );
         assert_eq!(p[2].message, "locality weights must add up to 100 (got 90)");
+    }
+    #[test]
+    fn unsupported_fields_are_reported_wherever_a_policy_sits() {
+        let p = problems(
+            r#"
+host: a
+workloadSelector:
+  matchLabels:
+    app: x
+trafficPolicy:
+  loadBalancer:
+    consistentHash:
+      httpCookie:
+        name: user
+        attributes:
+        - name: SameSite
+          value: Strict
+    localityLbSetting:
+      enabled: true
+    warmup:
+      duration: 10s
+  connectionPool:
+    tcp:
+      tcpKeepalive:
+        probes: 3
+      maxConnectionDuration: 1h
+    http:
+      useClientProtocol: true
+      maxConcurrentStreams: 10
+  outlierDetection:
+    splitExternalLocalOriginErrors: true
+    consecutiveLocalOriginFailures: 2
+  tls:
+    mode: SIMPLE
+    caCrl: /etc/crl.pem
+  portLevelSettings:
+  - port:
+      number: 80
+    connectionPool:
+      tcp:
+        tcpKeepalive: {}
+  tunnel:
+    targetHost: proxy.example.com
+    targetPort: 3128
+  retryBudget:
+    percent: 10
+subsets:
+- name: v1
+  trafficPolicy:
+    proxyProtocol:
+      version: V2
+    tls:
+      mode: MUTUAL
+      credentialName: client
+    loadBalancer:
+      warmupDurationSecs: 30s
+"#,
+        );
+        use Severity::{Error, Warn};
+        let tp = "spec.trafficPolicy";
+        let expected: Vec<(String, Severity, Code)> = [
+            ("loadBalancer.consistentHash.httpCookie.attributes", Warn),
+            ("loadBalancer.localityLbSetting", Warn),
+            ("loadBalancer.warmup", Warn),
+            ("connectionPool.tcp.tcpKeepalive", Warn),
+            ("connectionPool.tcp.maxConnectionDuration", Warn),
+            ("connectionPool.http.useClientProtocol", Warn),
+            ("connectionPool.http.maxConcurrentStreams", Warn),
+            ("outlierDetection.splitExternalLocalOriginErrors", Warn),
+            ("outlierDetection.consecutiveLocalOriginFailures", Warn),
+            ("tls.caCrl", Error),
+            ("portLevelSettings[0].connectionPool.tcp.tcpKeepalive", Warn),
+            ("tunnel", Warn),
+            ("retryBudget", Warn),
+        ]
+        .into_iter()
+        .map(|(path, severity)| (format!("{tp}.{path}"), severity, Code::NotSupported))
+        .chain([
+            (
+                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
+                Warn,
+                Code::Deprecated,
+            ),
+            (
+                "spec.subsets[0].trafficPolicy.proxyProtocol".to_string(),
+                Warn,
+                Code::NotSupported,
+            ),
+            (
+                "spec.workloadSelector".to_string(),
+                Warn,
+                Code::NotSupported,
+            ),
+        ])
+        .collect();
+        let got: Vec<(String, Severity, Code)> = p
+            .iter()
+            .map(|p| (p.path.clone(), p.severity, p.code))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(p[9].message.contains("revoked"), "{}", p[9].message);
+        assert!(
+            p[13].message.contains("neither has an effect"),
+            "{}",
+            p[13].message
+        );
+        assert!(
+            p[15].message.contains("applies to no workload"),
+            "{}",
+            p[15].message
+        );
+
+        // The same policy without those fields (and with the defaults they would restore) is
+        // clean.
+        let p = problems(
+            "host: a\ntrafficPolicy:\n  loadBalancer:\n    consistentHash:\n      httpCookie:\n        name: user\n    localityLbSetting:\n      enabled: false\n  connectionPool:\n    tcp:\n      maxConnections: 10\n    http:\n      useClientProtocol: false\n  outlierDetection:\n    splitExternalLocalOriginErrors: false\n  tls:\n    mode: DISABLE\n    caCrl: /etc/crl.pem\nsubsets:\n- name: v1\n  trafficPolicy:\n    tls:\n      mode: SIMPLE",
+        );
+        assert!(p.is_empty(), "{p:#?}");
     }
 }

@@ -354,8 +354,20 @@ impl Validate for Server {
                         ),
                     );
                 }
+                let msg = if unix_bind {
+                    "Mizzen's gateway does not listen on Unix domain sockets; a server with port number 0 is not served, any other listens on its port as if bind were unset"
+                } else {
+                    "Mizzen's gateway listens on the port at its own address, not at bind; the setting has no effect"
+                };
+                c.warn(Code::NotSupported, msg);
             });
         }
+        c.opt("defaultEndpoint", self.default_endpoint.as_ref(), |c, _| {
+            c.warn(
+                Code::NotSupported,
+                "Mizzen's gateway does not forward to a defaultEndpoint; traffic goes only where routes send it",
+            )
+        });
         if self.hosts.is_empty() {
             c.field("hosts", |c| {
                 c.error(Code::MissingField, "a server needs at least one host")
@@ -382,6 +394,7 @@ impl Validate for Server {
             None => {}
             Some(tls) => c.field("tls", |c| {
                 tls.validate(c);
+                tls.report_unsupported_at_gateway(c);
                 let redirect = tls.https_redirect == Some(true);
                 let mode = tls.mode.unwrap_or_default();
                 if let Some(protocol) = protocol {
@@ -418,6 +431,122 @@ impl Validate for Server {
                     }
                 }
             }),
+        }
+    }
+}
+
+impl ServerTlsSettings {
+    /// Reports the settings Mizzen's gateway does not implement. Not part of `validate`, which a
+    /// Sidecar ingress listener shares: those listeners are reported as a whole.
+    fn report_unsupported_at_gateway(&self, c: &mut Checker) {
+        let mode = self.mode.unwrap_or_default();
+        if mode == ServerTlsMode::AutoPassthrough {
+            c.field("mode", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen serves AUTO_PASSTHROUGH as PASSTHROUGH: connections are forwarded only by tls routes of a VirtualService bound to this Gateway, not by the destination named in the SNI",
+                )
+            });
+        }
+        if mode.is_passthrough() {
+            // Nothing is terminated, so the settings below are unused in Istio as well.
+            return;
+        }
+        let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
+        // ISTIO_MUTUAL already refuses certificate files (see `validate`).
+        if mode != ServerTlsMode::IstioMutual {
+            let from_secret =
+                set(&self.credential_name) || self.credential_names.iter().any(|n| !n.is_empty());
+            for (present, name) in [
+                (set(&self.server_certificate), "serverCertificate"),
+                (set(&self.private_key), "privateKey"),
+                (set(&self.ca_certificates), "caCertificates"),
+                (!self.tls_certificates.is_empty(), "tlsCertificates"),
+            ] {
+                if !present {
+                    continue;
+                }
+                c.field(name, |c| {
+                    if from_secret {
+                        c.warn(
+                            Code::NotSupported,
+                            "Mizzen's gateway reads certificates only from the credentialName Secret; this file path is ignored",
+                        );
+                    } else {
+                        c.error(
+                            Code::NotSupported,
+                            "Mizzen's gateway reads certificates only from credentialName (a Kubernetes Secret); file paths are not read, so this server could not terminate TLS",
+                        );
+                    }
+                });
+            }
+            if self.credential_names.len() > 1 {
+                c.field("credentialNames", |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen's gateway serves only the first Secret of credentialNames; the others are not used",
+                    )
+                });
+            }
+        }
+        let verifies_clients = matches!(
+            mode,
+            ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual | ServerTlsMode::IstioMutual
+        );
+        if verifies_clients {
+            if set(&self.ca_crl) {
+                c.field("caCrl", |c| {
+                    c.error(
+                        Code::NotSupported,
+                        "Mizzen's gateway does not check certificate revocation lists, so it would accept revoked client certificates; caCrl cannot be honoured",
+                    )
+                });
+            }
+            for (present, name) in [
+                (
+                    !self.verify_certificate_spki.is_empty(),
+                    "verifyCertificateSpki",
+                ),
+                (
+                    !self.verify_certificate_hash.is_empty(),
+                    "verifyCertificateHash",
+                ),
+            ] {
+                if present {
+                    c.field(name, |c| {
+                        c.error(
+                            Code::NotSupported,
+                            format!(
+                                "Mizzen's gateway does not pin client certificates, so it would accept certificates other than the pinned ones; {name} cannot be honoured"
+                            ),
+                        )
+                    });
+                }
+            }
+        }
+        if !self.cipher_suites.is_empty() {
+            c.field("cipherSuites", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's gateway offers rustls's default cipher suites; cipherSuites has no effect",
+                )
+            });
+        }
+        for (version, name) in [
+            (self.min_protocol_version, "minProtocolVersion"),
+            (self.max_protocol_version, "maxProtocolVersion"),
+        ] {
+            if matches!(
+                version,
+                Some(TlsProtocolVersion::TlsV1_0 | TlsProtocolVersion::TlsV1_1)
+            ) {
+                c.field(name, |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen's gateway (rustls) speaks TLS 1.2 and 1.3 only; a TLS 1.0 or 1.1 bound has no effect",
+                    )
+                });
+            }
         }
     }
 }
@@ -736,9 +865,106 @@ servers:
         assert_eq!(json["servers"][0]["tls"]["httpsRedirect"], true);
     }
 
+    /// `(path, severity, code)` of each problem.
+    fn verdicts(p: Vec<Problem>) -> Vec<(String, Severity, Code)> {
+        p.into_iter()
+            .map(|p| (p.path, p.severity, p.code))
+            .collect()
+    }
+
     #[test]
-    fn full_example_is_clean() {
-        assert_eq!(problems(FULL), vec![]);
+    fn full_example_reports_only_the_settings_mizzen_ignores() {
+        use Severity::{Error, Warn};
+        let expected = [
+            ("servers[1].tls.cipherSuites", Warn),
+            ("servers[3].tls.serverCertificate", Error),
+            ("servers[3].tls.privateKey", Error),
+            ("servers[3].tls.caCertificates", Error),
+            ("servers[3].tls.caCrl", Error),
+            ("servers[3].tls.verifyCertificateSpki", Error),
+            ("servers[3].tls.verifyCertificateHash", Error),
+            ("servers[4].tls.mode", Warn),
+            ("servers[5].tls.credentialNames", Warn),
+            ("servers[6].tls.tlsCertificates", Error),
+            ("servers[8].bind", Warn),
+            ("servers[9].bind", Warn),
+            ("servers[9].defaultEndpoint", Warn),
+        ]
+        .map(|(path, severity)| (format!("spec.{path}"), severity, Code::NotSupported));
+        assert_eq!(verdicts(problems(FULL)), expected);
+    }
+
+    #[test]
+    fn settings_mizzen_ignores_are_reported() {
+        let server = |tls: &str| {
+            format!(
+                "servers: [{{port: {{number: 443, name: https, protocol: HTTPS}}, hosts: ['*'], tls: {{{tls}}}}}]"
+            )
+        };
+        use Severity::{Error, Warn};
+        // Certificates from files alone: the server could not terminate TLS.
+        let p = problems(&server(
+            "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem, verifyCertificateHash: ['ab:cd'], cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256], minProtocolVersion: TLSV1_0, maxProtocolVersion: TLSV1_1",
+        ));
+        let tls = "spec.servers[0].tls";
+        let expected = [
+            ("serverCertificate", Error),
+            ("privateKey", Error),
+            ("caCertificates", Error),
+            ("caCrl", Error),
+            ("verifyCertificateHash", Error),
+            ("cipherSuites", Warn),
+            ("minProtocolVersion", Warn),
+            ("maxProtocolVersion", Warn),
+        ]
+        .map(|(field, severity)| (format!("{tls}.{field}"), severity, Code::NotSupported));
+        assert_eq!(verdicts(p.clone()), expected);
+        assert!(p[0].message.contains("credentialName"), "{}", p[0].message);
+
+        // Beside a Secret, a CA file is only ignored; extra Secrets are unused.
+        let p = problems(&server(
+            "mode: OPTIONAL_MUTUAL, credentialNames: [rsa, ecdsa], caCertificates: /ca.pem, verifyCertificateSpki: [AAAA]",
+        ));
+        assert_eq!(
+            verdicts(p),
+            [
+                (format!("{tls}.caCertificates"), Warn, Code::NotSupported),
+                (format!("{tls}.credentialNames"), Warn, Code::NotSupported),
+                (
+                    format!("{tls}.verifyCertificateSpki"),
+                    Error,
+                    Code::NotSupported
+                ),
+            ]
+        );
+
+        // Server-side settings that nothing uses without termination or client certificates.
+        assert_eq!(
+            problems(
+                "servers: [{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: PASSTHROUGH, serverCertificate: /c.pem, cipherSuites: [x]}}]"
+            ),
+            vec![]
+        );
+        assert_eq!(
+            problems(&server(
+                "mode: SIMPLE, credentialName: s, caCrl: /crl.pem, verifyCertificateSpki: [AAAA]"
+            )),
+            vec![]
+        );
+
+        // What Mizzen does implement is quiet.
+        assert_eq!(
+            problems(&server(
+                "mode: MUTUAL, credentialNames: [only], subjectAltNames: [spiffe://td/ns/a/sa/b], minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3"
+            )),
+            vec![]
+        );
+        assert_one(
+            "servers: [{port: {number: 15443, name: tls, protocol: TLS}, hosts: ['*.local'], tls: {mode: AUTO_PASSTHROUGH}}]",
+            Warn,
+            Code::NotSupported,
+            "spec.servers[0].tls.mode",
+        );
     }
 
     #[test]
@@ -870,18 +1096,26 @@ servers:
 
     #[test]
     fn bind_must_be_ip_or_unix_socket() {
-        assert_one(
+        let p = problems(
             "servers: [{port: {number: 80, name: http, protocol: HTTP}, bind: localhost, hosts: ['*']}]",
-            Severity::Error,
-            Code::InvalidValue,
-            "spec.servers[0].bind",
+        );
+        assert_eq!(
+            crate::testing::codes(&p),
+            [
+                ("spec.servers[0].bind", Code::InvalidValue),
+                ("spec.servers[0].bind", Code::NotSupported),
+            ]
         );
         // Port 0 is only fine with a Unix socket.
-        assert_one(
+        let p = problems(
             "servers: [{port: {number: 0, name: tcp, protocol: TCP}, bind: 10.0.0.1, hosts: ['*']}]",
-            Severity::Error,
-            Code::InvalidPort,
-            "spec.servers[0].port.number",
+        );
+        assert_eq!(
+            crate::testing::codes(&p),
+            [
+                ("spec.servers[0].port.number", Code::InvalidPort),
+                ("spec.servers[0].bind", Code::NotSupported),
+            ]
         );
     }
 
@@ -929,11 +1163,23 @@ servers:
 
     #[test]
     fn passthrough_modes_and_protocols() {
-        assert_one(
+        let p = problems(
             "servers: [{port: {number: 15443, name: tls, protocol: HTTPS}, hosts: ['*'], tls: {mode: AUTO_PASSTHROUGH}}]",
-            Severity::Error,
-            Code::InvalidValue,
-            "spec.servers[0].tls.mode",
+        );
+        assert_eq!(
+            verdicts(p),
+            [
+                (
+                    "spec.servers[0].tls.mode".to_string(),
+                    Severity::Warn,
+                    Code::NotSupported
+                ),
+                (
+                    "spec.servers[0].tls.mode".to_string(),
+                    Severity::Error,
+                    Code::InvalidValue
+                ),
+            ]
         );
         // Istio's own docs use HTTPS + PASSTHROUGH; it works, with a hint.
         assert_one(
@@ -946,6 +1192,16 @@ servers:
 
     #[test]
     fn simple_and_mutual_need_certificates() {
+        // Certificate files are Istio but not Mizzen: each set one is also reported (see
+        // `settings_mizzen_ignores_are_reported`), so these compare codes.
+        let codes = |yaml: &str| -> Vec<(String, Code)> {
+            problems(yaml)
+                .into_iter()
+                .map(|p| (p.path, p.code))
+                .collect()
+        };
+        let tls = "spec.servers[0].tls";
+        let at = |field: &str, code| (format!("{tls}.{field}"), code);
         let p = assert_one(
             "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE}}]",
             Severity::Error,
@@ -953,17 +1209,24 @@ servers:
             "spec.servers[0].tls",
         );
         assert!(p.message.contains("credentialName"));
-        assert_one(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, serverCertificate: /c.pem}}]",
-            Severity::Error,
-            Code::MissingField,
-            "spec.servers[0].tls.privateKey",
+        assert_eq!(
+            codes(
+                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, serverCertificate: /c.pem}}]"
+            ),
+            [
+                at("privateKey", Code::MissingField),
+                at("serverCertificate", Code::NotSupported),
+            ]
         );
-        assert_one(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}}]",
-            Severity::Error,
-            Code::MissingField,
-            "spec.servers[0].tls.caCertificates",
+        assert_eq!(
+            codes(
+                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}}]"
+            ),
+            [
+                at("caCertificates", Code::MissingField),
+                at("serverCertificate", Code::NotSupported),
+                at("privateKey", Code::NotSupported),
+            ]
         );
         // A Secret carries the CA too.
         assert_eq!(
@@ -972,24 +1235,37 @@ servers:
             ),
             vec![]
         );
-        let p = assert_one(
+        let p = problems(
             "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: s, serverCertificate: /c.pem, privateKey: /k.pem}}]",
-            Severity::Error,
-            Code::ConflictingFields,
-            "spec.servers[0].tls",
         );
-        assert!(p.message.contains("credentialName"), "{}", p.message);
-        assert_one(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialNames: [a, b, c]}}]",
-            Severity::Error,
-            Code::InvalidValue,
-            "spec.servers[0].tls.credentialNames",
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.path.clone(), p.code))
+                .collect::<Vec<_>>(),
+            [
+                (tls.to_string(), Code::ConflictingFields),
+                at("serverCertificate", Code::NotSupported),
+                at("privateKey", Code::NotSupported),
+            ]
         );
-        assert_one(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, tlsCertificates: [{serverCertificate: /c.pem}]}}]",
-            Severity::Error,
-            Code::MissingField,
-            "spec.servers[0].tls.tlsCertificates[0].privateKey",
+        assert!(p[0].message.contains("credentialName"), "{}", p[0].message);
+        assert_eq!(
+            codes(
+                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialNames: [a, b, c]}}]"
+            ),
+            [
+                at("credentialNames", Code::InvalidValue),
+                at("credentialNames", Code::NotSupported),
+            ]
+        );
+        assert_eq!(
+            codes(
+                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, tlsCertificates: [{serverCertificate: /c.pem}]}}]"
+            ),
+            [
+                at("tlsCertificates[0].privateKey", Code::MissingField),
+                at("tlsCertificates", Code::NotSupported),
+            ]
         );
     }
 

@@ -233,6 +233,14 @@ impl Validate for ServiceEntrySpec {
                 );
             }
         });
+        if !self.subject_alt_names.is_empty() {
+            c.field("subjectAltNames", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain",
+                )
+            });
+        }
     }
 }
 
@@ -288,6 +296,14 @@ impl ServiceEntrySpec {
                             );
                         }
                     });
+                    if port.known_protocol() == Some("UDP") {
+                        c.field("protocol", |c| {
+                            c.warn(
+                                Code::NotSupported,
+                                "Mizzen's proxy carries TCP only; this UDP port is not served",
+                            )
+                        });
+                    }
                     if let Some(p) = &port.protocol
                         && port.known_protocol().is_none()
                     {
@@ -501,7 +517,7 @@ subjectAltNames:
     }
 
     #[test]
-    fn every_field_round_trips_and_validates_except_the_none_export() {
+    fn every_field_round_trips_and_validates_except_the_none_export_and_what_mizzen_ignores() {
         let s = spec(VMS);
         assert_eq!(s.endpoints[0].ports["mongodb"], 27019);
         assert_eq!(s.ports[0].effective_target_port(), 27017);
@@ -509,16 +525,25 @@ subjectAltNames:
         let back: ServiceEntrySpec =
             serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
-        // "~" must stand alone.
+        // "~" must stand alone; the rest is what Mizzen does not implement.
         assert_eq!(
             codes(&validate_spec(&s)),
-            [("spec.exportTo", Code::ConflictingFields)]
+            [
+                ("spec.endpoints[0].network", Code::NotSupported),
+                ("spec.endpoints[0].locality", Code::NotSupported),
+                ("spec.exportTo", Code::ConflictingFields),
+                ("spec.subjectAltNames", Code::NotSupported),
+            ]
         );
         let alone = ServiceEntrySpec {
             export_to: vec!["~".into()],
             ..s
         };
-        assert!(validate_spec(&alone).is_empty());
+        assert!(
+            validate_spec(&alone)
+                .iter()
+                .all(|p| p.code == Code::NotSupported)
+        );
     }
 
     #[test]
@@ -675,6 +700,43 @@ subjectAltNames:
         assert_eq!(
             codes(&p),
             [("spec.endpoints[0].address", Code::InvalidValue)]
+        );
+    }
+
+    #[test]
+    fn fields_mizzen_ignores_are_reported() {
+        let p = problems(
+            "hosts: [dns.corp]\nlocation: MESH_INTERNAL\nresolution: STATIC\nports:\n- number: 53\n  name: dns\n  protocol: udp\n- number: 5353\n  name: dns-tcp\n  protocol: TCP\nendpoints:\n- address: 10.0.0.1\n  network: vpc-1\n  locality: us-east1/us-east1-b\n- address: 10.0.0.2\nsubjectAltNames: [spiffe://corp/ns/dns/sa/dns]",
+        );
+        let verdicts: Vec<(&str, Severity, Code)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.severity, p.code))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("spec.ports[0].protocol", Severity::Warn, Code::NotSupported),
+                (
+                    "spec.endpoints[0].network",
+                    Severity::Warn,
+                    Code::NotSupported
+                ),
+                (
+                    "spec.endpoints[0].locality",
+                    Severity::Warn,
+                    Code::NotSupported
+                ),
+                ("spec.subjectAltNames", Severity::Warn, Code::NotSupported),
+            ]
+        );
+        assert!(p[0].message.contains("UDP"), "{}", p[0].message);
+        assert!(p[3].message.contains("trust domain"), "{}", p[3].message);
+        // Without them, nothing is reported.
+        assert!(
+            problems(
+                "hosts: [dns.corp]\nlocation: MESH_INTERNAL\nresolution: STATIC\nports:\n- number: 53\n  name: dns-tcp\n  protocol: TCP\nendpoints:\n- address: 10.0.0.1\n  serviceAccount: dns\n  weight: 2"
+            )
+            .is_empty()
         );
     }
 

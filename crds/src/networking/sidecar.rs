@@ -150,9 +150,23 @@ impl Validate for SidecarSpec {
         c.opt(
             "workloadSelector",
             self.workload_selector.as_ref(),
-            |c, s| s.validate(c),
+            |c, s| {
+                s.validate(c);
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen applies only namespace-wide Sidecars (without a workloadSelector); this Sidecar applies to no workload",
+                );
+            },
         );
         self.validate_ingress(c);
+        if !self.ingress.is_empty() {
+            c.field("ingress", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's sidecar forwards inbound traffic to the port it arrived on, on loopback; Sidecar ingress listeners are not applied",
+                )
+            });
+        }
         self.validate_egress(c);
         c.opt(
             "outboundTrafficPolicy",
@@ -162,7 +176,13 @@ impl Validate for SidecarSpec {
         c.opt(
             "inboundConnectionPool",
             self.inbound_connection_pool.as_ref(),
-            |c, p| p.validate(c),
+            |c, p| {
+                p.validate(c);
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's sidecar does not limit the connections it accepts for the workload; inboundConnectionPool has no effect",
+                );
+            },
         );
     }
 }
@@ -455,6 +475,31 @@ impl Validate for IstioEgressListener {
             check_ip_bind(c, bind);
         }
 
+        if self.port.is_some() {
+            c.field("port", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port",
+                )
+            });
+        }
+        if !bind.is_empty() {
+            c.field("bind", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's sidecar opens no listener at an egress bind address or Unix socket; only captured outbound traffic is proxied",
+                )
+            });
+        }
+        // DEFAULT and IPTABLES are how Mizzen captures anyway.
+        if self.capture_mode == Some(CaptureMode::None) {
+            c.field("captureMode", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen's sidecar captures outbound traffic with iptables and opens no listener for the application to connect to; captureMode NONE has no effect",
+                )
+            });
+        }
         if self.hosts.is_empty() {
             c.field("hosts", |c| {
                 c.error(
@@ -530,6 +575,10 @@ impl Validate for OutboundTrafficPolicy {
             if proxy.port.is_none() {
                 c.require("port", false);
             }
+            c.warn(
+                Code::NotSupported,
+                "Mizzen's sidecar sends traffic for unknown destinations straight to them under ALLOW_ANY; egressProxy has no effect",
+            );
         });
     }
 }
@@ -543,8 +592,16 @@ mod tests {
         crate::testing::parse(yaml)
     }
 
+    /// The problems of `yaml` besides the fields Mizzen does not implement, which most Sidecar
+    /// listeners set and `fields_mizzen_ignores_are_reported` covers.
     fn problems(yaml: &str) -> Vec<Problem> {
-        validate_spec(&spec(yaml))
+        implemented(validate_spec(&spec(yaml)))
+    }
+
+    fn implemented(p: Vec<Problem>) -> Vec<Problem> {
+        p.into_iter()
+            .filter(|p| p.code != Code::NotSupported)
+            .collect()
     }
 
     fn codes(p: &[Problem]) -> Vec<(&str, Code)> {
@@ -613,7 +670,7 @@ spec:
 "#;
 
     #[test]
-    fn every_field_parses_round_trips_and_validates_clean() {
+    fn every_field_parses_round_trips_and_reports_only_what_mizzen_ignores() {
         let sc: Sidecar = serde_saphyr::from_str(FULL).unwrap();
         let s = &sc.spec;
         assert_eq!(
@@ -630,7 +687,73 @@ spec:
         let back: Sidecar = serde_json::from_value(json).unwrap();
         assert_eq!(back, sc);
         let p = validate_spec(s);
-        assert!(p.is_empty(), "{p:#?}");
+        assert!(p.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
+        assert_eq!(p.len(), 8, "{p:#?}");
+    }
+
+    #[test]
+    fn fields_mizzen_ignores_are_reported() {
+        let p = validate_spec(&spec(
+            r#"
+workloadSelector:
+  labels:
+    app: ratings
+ingress:
+- port: {number: 9080, protocol: HTTP, name: http}
+  defaultEndpoint: 127.0.0.1:8080
+egress:
+- port: {number: 9080, protocol: HTTP, name: http}
+  hosts: [./*]
+- port: {number: 0, protocol: HTTP, name: uds}
+  bind: unix:///var/run/app.sock
+  captureMode: NONE
+  hosts: ["*/mysql.foo.com"]
+- bind: 10.0.0.1
+  captureMode: IPTABLES
+  hosts: [istio-system/*]
+outboundTrafficPolicy:
+  mode: ALLOW_ANY
+  egressProxy:
+    host: proxy.example.com
+    port: {number: 3128}
+inboundConnectionPool:
+  tcp: {maxConnections: 10}
+"#,
+        ));
+        let verdicts: Vec<(&str, Severity, Code)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.severity, p.code))
+            .collect();
+        let warn = |path| (path, Severity::Warn, Code::NotSupported);
+        assert_eq!(
+            verdicts,
+            [
+                warn("spec.workloadSelector"),
+                warn("spec.ingress"),
+                warn("spec.egress[0].port"),
+                warn("spec.egress[1].port"),
+                warn("spec.egress[1].bind"),
+                warn("spec.egress[1].captureMode"),
+                warn("spec.egress[2].bind"),
+                warn("spec.outboundTrafficPolicy.egressProxy"),
+                warn("spec.inboundConnectionPool"),
+            ]
+        );
+        assert!(
+            p[0].message.contains("applies to no workload"),
+            "{}",
+            p[0].message
+        );
+        assert!(p[2].message.contains("every port"), "{}", p[2].message);
+
+        // A namespace-wide Sidecar that only scopes egress hosts and the outbound policy is
+        // what Mizzen implements, and is clean.
+        assert_eq!(
+            validate_spec(&spec(
+                "egress:\n- hosts: [./*, istio-system/*]\n  captureMode: DEFAULT\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY"
+            )),
+            vec![]
+        );
     }
 
     #[test]
@@ -755,7 +878,7 @@ spec:
                 }],
                 ..Default::default()
             };
-            assert!(validate_spec(&s).is_empty(), "{ok}");
+            assert!(implemented(validate_spec(&s)).is_empty(), "{ok}");
         }
         let ingress = "ingress:\n- port:\n    number: 9080\n    protocol: HTTP\n    name: http\n  defaultEndpoint: ";
         for (bad, code) in [

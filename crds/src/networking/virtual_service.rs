@@ -942,6 +942,12 @@ impl Validate for HttpRedirect {
             );
         }
         c.opt("port", self.port.as_ref(), |c, p| c.port(i64::from(*p)));
+        c.opt("derivePort", self.derive_port.as_ref(), |c, _| {
+            c.warn(
+                Code::NotSupported,
+                "Mizzen does not derive the redirect port: the Location keeps the request's port (dropping a scheme default when the scheme changes), so derivePort has no effect",
+            )
+        });
         c.opt("redirectCode", self.redirect_code.as_ref(), |c, code| {
             if !(300..=399).contains(code) {
                 c.error(
@@ -1269,10 +1275,17 @@ impl TlsMatchAttributes {
         c.opt(
             "sourceNamespace",
             self.source_namespace.as_ref(),
-            |c, ns| namespace_name(c, ns),
+            |c, ns| {
+                namespace_name(c, ns);
+                c.error(Code::NotSupported, L4_SOURCE_NAMESPACE);
+            },
         );
     }
 }
+
+/// Mizzen's TLS and TCP routes do not match on the client's namespace; ignoring the condition
+/// would apply the rule to every client.
+const L4_SOURCE_NAMESPACE: &str = "Mizzen's tls and tcp routes do not match on sourceNamespace, so this rule would apply to clients of every namespace";
 
 impl TcpRoute {
     fn validate_in(&self, c: &mut Checker) {
@@ -1288,14 +1301,21 @@ impl Validate for L4MatchAttributes {
         });
         c.opt("port", self.port.as_ref(), |c, p| c.port(i64::from(*p)));
         c.opt("sourceSubnet", self.source_subnet.as_ref(), |c, s| {
-            subnet(c, s)
+            subnet(c, s);
+            c.error(
+                Code::NotSupported,
+                "Mizzen's tcp routes do not match on sourceSubnet, so this rule would apply to clients at every address",
+            );
         });
         c.field("sourceLabels", |c| c.labels(&self.source_labels));
         c.each("gateways", &self.gateways, |c, g| gateway_name(c, g));
         c.opt(
             "sourceNamespace",
             self.source_namespace.as_ref(),
-            |c, ns| namespace_name(c, ns),
+            |c, ns| {
+                namespace_name(c, ns);
+                c.error(Code::NotSupported, L4_SOURCE_NAMESPACE);
+            },
         );
     }
 }
@@ -1668,8 +1688,31 @@ tcp:
     }
 
     #[test]
-    fn full_example_is_clean() {
-        assert_eq!(problems(FULL), vec![]);
+    fn full_example_reports_only_the_fields_mizzen_ignores() {
+        let verdicts: Vec<(String, Severity, Code)> = problems(FULL)
+            .into_iter()
+            .map(|p| (p.path, p.severity, p.code))
+            .collect();
+        let expected = [
+            ("spec.http[2].redirect.derivePort", Severity::Warn),
+            ("spec.tls[0].match[0].sourceNamespace", Severity::Error),
+            ("spec.tcp[0].match[0].sourceSubnet", Severity::Error),
+            ("spec.tcp[0].match[0].sourceNamespace", Severity::Error),
+        ]
+        .map(|(path, severity)| (path.to_string(), severity, Code::NotSupported));
+        assert_eq!(verdicts, expected);
+
+        // Without them the example is clean: match names, statPrefix and
+        // retryIgnorePreviousHosts only name or tune things and stay quiet.
+        let mut vs = spec(FULL);
+        if let Some(r) = &mut vs.http[2].redirect {
+            r.derive_port = None;
+        }
+        vs.tls[0].r#match[0].source_namespace = None;
+        let m = &mut vs.tcp[0].r#match[0];
+        m.source_subnet = None;
+        m.source_namespace = None;
+        assert_eq!(validate_spec(&vs), vec![]);
     }
 
     #[test]
@@ -2298,11 +2341,15 @@ tcp:
             Code::InvalidStatusCode,
             "spec.http[0].redirect.redirectCode",
         );
-        assert_one(
-            &http("redirect: {port: 8443, derivePort: FROM_PROTOCOL_DEFAULT}"),
-            Severity::Error,
-            Code::ConflictingFields,
-            "spec.http[0].redirect",
+        let p = problems(&http(
+            "redirect: {port: 8443, derivePort: FROM_PROTOCOL_DEFAULT}",
+        ));
+        assert_eq!(
+            crate::testing::codes(&p),
+            [
+                ("spec.http[0].redirect", Code::ConflictingFields),
+                ("spec.http[0].redirect.derivePort", Code::NotSupported),
+            ]
         );
         assert_one(
             &http("redirect: {redirectCode: 302}"),
@@ -2771,17 +2818,66 @@ tcp:
     #[test]
     fn tcp_matches() {
         let route = "route: [{destination: {host: db}}]";
-        assert_one(
-            &format!("hosts: [db]\ntcp: [{{match: [{{sourceSubnet: not-an-ip}}], {route}}}]"),
-            Severity::Error,
-            Code::InvalidValue,
-            "spec.tcp[0].match[0].sourceSubnet",
+        let p = problems(&format!(
+            "hosts: [db]\ntcp: [{{match: [{{sourceSubnet: not-an-ip}}], {route}}}]"
+        ));
+        assert_eq!(
+            crate::testing::codes(&p),
+            [
+                ("spec.tcp[0].match[0].sourceSubnet", Code::InvalidValue),
+                ("spec.tcp[0].match[0].sourceSubnet", Code::NotSupported),
+            ]
         );
         assert_one(
             &format!("hosts: [db]\ntcp: [{{match: [{{port: 70000}}], {route}}}]"),
             Severity::Error,
             Code::InvalidPort,
             "spec.tcp[0].match[0].port",
+        );
+    }
+
+    #[test]
+    fn fields_mizzen_ignores_are_reported() {
+        let route = "route: [{destination: {host: db}}]";
+        let p = assert_one(
+            &format!("hosts: [db]\ntcp: [{{match: [{{sourceNamespace: web}}], {route}}}]"),
+            Severity::Error,
+            Code::NotSupported,
+            "spec.tcp[0].match[0].sourceNamespace",
+        );
+        assert!(p.message.contains("every namespace"), "{}", p.message);
+        assert_one(
+            &format!("hosts: [db]\ntcp: [{{match: [{{sourceSubnet: 10.0.0.0/8}}], {route}}}]"),
+            Severity::Error,
+            Code::NotSupported,
+            "spec.tcp[0].match[0].sourceSubnet",
+        );
+        assert_one(
+            &format!(
+                "hosts: [db]\ntls: [{{match: [{{sniHosts: [db], sourceNamespace: web}}], {route}}}]"
+            ),
+            Severity::Error,
+            Code::NotSupported,
+            "spec.tls[0].match[0].sourceNamespace",
+        );
+        assert_one(
+            &http("redirect: {uri: /x, derivePort: FROM_REQUEST_PORT}"),
+            Severity::Warn,
+            Code::NotSupported,
+            "spec.http[0].redirect.derivePort",
+        );
+        // The conditions Mizzen does match on are quiet.
+        assert_eq!(
+            problems(&format!(
+                "hosts: [db]\ntcp: [{{match: [{{port: 5432, sourceLabels: {{app: web}}, destinationSubnets: [10.0.0.0/8]}}], {route}}}]\ntls: [{{match: [{{sniHosts: [db], sourceLabels: {{app: web}}}}], {route}}}]"
+            )),
+            vec![]
+        );
+        assert_eq!(
+            problems(&http(&format!(
+                "match: [{{name: m, sourceNamespace: web, statPrefix: s}}], {ROUTE}, retries: {{attempts: 2, retryIgnorePreviousHosts: true}}"
+            ))),
+            vec![]
         );
     }
 

@@ -198,6 +198,22 @@ impl Validate for WorkloadEntrySpec {
             }
         });
         c.field("labels", |c| c.labels(&self.labels));
+        if !network.is_empty() {
+            c.field("network", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used",
+                )
+            });
+        }
+        if self.locality.as_deref().is_some_and(|l| !l.is_empty()) {
+            c.field("locality", |c| {
+                c.warn(
+                    Code::NotSupported,
+                    "Mizzen balances without regard to locality; the endpoint's locality has no effect",
+                )
+            });
+        }
         c.opt(
             "serviceAccount",
             self.service_account.as_ref(),
@@ -248,7 +264,7 @@ impl Validate for WorkloadLabelSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{Problem, validate_spec};
+    use crate::validate::{Problem, Severity, validate_spec};
 
     fn parse(yaml: &str) -> WorkloadEntrySpec {
         crate::testing::parse(yaml)
@@ -285,7 +301,13 @@ weight: 3
         assert_eq!(json["serviceAccount"], "details-legacy");
         let back: WorkloadEntrySpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
-        assert!(validate_spec(&spec).is_empty());
+        assert_eq!(
+            codes(&validate_spec(&spec)),
+            [
+                ("spec.network", Code::NotSupported),
+                ("spec.locality", Code::NotSupported)
+            ]
+        );
     }
 
     #[test]
@@ -308,7 +330,10 @@ weight: 3
         let p = validate_spec(&WorkloadEntrySpec::default());
         assert_eq!(codes(&p), [("spec.address", Code::MissingField)]);
         let only_network = parse("network: cluster-2\nserviceAccount: foo");
-        assert!(validate_spec(&only_network).is_empty());
+        assert_eq!(
+            codes(&validate_spec(&only_network)),
+            [("spec.network", Code::NotSupported)]
+        );
     }
 
     #[test]
@@ -375,6 +400,36 @@ weight: 3
                 ("spec.labels[app]", Code::InvalidSelector),
                 ("spec.serviceAccount", Code::InvalidValue),
             ]
+        );
+    }
+
+    #[test]
+    fn network_and_locality_are_reported_as_ignored() {
+        let p = validate_spec(&parse(
+            "address: 10.0.0.1\nnetwork: vpc-1\nlocality: us-east1/us-east1-b",
+        ));
+        let verdicts: Vec<(&str, Severity, Code)> = p
+            .iter()
+            .map(|p| (p.path.as_str(), p.severity, p.code))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("spec.network", Severity::Warn, Code::NotSupported),
+                ("spec.locality", Severity::Warn, Code::NotSupported),
+            ]
+        );
+        assert!(
+            p[0].message.contains("without an address"),
+            "{}",
+            p[0].message
+        );
+        // Empty values say nothing, and the fields Mizzen uses are quiet.
+        assert!(
+            validate_spec(&parse(
+                "address: 10.0.0.1\nnetwork: ''\nlocality: ''\nweight: 2\nserviceAccount: vm\nlabels:\n  app: vm"
+            ))
+            .is_empty()
         );
     }
 
