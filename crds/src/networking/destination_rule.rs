@@ -955,6 +955,14 @@ impl Validate for ConsistentHashLb {
             c.each("attributes", &cookie.attributes, |c, a| {
                 c.require("name", !a.name.is_empty())
             });
+            if cookie.ttl.is_some() {
+                c.field("ttl", |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen hashes on the cookie when a request carries it but does not set it on a request without it (as Envoy does with a ttl), so such a client is not kept on one endpoint until it sets the cookie itself",
+                    )
+                });
+            }
             if !cookie.attributes.is_empty() {
                 c.field("attributes", |c| {
                     c.warn(
@@ -2119,6 +2127,7 @@ trafficPolicy:
     consistentHash:
       httpCookie:
         name: user
+        ttl: 60s
         attributes:
         - name: SameSite
           value: Strict
@@ -2166,6 +2175,7 @@ subsets:
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
+            ("loadBalancer.consistentHash.httpCookie.ttl", Warn),
             ("loadBalancer.consistentHash.httpCookie.attributes", Warn),
             ("loadBalancer.localityLbSetting", Warn),
             ("loadBalancer.warmup", Warn),
@@ -2205,16 +2215,16 @@ subsets:
             .map(|p| (p.path.clone(), p.severity, p.code))
             .collect();
         assert_eq!(got, expected);
-        assert!(p[9].message.contains("revoked"), "{}", p[9].message);
+        assert!(p[10].message.contains("revoked"), "{}", p[10].message);
         assert!(
-            p[13].message.contains("neither has an effect"),
+            p[14].message.contains("neither has an effect"),
             "{}",
-            p[13].message
+            p[14].message
         );
         assert!(
-            p[15].message.contains("applies to no workload"),
+            p[16].message.contains("applies to no workload"),
             "{}",
-            p[15].message
+            p[16].message
         );
 
         // The same policy without those fields (and with the defaults they would restore) is

@@ -87,7 +87,9 @@ pub struct ConsistentHash {
 )]
 pub enum HashKey {
     Header(String),
-    /// A cookie; when `ttl_ms` is set and the request lacks it, the proxy sets it.
+    /// A cookie, hashed when the request carries it. `ttl_ms` and `path` describe the cookie
+    /// Envoy would set on a request without it; the proxy does not set it (the operator
+    /// reports `ttl` as not supported).
     Cookie {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
