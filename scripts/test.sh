@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # One shared target directory outside the clone, so repeated runs and fresh clones reuse builds.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mizzen/target}"
+# No incremental data: a clone at a new path would add its own (gigabytes per clone, never
+# reused), and a one-shot build does not gain from it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
