@@ -123,6 +123,10 @@ measure() { # pair connections rate round
   for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
   local before=0
   ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
+  # Peak RSS per measurement, not since start: reset each process's high-water mark (Linux 4.0+;
+  # needs the processes to be ours). Without it a 1000 rps figure would carry the peak of an
+  # earlier 64-connection or highest-rate run.
+  for p in "${pids[@]}"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
   taskset -c "$LOADGEN_CPU" oha --no-tui "${OHA_JSON[@]}" ${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"} -z "$DURATION" -q "$rate" -c "$conns" \
     --latency-correction "${URL[$pair]:-http://127.0.0.1:${TARGET[$pair]}/}" >"$WORK/oha.json"
   local after=0 hwm=0 rss=0

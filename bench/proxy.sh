@@ -12,7 +12,8 @@
 #   - added p50/p90/p99 latency over direct at 1000 rps, 16 connections (open loop,
 #     --latency-correction), and at 4 and 64 connections;
 #   - CPU milliseconds per 1000 requests per proxy (utime+stime from /proc);
-#   - RSS per proxy idle (Mizzen with a config of 100 services) and peak RSS under load;
+#   - RSS per proxy idle (Mizzen with a config of 100 services) and peak RSS during each
+#     measurement (the high-water mark is reset before it);
 #   - the highest rate held with zero errors and p90 under 5 ms.
 # The pair `hyper-floor` (proxy/examples/hyper_floor.rs, when built) is a bare hyper forwarder:
 # what the HTTP library and runtime cost alone, so Mizzen's own share can be read off.
@@ -223,11 +224,14 @@ for p in pairs:
     summary[p] = dict(p50=med(added), p90=med(added90), cpu=med(cpu), peak=med(peak), max=med(maxr))
     print(f"| {p} | {span(cpu)} | {span(idle)} | {span(peak)} |")
 print("\n## Highest rate with zero errors and p90 < 5 ms (16 connections)")
-print("| pair | rps (median, min-max) |")
-print("|---|---|")
+print("| pair | rps (median, min-max) | peak RSS MiB at the highest rates |")
+print("|---|---|---|")
 for p in pairs + ["direct"]:
     maxr = [r["rate"] for r in rows if r["kind"] == "max" and r["pair"] == p]
-    print(f"| {p} | {med(maxr):.0f} ({min(maxr)}-{max(maxr)}) |")
+    # Each round's search: the largest per-measurement peak among its rates.
+    peaks = [max(r["hwm_kib"] for r in rows if r["kind"] == "load" and r["pair"] == p and r["round"] == f"max{n}") / 1024
+             for n in sorted({r["round"] for r in rows if r["kind"] == "max" and r["pair"] == p})]
+    print(f"| {p} | {med(maxr):.0f} ({min(maxr)}-{max(maxr)}) | {span(peaks) if p != 'direct' else 'n/a'} |")
 for suffix in ("", "-mtls"):
     if "mizzen" + suffix not in summary:
         continue
