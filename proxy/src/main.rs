@@ -216,6 +216,16 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr),
         )
         .init();
+    // No transparent huge pages. With them each 2 MiB of mimalloc's arena that is touched is
+    // resident whole: an idle sidecar with 100 services held 16 MiB, 8 MiB of it huge pages
+    // around 2 MiB of data; without them it holds 10 MiB. mimalloc is built not to ask for
+    // them (`no_thp`); this also refuses them where the kernel gives them unasked
+    // (`transparent_hugepage=always`). A sidecar runs next to every pod: its memory is worth
+    // more than the TLB misses huge pages save.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "could not disable transparent huge pages");
+    }
     let (config, concurrency) = match Cli::parse().command {
         Command::Sidecar(args) => sidecar_config(args)?,
         Command::Gateway(args) => gateway_config(args)?,
