@@ -17,7 +17,7 @@ use std::{
 
 use futures::future::BoxFuture;
 use http::{
-    Request, Response, StatusCode, Uri, Version,
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
     uri::{Authority, PathAndQuery, Scheme},
 };
 use mizzen_identity::{ExpectedPeer, SpiffeId};
@@ -116,9 +116,10 @@ impl Origin {
 #[derive(Clone, Copy, Debug)]
 pub struct ForceHttp1;
 
-/// The calling client's address, for source-IP hashing (in the request's extensions).
+/// The calling client's address, for source-IP hashing and a generated hash cookie (in the
+/// request's extensions).
 #[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub IpAddr);
+pub struct ClientAddr(pub SocketAddr);
 
 pub struct Upstream {
     pub key: UpstreamKey,
@@ -551,11 +552,14 @@ where
         if let Some(origin) = &self.origin {
             origin.take();
         }
-        let hash = up.balancer.hash_key().and_then(|key| {
-            let ip = req.extensions().get::<ClientAddr>().map(|c| c.0);
-            balance::request_key(key, req.headers(), req.uri().query(), ip)
-                .map(|k| balance::hash::hash64(&k))
-        });
+        let (hash, set_cookie) = up
+            .balancer
+            .hash_key()
+            .and_then(|key| {
+                let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+                balance::request_hash(key, req.headers(), req.uri().query(), client)
+            })
+            .map_or((None, None), |(hash, set_cookie)| (Some(hash), set_cookie));
         let eligible: Option<Vec<bool>> = up
             .outlier
             .as_ref()
@@ -605,12 +609,21 @@ where
         let req = Request::from_parts(parts, body);
         ep.active.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(ep);
-        Box::pin(send(up, self.origin.clone(), guard, endpoint, h2, req))
+        Box::pin(send(
+            up,
+            self.origin.clone(),
+            guard,
+            endpoint,
+            h2,
+            req,
+            set_cookie,
+        ))
     }
 }
 
 /// Sends a request to the endpoint it was balanced to (in flight under `guard`), feeds the
-/// outcome to outlier detection, and tells `origin` where the response came from.
+/// outcome to outlier detection, tells `origin` where the response came from, and sets the
+/// hash cookie made for the request, if any.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn holds its arguments twice (see `outbound::respond`)"
@@ -622,6 +635,7 @@ fn send(
     endpoint: Authority,
     h2: bool,
     req: Request<Body>,
+    set_cookie: Option<HeaderValue>,
 ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
     // An `async` block rather than an `async fn`: that would hold its arguments twice.
     async move {
@@ -654,6 +668,9 @@ fn send(
         // a protocol switch keeps its `Connection: upgrade`.
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             crate::http::headers::strip_hop_by_hop(resp.headers_mut());
+        }
+        if let Some(cookie) = set_cookie {
+            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         if let Some(origin) = origin {
             origin.set(UpstreamHost {

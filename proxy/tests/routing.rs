@@ -239,6 +239,56 @@ async fn round_robin_spreads_evenly_and_consistent_hash_sticks() {
     assert!(seen.len() >= 2, "six users all hashed to {seen:?}");
 }
 
+/// Sticky sessions as Istio users set them up: `httpCookie` with a `ttl`. A client without the
+/// cookie is given one, and sending it back (over any connection) keeps it on one endpoint.
+#[tokio::test]
+async fn a_hash_cookie_with_a_ttl_is_set_and_then_sticks() {
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
+    let mut svc = serviceb(
+        backends.iter().map(|b| endpoint(b.addr, "v1")).collect(),
+        vec![],
+    );
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Cookie {
+                name: "user".into(),
+                path: Some("/".into()),
+                ttl_ms: Some(3_600_000),
+                attributes: vec![CookieAttribute {
+                    name: "SameSite".into(),
+                    value: Some("Lax".into()),
+                }],
+            },
+            algorithm: HashAlgorithm::RingHash {
+                minimum_ring_size: 1024,
+            },
+        })),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        // A new client: a new connection, so a new cookie.
+        let first = get(&client(), proxy.outbound, "/").await;
+        assert_eq!(first.status, 200);
+        let set = first.header("set-cookie").to_string();
+        let (cookie, attrs) = set.split_once("; ").expect(&set);
+        assert!(cookie.starts_with("user=\""), "{set}");
+        assert_eq!(attrs, "Max-Age=3600; Path=/; SameSite=Lax; HttpOnly");
+        for _ in 0..5 {
+            let again = get_with(&client(), proxy.outbound, "/", &[("cookie", cookie)]).await;
+            assert_eq!(
+                again.header("x-backend"),
+                first.header("x-backend"),
+                "{set}"
+            );
+            assert!(again.headers.get("set-cookie").is_none(), "{set}");
+        }
+        seen.insert(first.header("x-backend").to_string());
+    }
+    assert!(seen.len() >= 2, "eight sessions all hashed to {seen:?}");
+}
+
 #[tokio::test]
 async fn h2c_clients_and_h2_upstreams() {
     let v1 = backend("v1").await;

@@ -951,26 +951,37 @@ impl Validate for ConsistentHashLb {
             });
         }
         c.opt("httpCookie", self.http_cookie.as_ref(), |c, cookie| {
+            // The proxy writes these into the Set-Cookie of a cookie it makes (with a ttl).
             c.require("name", !cookie.name.is_empty());
+            if !cookie.name.is_empty() && !is_cookie_token(&cookie.name) {
+                c.field("name", |c| {
+                    c.error(
+                        Code::InvalidValue,
+                        format!(
+                            "{:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                            cookie.name
+                        ),
+                    )
+                });
+            }
+            if let Some(path) = cookie.path.as_deref().filter(|p| !is_cookie_av(p)) {
+                c.field("path", |c| {
+                    c.error(
+                        Code::InvalidValue,
+                        format!("{path:?} may not hold ';' or control characters"),
+                    )
+                });
+            }
             c.each("attributes", &cookie.attributes, |c, a| {
-                c.require("name", !a.name.is_empty())
+                c.require("name", !a.name.is_empty());
+                let text = format!("{}={}", a.name, a.value.as_deref().unwrap_or(""));
+                if !is_cookie_av(&text) {
+                    c.error(
+                        Code::InvalidValue,
+                        format!("{text:?} may not hold ';' or control characters"),
+                    );
+                }
             });
-            if cookie.ttl.is_some() {
-                c.field("ttl", |c| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen hashes on the cookie when a request carries it but does not set it on a request without it (as Envoy does with a ttl), so such a client is not kept on one endpoint until it sets the cookie itself",
-                    )
-                });
-            }
-            if !cookie.attributes.is_empty() {
-                c.field("attributes", |c| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen does not add attributes to the hash cookie; the setting has no effect",
-                    )
-                });
-            }
         });
 
         if self.ring_hash.is_some() && self.maglev.is_some() {
@@ -1454,6 +1465,16 @@ fn check_percent_f64(c: &mut Checker, p: f64) {
     }
 }
 
+/// RFC 6265's `cookie-name`: an HTTP token.
+fn is_cookie_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 6265's `path-value` and extension attributes: any text but `;` and control characters.
+fn is_cookie_av(s: &str) -> bool {
+    !s.chars().any(|ch| ch == ';' || ch.is_control())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2115,6 +2136,40 @@ subsets:
         assert_eq!(p[2].message, "locality weights must add up to 100 (got 90)");
     }
     #[test]
+    fn a_hash_cookie_that_cannot_be_written_in_set_cookie_is_an_error() {
+        let p = problems(
+            r#"
+host: a
+trafficPolicy:
+  loadBalancer:
+    consistentHash:
+      httpCookie:
+        name: "user id"
+        path: "/a;Domain=evil.example"
+        ttl: 60s
+        attributes:
+        - name: SameSite
+          value: Strict
+        - name: "x; Secure"
+"#,
+        );
+        let c = "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie";
+        assert_eq!(
+            codes(&p),
+            [
+                (&*format!("{c}.name"), Code::InvalidValue),
+                (&*format!("{c}.path"), Code::InvalidValue),
+                (&*format!("{c}.attributes[1]"), Code::InvalidValue),
+            ]
+        );
+        assert!(p.iter().all(|p| p.is_error()), "{p:?}");
+        assert_eq!(
+            p[0].message,
+            "\"user id\" is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        );
+    }
+
+    #[test]
     fn unsupported_fields_are_reported_wherever_a_policy_sits() {
         let p = problems(
             r#"
@@ -2175,8 +2230,6 @@ subsets:
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
-            ("loadBalancer.consistentHash.httpCookie.ttl", Warn),
-            ("loadBalancer.consistentHash.httpCookie.attributes", Warn),
             ("loadBalancer.localityLbSetting", Warn),
             ("loadBalancer.warmup", Warn),
             ("connectionPool.tcp.tcpKeepalive", Warn),
@@ -2215,16 +2268,16 @@ subsets:
             .map(|p| (p.path.clone(), p.severity, p.code))
             .collect();
         assert_eq!(got, expected);
-        assert!(p[10].message.contains("revoked"), "{}", p[10].message);
+        assert!(p[8].message.contains("revoked"), "{}", p[8].message);
         assert!(
-            p[14].message.contains("neither has an effect"),
+            p[12].message.contains("neither has an effect"),
             "{}",
-            p[14].message
+            p[12].message
         );
         assert!(
-            p[16].message.contains("applies to no workload"),
+            p[14].message.contains("applies to no workload"),
             "{}",
-            p[16].message
+            p[14].message
         );
 
         // The same policy without those fields (and with the defaults they would restore) is

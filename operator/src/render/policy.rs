@@ -21,6 +21,14 @@ fn load_balancer(lb: &dr::LoadBalancerSettings) -> Option<pc::LoadBalancer> {
                 name: c.name.clone(),
                 path: c.path.clone(),
                 ttl_ms: c.ttl.as_ref().map(ms),
+                attributes: c
+                    .attributes
+                    .iter()
+                    .map(|a| pc::CookieAttribute {
+                        name: a.name.clone(),
+                        value: a.value.clone(),
+                    })
+                    .collect(),
             }
         } else if ch.use_source_ip == Some(true) {
             pc::HashKey::SourceIp

@@ -87,18 +87,31 @@ pub struct ConsistentHash {
 )]
 pub enum HashKey {
     Header(String),
-    /// A cookie, hashed when the request carries it. `ttl_ms` and `path` describe the cookie
-    /// Envoy would set on a request without it; the proxy does not set it (the operator
-    /// reports `ttl` as not supported).
+    /// A cookie, hashed when the request carries it. With `ttl_ms` set, a request without it
+    /// is hashed on a value made from its connection's addresses, and the response sets the
+    /// cookie to that value (as Envoy): `Max-Age` from the ttl (none for `0`: a session
+    /// cookie), then `path` and `attributes`, then `HttpOnly`. Without a ttl such a request is
+    /// balanced at random.
     Cookie {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attributes: Vec<CookieAttribute>,
     },
     SourceIp,
     QueryParameter(String),
+}
+
+/// One `name[=value]` attribute of a generated hash cookie (e.g. `SameSite=Strict`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CookieAttribute {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

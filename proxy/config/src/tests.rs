@@ -120,6 +120,7 @@ fn variant_fields_are_camel_case_and_defaults_are_left_out() {
             name: "user".into(),
             path: None,
             ttl_ms: Some(1000),
+            attributes: vec![],
         },
         algorithm: HashAlgorithm::RingHash {
             minimum_ring_size: 1024,
@@ -127,7 +128,9 @@ fn variant_fields_are_camel_case_and_defaults_are_left_out() {
     });
     let json = serde_json::to_string(&lb).unwrap();
     assert!(
-        json.contains("\"ttlMs\":1000") && json.contains("\"minimumRingSize\":1024"),
+        json.contains("\"ttlMs\":1000")
+            && json.contains("\"minimumRingSize\":1024")
+            && !json.contains("attributes"),
         "{json}"
     );
     let svc = serde_json::to_string(&Service {

@@ -2,13 +2,15 @@
 //! caller supplies the endpoints' names, weights, active-request counts, which ones are
 //! eligible (not ejected) and the random numbers.
 
+pub mod cookie;
 pub mod hash;
 mod maglev;
 mod ring;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use mizzen_proxy_config::{HashAlgorithm, HashKey, LoadBalancer};
 
 pub use maglev::Maglev;
@@ -109,23 +111,42 @@ impl Balancer {
     }
 }
 
+/// A request's hash for consistent hashing, with the `Set-Cookie` its response carries when
+/// the key is a cookie the policy makes for a request without it ([`cookie`]); `None` when
+/// the request lacks the key (it is then balanced at random). `client` is the connection's
+/// peer.
+pub fn request_hash(
+    key: &HashKey,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    client: Option<SocketAddr>,
+) -> Option<(u64, Option<HeaderValue>)> {
+    if let Some(k) = request_key(key, headers, query, client.map(|c| c.ip())) {
+        return Some((hash::hash64(&k), None));
+    }
+    let HashKey::Cookie {
+        name,
+        path,
+        ttl_ms: Some(ttl_ms),
+        attributes,
+    } = key
+    else {
+        return None;
+    };
+    let made = cookie::generate(name, path.as_deref(), *ttl_ms, attributes, client?)?;
+    Some((hash::hash64(made.value.as_bytes()), Some(made.set_cookie)))
+}
+
 /// The bytes a request is hashed on, or `None` when it lacks them.
 pub fn request_key(
     key: &HashKey,
     headers: &HeaderMap,
     query: Option<&str>,
-    source_ip: Option<std::net::IpAddr>,
+    source_ip: Option<IpAddr>,
 ) -> Option<Vec<u8>> {
     match key {
         HashKey::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
-        HashKey::Cookie { name, .. } => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_bytes().to_vec()),
+        HashKey::Cookie { name, .. } => cookie::value(headers, name).map(|v| v.as_bytes().to_vec()),
         HashKey::SourceIp => source_ip.map(|ip| ip.to_string().into_bytes()),
         HashKey::QueryParameter(name) => query?
             .split('&')
@@ -273,6 +294,7 @@ mod tests {
             name: "session".into(),
             path: None,
             ttl_ms: None,
+            attributes: vec![],
         };
         assert_eq!(request_key(&cookie, &h, None, ip), Some(b"abc".to_vec()));
         assert_eq!(
@@ -292,5 +314,32 @@ mod tests {
             request_key(&HashKey::Header("nope".into()), &h, None, ip),
             None
         );
+    }
+
+    #[test]
+    fn a_cookie_with_a_ttl_is_made_for_a_request_without_it_and_then_read() {
+        let key = HashKey::Cookie {
+            name: "user".into(),
+            path: Some("/".into()),
+            ttl_ms: Some(60_000),
+            attributes: vec![],
+        };
+        let client = Some("10.1.2.3:40000".parse().unwrap());
+        let (hash, set_cookie) = request_hash(&key, &HeaderMap::new(), None, client).unwrap();
+        let set_cookie = set_cookie.expect("a cookie to set");
+        // The client sends back what it was given: it hashes to the same value, and nothing
+        // more is set.
+        let sent = set_cookie.to_str().unwrap().split(';').next().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("cookie", sent.parse().unwrap());
+        assert_eq!(request_hash(&key, &h, None, None), Some((hash, None)));
+        // Without a ttl nothing is made: the request is balanced at random.
+        let no_ttl = HashKey::Cookie {
+            name: "user".into(),
+            path: None,
+            ttl_ms: None,
+            attributes: vec![],
+        };
+        assert_eq!(request_hash(&no_ttl, &HeaderMap::new(), None, client), None);
     }
 }

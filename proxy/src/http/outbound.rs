@@ -211,7 +211,7 @@ pub fn respond<'a>(
                 ex.destination_service(upstream.service.clone());
                 ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
                 if upstream.balancer.hash_key().is_some() {
-                    parts.extensions.insert(ClientAddr(peer.ip()));
+                    parts.extensions.insert(ClientAddr(peer));
                 }
                 let req = Request::from_parts(parts, body);
                 let origin = Some(ex.origin());
