@@ -126,7 +126,7 @@ pub struct Routed<'a> {
     pub shared: &'a Arc<Shared>,
     /// The config the upstreams are built from (services, policies, endpoints).
     pub snap: &'a Arc<Snapshot>,
-    /// The caller, for source-IP hashing.
+    /// The caller, for source-IP hashing and the hash cookie made for a request without one.
     pub peer: SocketAddr,
     /// The port the request arrived for: the destination port when the route names none.
     pub port: u16,
