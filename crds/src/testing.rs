@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::validate::{Code, Problem};
+use crate::validate::{Code, Problem, Severity};
 
 #[track_caller]
 pub(crate) fn parse<T: DeserializeOwned>(yaml: &str) -> T {
@@ -15,6 +15,13 @@ pub(crate) fn parse<T: DeserializeOwned>(yaml: &str) -> T {
 /// `(path, code)` of each problem, for compact assertions.
 pub(crate) fn codes(p: &[Problem]) -> Vec<(&str, Code)> {
     p.iter().map(|p| (p.path.as_str(), p.code)).collect()
+}
+
+/// `(path, severity, code)` of each problem, where warnings and errors both matter.
+pub(crate) fn verdicts(p: &[Problem]) -> Vec<(&str, Severity, Code)> {
+    p.iter()
+        .map(|p| (p.path.as_str(), p.severity, p.code))
+        .collect()
 }
 
 /// Asserts that `problems` is exactly one problem, at `path` with `code`, and returns it.

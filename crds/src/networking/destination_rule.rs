@@ -1194,12 +1194,7 @@ impl ConnectionPoolSettings {
         });
         c.opt("http", self.http.as_ref(), |c, h| {
             if h.use_client_protocol == Some(true) {
-                c.field("useClientProtocol", |c| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect",
-                    )
-                });
+                c.not_supported("useClientProtocol", "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect");
             }
             c.opt(
                 "maxConcurrentStreams",
@@ -1286,12 +1281,7 @@ impl Validate for OutlierDetection {
             });
         }
         if self.split_external_local_origin_errors == Some(true) {
-            c.field("splitExternalLocalOriginErrors", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect",
-                )
-            });
+            c.not_supported("splitExternalLocalOriginErrors", "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect");
             c.opt(
                 "consecutiveLocalOriginFailures",
                 self.consecutive_local_origin_failures.as_ref(),

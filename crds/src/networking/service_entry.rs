@@ -234,12 +234,7 @@ impl Validate for ServiceEntrySpec {
             }
         });
         if !self.subject_alt_names.is_empty() {
-            c.field("subjectAltNames", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain",
-                )
-            });
+            c.not_supported("subjectAltNames", "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain");
         }
     }
 }
@@ -297,12 +292,7 @@ impl ServiceEntrySpec {
                         }
                     });
                     if port.known_protocol() == Some("UDP") {
-                        c.field("protocol", |c| {
-                            c.warn(
-                                Code::NotSupported,
-                                "Mizzen's proxy carries TCP only; this UDP port is not served",
-                            )
-                        });
+                        c.not_supported("protocol", "Mizzen's proxy carries TCP only; this UDP port is not served");
                     }
                     if let Some(p) = &port.protocol
                         && port.known_protocol().is_none()
@@ -708,10 +698,7 @@ subjectAltNames:
         let p = problems(
             "hosts: [dns.corp]\nlocation: MESH_INTERNAL\nresolution: STATIC\nports:\n- number: 53\n  name: dns\n  protocol: udp\n- number: 5353\n  name: dns-tcp\n  protocol: TCP\nendpoints:\n- address: 10.0.0.1\n  network: vpc-1\n  locality: us-east1/us-east1-b\n- address: 10.0.0.2\nsubjectAltNames: [spiffe://corp/ns/dns/sa/dns]",
         );
-        let verdicts: Vec<(&str, Severity, Code)> = p
-            .iter()
-            .map(|p| (p.path.as_str(), p.severity, p.code))
-            .collect();
+        let verdicts = crate::testing::verdicts(&p);
         assert_eq!(
             verdicts,
             [

@@ -160,12 +160,7 @@ impl Validate for SidecarSpec {
         );
         self.validate_ingress(c);
         if !self.ingress.is_empty() {
-            c.field("ingress", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen's sidecar forwards inbound traffic to the port it arrived on, on loopback; Sidecar ingress listeners are not applied",
-                )
-            });
+            c.not_supported("ingress", "Mizzen's sidecar forwards inbound traffic to the port it arrived on, on loopback; Sidecar ingress listeners are not applied");
         }
         self.validate_egress(c);
         c.opt(
@@ -476,29 +471,14 @@ impl Validate for IstioEgressListener {
         }
 
         if self.port.is_some() {
-            c.field("port", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port",
-                )
-            });
+            c.not_supported("port", "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port");
         }
         if !bind.is_empty() {
-            c.field("bind", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen's sidecar opens no listener at an egress bind address or Unix socket; only captured outbound traffic is proxied",
-                )
-            });
+            c.not_supported("bind", "Mizzen's sidecar opens no listener at an egress bind address or Unix socket; only captured outbound traffic is proxied");
         }
         // DEFAULT and IPTABLES are how Mizzen captures anyway.
         if self.capture_mode == Some(CaptureMode::None) {
-            c.field("captureMode", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen's sidecar captures outbound traffic with iptables and opens no listener for the application to connect to; captureMode NONE has no effect",
-                )
-            });
+            c.not_supported("captureMode", "Mizzen's sidecar captures outbound traffic with iptables and opens no listener for the application to connect to; captureMode NONE has no effect");
         }
         if self.hosts.is_empty() {
             c.field("hosts", |c| {
@@ -720,10 +700,7 @@ inboundConnectionPool:
   tcp: {maxConnections: 10}
 "#,
         ));
-        let verdicts: Vec<(&str, Severity, Code)> = p
-            .iter()
-            .map(|p| (p.path.as_str(), p.severity, p.code))
-            .collect();
+        let verdicts = crate::testing::verdicts(&p);
         let warn = |path| (path, Severity::Warn, Code::NotSupported);
         assert_eq!(
             verdicts,

@@ -199,20 +199,13 @@ impl Validate for WorkloadEntrySpec {
         });
         c.field("labels", |c| c.labels(&self.labels));
         if !network.is_empty() {
-            c.field("network", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used",
-                )
-            });
+            c.not_supported("network", "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used");
         }
         if self.locality.as_deref().is_some_and(|l| !l.is_empty()) {
-            c.field("locality", |c| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen balances without regard to locality; the endpoint's locality has no effect",
-                )
-            });
+            c.not_supported(
+                "locality",
+                "Mizzen balances without regard to locality; the endpoint's locality has no effect",
+            );
         }
         c.opt(
             "serviceAccount",
@@ -408,10 +401,7 @@ weight: 3
         let p = validate_spec(&parse(
             "address: 10.0.0.1\nnetwork: vpc-1\nlocality: us-east1/us-east1-b",
         ));
-        let verdicts: Vec<(&str, Severity, Code)> = p
-            .iter()
-            .map(|p| (p.path.as_str(), p.severity, p.code))
-            .collect();
+        let verdicts = crate::testing::verdicts(&p);
         assert_eq!(
             verdicts,
             [

@@ -597,14 +597,12 @@ pub fn check_attachment(
         } else {
             "targetRefs"
         };
-        c.field(field, |c| {
-            c.warn(
-                Code::NotSupported,
-                "Mizzen applies security policies to the sidecars and gateways a selector (or the \
+        c.not_supported(
+            field,
+            "Mizzen applies security policies to the sidecars and gateways a selector (or the \
                  namespace) picks; targetRef attaches to Gateway API gateways and waypoints, which \
                  Mizzen does not run, so this policy applies to no workload",
-            )
-        });
+        );
     }
 }
 

@@ -91,6 +91,12 @@ impl Checker {
     }
 
     /// `field` must be set and non-empty.
+    /// Warns that field `name` is valid Istio that Mizzen does not implement; `why` says what
+    /// happens instead.
+    pub fn not_supported(&mut self, name: &str, why: impl Into<String>) {
+        self.field(name, |c| c.warn(Code::NotSupported, why));
+    }
+
     pub fn require(&mut self, name: &str, present: bool) {
         if !present {
             self.field(name, |c| c.error(Code::MissingField, "is required"));
