@@ -58,11 +58,10 @@ pub fn generate(
         let _ = write!(header, "; Path={path}");
     }
     for a in attributes {
-        match a.value.as_deref().filter(|v| !v.is_empty()) {
+        let _ = match a.value.as_deref().filter(|v| !v.is_empty()) {
             Some(v) => write!(header, "; {}={v}", a.name),
             None => write!(header, "; {}", a.name),
-        }
-        .ok()?;
+        };
     }
     header.push_str("; HttpOnly");
     let set_cookie = HeaderValue::try_from(header).ok()?;
