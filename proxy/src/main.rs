@@ -220,8 +220,10 @@ fn main() -> anyhow::Result<()> {
     // resident whole: an idle sidecar with 100 services held 16 MiB, 8 MiB of it huge pages
     // around 2 MiB of data; without them it holds 10 MiB. mimalloc is built not to ask for
     // them (`no_thp`); this also refuses them where the kernel gives them unasked
-    // (`transparent_hugepage=always`). A sidecar runs next to every pod: its memory is worth
-    // more than the TLB misses huge pages save.
+    // (`transparent_hugepage=always`), for all but the few megabytes touched before `main`
+    // (the image sets `MIMALLOC_ALLOW_THP=0`, which makes mimalloc refuse them before its first
+    // allocation). A sidecar runs next to every pod: its memory is worth more than the TLB
+    // misses huge pages save.
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "could not disable transparent huge pages");
