@@ -1194,7 +1194,10 @@ impl ConnectionPoolSettings {
         });
         c.opt("http", self.http.as_ref(), |c, h| {
             if h.use_client_protocol == Some(true) {
-                c.not_supported("useClientProtocol", "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect");
+                c.not_supported(
+                    "useClientProtocol",
+                    "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect",
+                );
             }
             c.opt(
                 "maxConcurrentStreams",
@@ -1281,7 +1284,10 @@ impl Validate for OutlierDetection {
             });
         }
         if self.split_external_local_origin_errors == Some(true) {
-            c.not_supported("splitExternalLocalOriginErrors", "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect");
+            c.not_supported(
+                "splitExternalLocalOriginErrors",
+                "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect",
+            );
             c.opt(
                 "consecutiveLocalOriginFailures",
                 self.consecutive_local_origin_failures.as_ref(),

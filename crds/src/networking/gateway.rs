@@ -441,7 +441,10 @@ impl ServerTlsSettings {
     fn report_unsupported_at_gateway(&self, c: &mut Checker) {
         let mode = self.mode.unwrap_or_default();
         if mode == ServerTlsMode::AutoPassthrough {
-            c.not_supported("mode", "Mizzen serves AUTO_PASSTHROUGH as PASSTHROUGH: connections are forwarded only by tls routes of a VirtualService bound to this Gateway, not by the destination named in the SNI");
+            c.not_supported(
+                "mode",
+                "Mizzen serves AUTO_PASSTHROUGH as PASSTHROUGH: connections are forwarded only by tls routes of a VirtualService bound to this Gateway, not by the destination named in the SNI",
+            );
         }
         if mode.is_passthrough() {
             // Nothing is terminated, so the settings below are unused in Istio as well.
@@ -476,7 +479,10 @@ impl ServerTlsSettings {
                 });
             }
             if self.credential_names.len() > 1 {
-                c.not_supported("credentialNames", "Mizzen's gateway serves only the first Secret of credentialNames; the others are not used");
+                c.not_supported(
+                    "credentialNames",
+                    "Mizzen's gateway serves only the first Secret of credentialNames; the others are not used",
+                );
             }
         }
         let verifies_clients = matches!(
@@ -515,7 +521,10 @@ impl ServerTlsSettings {
             }
         }
         if !self.cipher_suites.is_empty() {
-            c.not_supported("cipherSuites", "Mizzen's gateway offers rustls's default cipher suites; cipherSuites has no effect");
+            c.not_supported(
+                "cipherSuites",
+                "Mizzen's gateway offers rustls's default cipher suites; cipherSuites has no effect",
+            );
         }
         for (version, name) in [
             (self.min_protocol_version, "minProtocolVersion"),
@@ -525,7 +534,10 @@ impl ServerTlsSettings {
                 version,
                 Some(TlsProtocolVersion::TlsV1_0 | TlsProtocolVersion::TlsV1_1)
             ) {
-                c.not_supported(name, "Mizzen's gateway (rustls) speaks TLS 1.2 and 1.3 only; a TLS 1.0 or 1.1 bound has no effect");
+                c.not_supported(
+                    name,
+                    "Mizzen's gateway (rustls) speaks TLS 1.2 and 1.3 only; a TLS 1.0 or 1.1 bound has no effect",
+                );
             }
         }
     }

@@ -234,7 +234,10 @@ impl Validate for ServiceEntrySpec {
             }
         });
         if !self.subject_alt_names.is_empty() {
-            c.not_supported("subjectAltNames", "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain");
+            c.not_supported(
+                "subjectAltNames",
+                "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain",
+            );
         }
     }
 }
@@ -292,7 +295,10 @@ impl ServiceEntrySpec {
                         }
                     });
                     if port.known_protocol() == Some("UDP") {
-                        c.not_supported("protocol", "Mizzen's proxy carries TCP only; this UDP port is not served");
+                        c.not_supported(
+                            "protocol",
+                            "Mizzen's proxy carries TCP only; this UDP port is not served",
+                        );
                     }
                     if let Some(p) = &port.protocol
                         && port.known_protocol().is_none()

@@ -160,7 +160,10 @@ impl Validate for SidecarSpec {
         );
         self.validate_ingress(c);
         if !self.ingress.is_empty() {
-            c.not_supported("ingress", "Mizzen's sidecar forwards inbound traffic to the port it arrived on, on loopback; Sidecar ingress listeners are not applied");
+            c.not_supported(
+                "ingress",
+                "Mizzen's sidecar forwards inbound traffic to the port it arrived on, on loopback; Sidecar ingress listeners are not applied",
+            );
         }
         self.validate_egress(c);
         c.opt(
@@ -471,14 +474,23 @@ impl Validate for IstioEgressListener {
         }
 
         if self.port.is_some() {
-            c.not_supported("port", "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port");
+            c.not_supported(
+                "port",
+                "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port",
+            );
         }
         if !bind.is_empty() {
-            c.not_supported("bind", "Mizzen's sidecar opens no listener at an egress bind address or Unix socket; only captured outbound traffic is proxied");
+            c.not_supported(
+                "bind",
+                "Mizzen's sidecar opens no listener at an egress bind address or Unix socket; only captured outbound traffic is proxied",
+            );
         }
         // DEFAULT and IPTABLES are how Mizzen captures anyway.
         if self.capture_mode == Some(CaptureMode::None) {
-            c.not_supported("captureMode", "Mizzen's sidecar captures outbound traffic with iptables and opens no listener for the application to connect to; captureMode NONE has no effect");
+            c.not_supported(
+                "captureMode",
+                "Mizzen's sidecar captures outbound traffic with iptables and opens no listener for the application to connect to; captureMode NONE has no effect",
+            );
         }
         if self.hosts.is_empty() {
             c.field("hosts", |c| {

@@ -199,7 +199,10 @@ impl Validate for WorkloadEntrySpec {
         });
         c.field("labels", |c| c.labels(&self.labels));
         if !network.is_empty() {
-            c.not_supported("network", "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used");
+            c.not_supported(
+                "network",
+                "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used",
+            );
         }
         if self.locality.as_deref().is_some_and(|l| !l.is_empty()) {
             c.not_supported(
