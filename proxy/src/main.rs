@@ -217,8 +217,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     // No transparent huge pages. With them each 2 MiB of mimalloc's arena that is touched is
-    // resident whole: an idle sidecar with 100 services held 16 MiB, 8 MiB of it huge pages
-    // around 2 MiB of data; without them it holds 10 MiB. mimalloc is built not to ask for
+    // resident whole: an idle sidecar with 100 services held 16.0 MiB, 8 MiB of it huge pages;
+    // without them it holds 10.7 MiB (2.5 MiB anonymous). mimalloc is built not to ask for
     // them (`no_thp`); this also refuses them where the kernel gives them unasked
     // (`transparent_hugepage=always`), for all but the few megabytes touched before `main`
     // (the image sets `MIMALLOC_ALLOW_THP=0`, which makes mimalloc refuse them before its first

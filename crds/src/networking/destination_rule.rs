@@ -974,7 +974,11 @@ impl Validate for ConsistentHashLb {
             }
             c.each("attributes", &cookie.attributes, |c, a| {
                 c.require("name", !a.name.is_empty());
-                let text = format!("{}={}", a.name, a.value.as_deref().unwrap_or(""));
+                // As the proxy writes it: `name` or `name=value`.
+                let text = match a.value.as_deref().filter(|v| !v.is_empty()) {
+                    Some(v) => format!("{}={v}", a.name),
+                    None => a.name.clone(),
+                };
                 if !is_cookie_av(&text) {
                     c.error(
                         Code::InvalidValue,

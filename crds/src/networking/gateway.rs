@@ -1186,34 +1186,34 @@ servers:
     fn simple_and_mutual_need_certificates() {
         // Certificate files are Istio but not Mizzen: each set one is also reported (see
         // `settings_mizzen_ignores_are_reported`), so these compare codes.
-        let codes = |yaml: &str| -> Vec<(String, Code)> {
-            problems(yaml)
-                .into_iter()
-                .map(|p| (p.path, p.code))
-                .collect()
+        let https = |tls: &str| {
+            format!(
+                "servers: [{{port: {{number: 443, name: https, protocol: HTTPS}}, hosts: ['*'], tls: {{{tls}}}}}]"
+            )
+        };
+        let codes = |p: &[Problem]| -> Vec<(String, Code)> {
+            p.iter().map(|p| (p.path.clone(), p.code)).collect()
         };
         let tls = "spec.servers[0].tls";
         let at = |field: &str, code| (format!("{tls}.{field}"), code);
         let p = assert_one(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE}}]",
+            &https("mode: SIMPLE"),
             Severity::Error,
             Code::MissingField,
-            "spec.servers[0].tls",
+            tls,
         );
         assert!(p.message.contains("credentialName"));
         assert_eq!(
-            codes(
-                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, serverCertificate: /c.pem}}]"
-            ),
+            codes(&problems(&https("mode: SIMPLE, serverCertificate: /c.pem"))),
             [
                 at("privateKey", Code::MissingField),
                 at("serverCertificate", Code::NotSupported),
             ]
         );
         assert_eq!(
-            codes(
-                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem}}]"
-            ),
+            codes(&problems(&https(
+                "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem"
+            ))),
             [
                 at("caCertificates", Code::MissingField),
                 at("serverCertificate", Code::NotSupported),
@@ -1221,19 +1221,12 @@ servers:
             ]
         );
         // A Secret carries the CA too.
+        assert_eq!(problems(&https("mode: MUTUAL, credentialName: s")), vec![]);
+        let p = problems(&https(
+            "mode: SIMPLE, credentialName: s, serverCertificate: /c.pem, privateKey: /k.pem",
+        ));
         assert_eq!(
-            problems(
-                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: MUTUAL, credentialName: s}}]"
-            ),
-            vec![]
-        );
-        let p = problems(
-            "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialName: s, serverCertificate: /c.pem, privateKey: /k.pem}}]",
-        );
-        assert_eq!(
-            p.iter()
-                .map(|p| (p.path.clone(), p.code))
-                .collect::<Vec<_>>(),
+            codes(&p),
             [
                 (tls.to_string(), Code::ConflictingFields),
                 at("serverCertificate", Code::NotSupported),
@@ -1242,18 +1235,18 @@ servers:
         );
         assert!(p[0].message.contains("credentialName"), "{}", p[0].message);
         assert_eq!(
-            codes(
-                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, credentialNames: [a, b, c]}}]"
-            ),
+            codes(&problems(&https(
+                "mode: SIMPLE, credentialNames: [a, b, c]"
+            ))),
             [
                 at("credentialNames", Code::InvalidValue),
                 at("credentialNames", Code::NotSupported),
             ]
         );
         assert_eq!(
-            codes(
-                "servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: ['*'], tls: {mode: SIMPLE, tlsCertificates: [{serverCertificate: /c.pem}]}}]"
-            ),
+            codes(&problems(&https(
+                "mode: SIMPLE, tlsCertificates: [{serverCertificate: /c.pem}]"
+            ))),
             [
                 at("tlsCertificates[0].privateKey", Code::MissingField),
                 at("tlsCertificates", Code::NotSupported),

@@ -90,13 +90,13 @@ impl Checker {
             .push(Problem::warn(code, self.path.clone(), message));
     }
 
-    /// `field` must be set and non-empty.
     /// Warns that field `name` is valid Istio that Mizzen does not implement; `why` says what
     /// happens instead.
     pub fn not_supported(&mut self, name: &str, why: impl Into<String>) {
         self.field(name, |c| c.warn(Code::NotSupported, why));
     }
 
+    /// `field` must be set and non-empty.
     pub fn require(&mut self, name: &str, present: bool) {
         if !present {
             self.field(name, |c| c.error(Code::MissingField, "is required"));
