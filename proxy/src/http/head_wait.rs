@@ -59,40 +59,6 @@ impl HeadClock {
     }
 }
 
-/// Completes when a connection has sent nothing at all for the idle timeout since it was
-/// accepted: the wait for its first request, before hyper knows whether it speaks HTTP/1 or
-/// HTTP/2, which no hyper timer covers.
-pub struct Silence {
-    conn: Arc<Conn>,
-    /// Dropped at the first byte; from then on the connection's idle time is hyper's to judge.
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl HeadClock {
-    pub fn silence(&self) -> Silence {
-        Silence {
-            timer: Some(Box::pin(tokio::time::sleep(self.0.idle))),
-            conn: self.0.clone(),
-        }
-    }
-}
-
-impl Future for Silence {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.conn.read.load(Ordering::Relaxed) > 0 {
-            // Never completes now; the connection's other futures end it.
-            self.timer = None;
-            return Poll::Pending;
-        }
-        match &mut self.timer {
-            Some(timer) => timer.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
-    }
-}
-
 impl hyper::rt::Timer for HeadClock {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         self.sleep_until(std::time::Instant::from(Instant::now()) + duration)

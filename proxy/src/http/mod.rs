@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod head_wait;
 pub mod headers;
+pub mod idle;
 pub mod inbound;
 pub mod mirror;
 pub mod outbound;
