@@ -27,7 +27,7 @@ use std::{
 
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// The HTTP/2 requests in flight on one server connection.
 #[derive(Clone)]
@@ -85,25 +85,50 @@ impl Streams {
 
     /// Completes when no request has been in flight for the idle timeout (never, once an
     /// HTTP/1 request has been seen).
-    pub async fn idle(self) {
-        let state = &self.0;
-        let mut deadline = state.opened + state.timeout;
+    pub fn idle(self) -> Idle {
+        let deadline = self.0.opened + self.0.timeout;
+        Idle {
+            streams: self,
+            timer: Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+}
+
+/// See [`Streams::idle`]. Polled with its connection at every wake, so on an HTTP/1 connection
+/// it is one load of a flag and drops its timer; on HTTP/2 a look at the timer.
+pub struct Idle {
+    streams: Streams,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Idle {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let state = &this.streams.0;
+        if state.http1.load(Ordering::Relaxed) {
+            this.timer = None;
+            return Poll::Pending;
+        }
+        let Some(timer) = &mut this.timer else {
+            return Poll::Pending;
+        };
         loop {
-            tokio::time::sleep_until(deadline).await;
-            if state.http1.load(Ordering::Relaxed) {
-                return std::future::pending().await;
-            }
+            ready!(timer.as_mut().poll(cx));
+            let now = Instant::now();
             if state.active.load(Ordering::Acquire) > 0 {
                 // A stream that ends later records its end; look again a timeout from now.
-                deadline = Instant::now() + state.timeout;
+                timer.as_mut().reset(now + state.timeout);
                 continue;
             }
             let last_end = Duration::from_nanos(state.last_end.load(Ordering::Acquire));
             let due = state.opened + last_end + state.timeout;
-            if Instant::now() >= due {
-                return;
+            if now >= due {
+                this.timer = None;
+                return Poll::Ready(());
             }
-            deadline = due;
+            timer.as_mut().reset(due);
         }
     }
 }
