@@ -9,15 +9,16 @@ use mizzen_route::UnknownHostAction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use http::uri::Authority;
-use mizzen_resilience::{ResponseFlags, UpstreamError};
+use mizzen_resilience::ResponseFlags;
 
 use crate::{
     app::Shared,
     http::{body::BoxError, client},
     listener::ConnMeta,
-    mtls::{Alpn, MeshTls},
+    mtls::Alpn,
     stream::Stream,
     telemetry::{Label, LabelParts, ServiceLabels},
+    upstream::{EndpointState, Upstream},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +79,7 @@ where
                 && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
             {
                 parts.service = ServiceLabels::of(&meta.orig_dst.ip().to_string(), "");
-                Some(Target::plain(meta.orig_dst.to_string()))
+                Some(Target::Address(meta.orig_dst.to_string()))
             }
             None => {
                 no_route = meta.service_host.is_none();
@@ -86,15 +87,15 @@ where
             }
         }
     } else {
-        Some(Target::plain(meta.orig_dst.to_string()))
+        Some(Target::Address(meta.orig_dst.to_string()))
     };
     relay(stream, target, no_route, reporter, parts, &shared).await;
 }
 
 /// Forwards a connection into the mesh, as this proxy's outbound side does: to a balanced
 /// endpoint of `dest` (reached on `port` when it names none; the caller's address is the hash
-/// key), over mesh mTLS when the hop is one, counted with `reporter="source"`. `None`: no rule
-/// matched, and the connection is closed with flag NR.
+/// key), with the TLS of the hop (mesh mTLS or origination), counted with `reporter="source"`.
+/// `None`: no rule matched, and the connection is closed with flag NR.
 pub async fn forward_to<S>(
     stream: S,
     dest: Option<&Destination>,
@@ -126,8 +127,8 @@ fn source_parts(shared: &Shared) -> LabelParts {
     }
 }
 
-/// A balanced endpoint of `dest` on `port` (hashing the caller's address), with the mesh hop
-/// decision; fills in the service and destination labels. `None`: no endpoint to take it.
+/// A balanced endpoint of `dest` on `port` (hashing the caller's address); fills in the
+/// service and destination labels. `None`: no endpoint to take it.
 fn pick_target(
     shared: &Shared,
     snap: &crate::config::Snapshot,
@@ -158,19 +159,11 @@ fn pick_target(
         |_| true,
     );
     picked.map(|i| {
-        let e = &up.endpoints[i];
-        parts.destination = e.peer.clone();
-        let mesh = up.mesh_hop(e).map(|hop| {
-            hop.map(|h| MeshTarget {
-                tls: shared.tls.clone(),
-                host: h.host.to_string(),
-                port: h.port,
-                expected: h.expected.clone(),
-            })
-        });
-        Target {
-            addr: e.name.clone(),
-            mesh,
+        let endpoint = up.endpoints[i].clone();
+        parts.destination = endpoint.peer.clone();
+        Target::Endpoint {
+            upstream: up.clone(),
+            endpoint,
         }
     })
 }
@@ -199,14 +192,13 @@ async fn relay<S>(
         m.tcp_closed.get_or_create(&labels).inc();
         return;
     };
-    let addr = target.addr.clone();
     let upstream = match target.connect().await {
         Ok(s) => s,
         Err(e) => {
             let labels = labels(ResponseFlags::UF);
             m.tcp_opened.get_or_create(&labels).inc();
             m.tcp_closed.get_or_create(&labels).inc();
-            tracing::debug!(target = %addr, error = %e, "tcp upstream connect failed");
+            tracing::debug!(target = target.addr(), error = %e, "tcp upstream connect failed");
             return;
         }
     };
@@ -219,49 +211,45 @@ async fn relay<S>(
     m.tcp_closed.get_or_create(&labels).inc();
 }
 
-/// Where a TCP connection goes: an address, and mesh mTLS to it when the hop is one (or the
-/// reason it cannot be made).
-struct Target {
-    addr: String,
-    mesh: Result<Option<MeshTarget>, UpstreamError>,
-}
-
-/// Mesh mTLS for a TCP connection: this proxy's TLS and the service (for SNI).
-struct MeshTarget {
-    tls: Option<Arc<MeshTls>>,
-    host: String,
-    port: u16,
-    /// The server identities accepted (secure naming).
-    expected: mizzen_identity::ExpectedPeer,
+/// Where a TCP connection goes.
+enum Target {
+    /// An address no service has (passed through), or the app's port (inbound): plaintext.
+    Address(String),
+    /// An endpoint of an upstream: the hop's TLS (mesh mTLS, TLS origination for `SIMPLE` and
+    /// `MUTUAL`, or none) and the connect timeout are the upstream's, as for HTTP.
+    Endpoint {
+        upstream: Arc<Upstream>,
+        endpoint: Arc<EndpointState>,
+    },
 }
 
 impl Target {
-    fn plain(addr: String) -> Self {
-        Self {
-            addr,
-            mesh: Ok(None),
+    fn addr(&self) -> &str {
+        match self {
+            Target::Address(addr) => addr,
+            Target::Endpoint { endpoint, .. } => &endpoint.name,
         }
     }
 
-    async fn connect(self) -> Result<Stream, BoxError> {
-        let mesh = self.mesh?;
-        let authority: Authority = self.addr.parse()?;
-        let tcp = client::connect(&authority, CONNECT_TIMEOUT).await?;
-        Ok(match mesh {
-            None => Stream::Plain(tcp),
-            Some(MeshTarget {
-                tls,
-                host,
-                port,
-                expected,
-            }) => {
-                let tls = tls.ok_or("mTLS required but this proxy has no workload certificate")?;
-                let stream = tls
-                    .connect_expecting(tcp, &host, port, Alpn::Tcp, &expected)
-                    .await?;
-                Stream::Mtls(Box::new(stream))
+    async fn connect(&self) -> Result<Stream, BoxError> {
+        match self {
+            Target::Address(addr) => {
+                let authority: Authority = addr.parse()?;
+                Ok(Stream::Plain(
+                    client::connect(&authority, CONNECT_TIMEOUT).await?,
+                ))
             }
-        })
+            Target::Endpoint { upstream, endpoint } => {
+                let hop = upstream.hop(endpoint)?;
+                let authority = endpoint
+                    .authority
+                    .as_ref()
+                    .ok_or_else(|| format!("`{}` is not an address", endpoint.name))?;
+                let timeout = upstream.connect_timeout();
+                let (stream, _) = client::open(authority, timeout, hop, Alpn::Tcp).await?;
+                Ok(stream)
+            }
+        }
     }
 }
 

@@ -154,6 +154,11 @@ impl Upstream {
         }
     }
 
+    /// How long a new connection to an endpoint may take (`connectionPool.tcp.connectTimeout`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.pool.settings().connect_timeout
+    }
+
     /// The TLS of the hop to `ep`: TLS origination for `SIMPLE` and `MUTUAL` (refused, never
     /// sent in plaintext, when its settings are unusable), else as [`Upstream::mesh_hop`].
     pub fn hop<'a>(&'a self, ep: &'a EndpointState) -> Result<Option<Hop<'a>>, UpstreamError> {
@@ -172,12 +177,9 @@ impl Upstream {
 
     /// Whether the hop to `ep` is mesh mTLS, as Istio decides: the DestinationRule's
     /// `ISTIO_MUTUAL` always; unset (auto mTLS), when the endpoint runs a sidecar (the injected
-    /// label `security.istio.io/tlsMode: istio`); `DISABLE` never. `SIMPLE` and `MUTUAL`
-    /// (origination, [`Upstream::hop`]) are refused here rather than sent in plaintext.
-    pub fn mesh_hop<'a>(
-        &'a self,
-        ep: &'a EndpointState,
-    ) -> Result<Option<MeshHop<'a>>, UpstreamError> {
+    /// label `security.istio.io/tlsMode: istio`); `DISABLE` never. `SIMPLE` and `MUTUAL` are
+    /// [`Upstream::hop`]'s (origination), and refused here rather than sent in plaintext.
+    fn mesh_hop<'a>(&'a self, ep: &'a EndpointState) -> Result<Option<MeshHop<'a>>, UpstreamError> {
         let mode = self.policy.tls.as_ref().map(|t| t.mode).unwrap_or_default();
         let wanted = match mode {
             ClientTlsMode::IstioMutual => true,

@@ -24,17 +24,6 @@ fn to_v(subset: &str) -> HttpAction {
     HttpAction::Route(vec![weighted(Some(subset), 100)])
 }
 
-async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn config_reload_swaps_routes_and_garbage_keeps_the_last_good_config() {
     let v1 = backend("v1").await;

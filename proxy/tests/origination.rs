@@ -1,7 +1,8 @@
 //! TLS origination (DestinationRule `tls.mode` SIMPLE and MUTUAL) to an HTTPS backend on
 //! loopback that is not in the mesh: the app speaks plaintext to its proxy, the proxy speaks TLS
 //! to the backend, verifying it against the DestinationRule's CA file (and presenting the
-//! client certificate files for MUTUAL). Files are re-read when they change.
+//! client certificate files for MUTUAL). Files are re-read when they change. The same for a
+//! TCP port: the bytes the app writes in plaintext reach the backend over TLS.
 
 mod support;
 
@@ -17,10 +18,13 @@ use http::Response;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mizzen_proxy_config::{ClientTls, ClientTlsMode, TrafficPolicy};
+use mizzen_proxy_config::{ClientTls, ClientTlsMode, Protocol, TrafficPolicy};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use support::*;
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use tokio_rustls::TlsAcceptor;
 
 type Ca = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
@@ -48,10 +52,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// An HTTPS backend for `HOST` with a certificate from `server_ca`; with `client_ca` it
-/// requires a client certificate from that CA. It answers with whether the client presented
-/// one.
-async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+/// A TLS server config for `HOST` with a certificate from `server_ca`; with `client_ca` it
+/// requires a client certificate from that CA.
+fn acceptor(server_ca: &Ca, client_ca: Option<&Ca>) -> TlsAcceptor {
     let (cert, key) = leaf(server_ca, &[HOST]);
     let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
@@ -73,7 +76,13 @@ async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
         }
     };
     let config = builder.with_single_cert(chain, key).unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// An HTTPS backend (see [`acceptor`]) that answers with whether the client presented a
+/// certificate.
+async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+    let acceptor = acceptor(server_ca, client_ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -230,4 +239,117 @@ async fn a_changed_ca_file_is_read_again_without_a_restart() {
         .unwrap();
     let r = get(&client(), proxy.outbound, "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A TLS server speaking no HTTP (see [`acceptor`]): it writes whether the client presented a
+/// certificate, then echoes what it reads.
+async fn tls_echo(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+    let acceptor = acceptor(server_ca, client_ca);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                let (mut r, mut w) = tokio::io::split(tls);
+                let hello = format!("client certificate: {client_cert}\n");
+                if w.write_all(hello.as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A proxy whose TCP service `HOST` goes to `backend` with the DestinationRule `tls` given.
+async fn tcp_proxy_to(backend: SocketAddr, tls: ClientTls) -> Proxy {
+    let mut service = serviceb(vec![endpoint(backend, "v1")], vec![]);
+    service.ports[0].protocol = Protocol::Tcp;
+    service.policy = Some(TrafficPolicy {
+        tls: Some(tls),
+        ..Default::default()
+    });
+    start(&config(vec![service])).await
+}
+
+/// Writes `ping` through the proxy's TCP port; what comes back before the connection closes
+/// (or 5 s pass).
+async fn tcp_exchange(proxy: &Proxy) -> String {
+    let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 256];
+        while !got.ends_with(b"ping\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_tcp_port_originates_tls_simple_and_mutual() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("backend-ca");
+    let client_ca = ca("client-ca");
+    let ca_file = write(dir.path(), "ca.pem", &server_ca.pem());
+
+    let backend = tls_echo(&server_ca, None).await;
+    let proxy = tcp_proxy_to(backend, simple(&ca_file)).await;
+    assert_eq!(
+        tcp_exchange(&proxy).await,
+        "client certificate: false\nping\n"
+    );
+    let m = metrics(proxy.prometheus).await;
+    assert_sample(
+        &m,
+        "istio_tcp_connections_opened_total",
+        &[("destination_service", HOST), ("response_flags", "-")],
+    );
+
+    let backend = tls_echo(&server_ca, Some(&client_ca)).await;
+    let (cert, key) = leaf(&client_ca, &["sleep.default"]);
+    let mutual = ClientTls {
+        mode: ClientTlsMode::Mutual,
+        client_certificate: Some(write(dir.path(), "client.pem", &cert).display().to_string()),
+        private_key: Some(write(dir.path(), "client.key", &key).display().to_string()),
+        ..simple(&ca_file)
+    };
+    let proxy = tcp_proxy_to(backend, mutual).await;
+    assert_eq!(
+        tcp_exchange(&proxy).await,
+        "client certificate: true\nping\n"
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_port_refuses_a_server_its_ca_file_does_not_vouch_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = tls_echo(&ca("backend-ca"), None).await;
+    let other = write(dir.path(), "other.pem", &ca("other-ca").pem());
+    let proxy = tcp_proxy_to(backend, simple(&other)).await;
+    // Closed without a byte: never sent in plaintext, never to an unverified server.
+    assert_eq!(tcp_exchange(&proxy).await, "");
+    assert!(
+        wait_for(async || {
+            let m = metrics(proxy.prometheus).await;
+            sample(
+                &m,
+                "istio_tcp_connections_closed_total",
+                &[("destination_service", HOST), ("response_flags", "UF")],
+            ) == Some(1.0)
+        })
+        .await,
+        "{}",
+        metrics(proxy.prometheus).await
+    );
 }

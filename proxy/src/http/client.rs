@@ -357,37 +357,48 @@ impl Pool {
         Ok((tx, peer))
     }
 
-    /// A new stream to the endpoint: TCP, then mesh mTLS or originated TLS when the hop is one.
-    /// A server that fails verification (another identity than the expected ones, an unknown
-    /// CA) is a connection failure, as in Envoy (503 UF).
     async fn open(
         &self,
         target: Target<'_>,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
-        let tcp = connect(&target.key.endpoint, self.settings.connect_timeout).await?;
-        let (stream, peer) = match target.hop {
-            None => (Stream::Plain(tcp), None),
-            Some(Hop::Mesh(hop)) => {
-                let tls = hop
-                    .tls
-                    .connect_expecting(tcp, hop.host, hop.port, alpn, hop.expected)
-                    .await
-                    .map_err(UpstreamError::connect_failure)?;
-                let peer = mizzen_identity::tls::peer_identity(tls.get_ref().1)
-                    .map(|id| Arc::from(id.uri()));
-                (Stream::Mtls(Box::new(tls)), peer)
-            }
-            Some(Hop::Originate { tls, host }) => {
-                let tls = tls
-                    .connect(tcp, host, alpn)
-                    .await
-                    .map_err(UpstreamError::connect_failure)?;
-                (Stream::Mtls(Box::new(tls)), None)
-            }
-        };
+        let connect_timeout = self.settings.connect_timeout;
+        let (stream, peer) = open(&target.key.endpoint, connect_timeout, target.hop, alpn).await?;
         Ok((TokioIo::new(stream), peer))
     }
+}
+
+/// A new stream to `endpoint`: TCP, then mesh mTLS or originated TLS when the hop is one, with
+/// the server's SPIFFE identity for a mesh hop. A server that fails verification (another
+/// identity than the expected ones, an unknown CA) is a connection failure, as in Envoy (503
+/// UF). The HTTP pool's connections and the TCP forwarder's are opened here.
+pub async fn open(
+    endpoint: &Authority,
+    connect_timeout: Duration,
+    hop: Option<Hop<'_>>,
+    alpn: Alpn,
+) -> Result<(Stream, Peer), BoxError> {
+    let tcp = connect(endpoint, connect_timeout).await?;
+    Ok(match hop {
+        None => (Stream::Plain(tcp), None),
+        Some(Hop::Mesh(hop)) => {
+            let tls = hop
+                .tls
+                .connect_expecting(tcp, hop.host, hop.port, alpn, hop.expected)
+                .await
+                .map_err(UpstreamError::connect_failure)?;
+            let peer =
+                mizzen_identity::tls::peer_identity(tls.get_ref().1).map(|id| Arc::from(id.uri()));
+            (Stream::Mtls(Box::new(tls)), peer)
+        }
+        Some(Hop::Originate { tls, host }) => {
+            let tls = tls
+                .connect(tcp, host, alpn)
+                .await
+                .map_err(UpstreamError::connect_failure)?;
+            (Stream::Mtls(Box::new(tls)), None)
+        }
+    })
 }
 
 /// Where one request goes: the pool key and the TLS of its hop, if any.

@@ -513,3 +513,15 @@ pub async fn raw_server(response: &'static str) -> SocketAddr {
     });
     addr
 }
+
+/// Whether `f` holds within 5 s (asked every 50 ms).
+pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
