@@ -9,7 +9,11 @@ use mizzen_route::UnknownHostAction;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use http::uri::Authority;
-use mizzen_resilience::ResponseFlags;
+use mizzen_resilience::{
+    ResponseFlags,
+    circuit::{ConnectionPermit, Overflow},
+    outlier::Outcome,
+};
 
 use crate::{
     app::Shared,
@@ -146,19 +150,8 @@ fn pick_target(
         port,
     );
     parts.service = up.service.clone();
-    let ip = peer.ip();
-    let picked = up.balancer.pick(
-        up.endpoints.len(),
-        Some(crate::balance::hash::hash64(ip.to_string().as_bytes())),
-        rand::random::<u32>,
-        |i| {
-            up.endpoints[i]
-                .active
-                .load(std::sync::atomic::Ordering::Relaxed)
-        },
-        |_| true,
-    );
-    picked.map(|i| {
+    let hash = crate::balance::hash::hash64(peer.ip().to_string().as_bytes());
+    up.pick(Some(hash)).map(|i| {
         let endpoint = up.endpoints[i].clone();
         parts.destination = endpoint.peer.clone();
         Target::Endpoint {
@@ -190,6 +183,17 @@ async fn relay<S>(
         });
         m.tcp_opened.get_or_create(&labels).inc();
         m.tcp_closed.get_or_create(&labels).inc();
+        return;
+    };
+    // `maxConnections` bounds an upstream's TCP connections too; the excess is closed at once.
+    let Ok(_permit) = target.admit() else {
+        let labels = labels(ResponseFlags::UO);
+        m.tcp_opened.get_or_create(&labels).inc();
+        m.tcp_closed.get_or_create(&labels).inc();
+        tracing::debug!(
+            target = target.addr(),
+            "tcp connection over maxConnections closed"
+        );
         return;
     };
     let upstream = match target.connect().await {
@@ -231,6 +235,16 @@ impl Target {
         }
     }
 
+    /// A place under the upstream's `maxConnections` for as long as the permit is held.
+    fn admit(&self) -> Result<Option<ConnectionPermit>, Overflow> {
+        match self {
+            Target::Address(_) => Ok(None),
+            Target::Endpoint { upstream, .. } => upstream.limits.try_connection().map(Some),
+        }
+    }
+
+    /// Connects; for an endpoint, the outcome counts towards its outlier detection
+    /// (connection failures and timeouts are errors for a TCP service, as in Istio).
     async fn connect(&self) -> Result<Stream, BoxError> {
         match self {
             Target::Address(addr) => {
@@ -246,8 +260,12 @@ impl Target {
                     .as_ref()
                     .ok_or_else(|| format!("`{}` is not an address", endpoint.name))?;
                 let timeout = upstream.connect_timeout();
-                let (stream, _) = client::open(authority, timeout, hop, Alpn::Tcp).await?;
-                Ok(stream)
+                let opened = client::open(authority, timeout, hop, Alpn::Tcp).await;
+                upstream.record(endpoint, || match &opened {
+                    Ok(_) => Outcome::Status(200),
+                    Err(e) => Outcome::of_error(e.as_ref()),
+                });
+                Ok(opened?.0)
             }
         }
     }

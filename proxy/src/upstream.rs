@@ -154,6 +154,31 @@ impl Upstream {
         }
     }
 
+    /// A balanced endpoint (by `hash` when the balancer hashes) among those outlier detection
+    /// has not ejected; `None` when there is none.
+    pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
+        let eligible: Option<Vec<bool>> = self
+            .outlier
+            .as_ref()
+            .map(|o| o.eligible(self.endpoints.iter().map(|e| &e.name)));
+        self.balancer.pick(
+            self.endpoints.len(),
+            hash,
+            rand::random::<u32>,
+            |i| self.endpoints[i].active.load(Ordering::Relaxed),
+            |i| eligible.as_ref().is_none_or(|e| e[i]),
+        )
+    }
+
+    /// Tells outlier detection, when it is on, what a call to `ep` came to.
+    pub fn record(&self, ep: &EndpointState, outcome: impl FnOnce() -> Outcome) {
+        if let Some(o) = &self.outlier
+            && let Some(t) = o.record(&ep.name, outcome())
+        {
+            tracing::info!(endpoint = %ep.name, cluster = %self.cluster, ejected_for = ?t, "endpoint ejected");
+        }
+    }
+
     /// How long a new connection to an endpoint may take (`connectionPool.tcp.connectTimeout`).
     pub fn connect_timeout(&self) -> Duration {
         self.pool.settings().connect_timeout
@@ -562,18 +587,7 @@ where
                 balance::request_hash(key, req.headers(), req.uri().query(), client)
             })
             .map_or((None, None), |(hash, set_cookie)| (Some(hash), set_cookie));
-        let eligible: Option<Vec<bool>> = up
-            .outlier
-            .as_ref()
-            .map(|o| o.eligible(up.endpoints.iter().map(|e| &e.name)));
-        let picked = up.balancer.pick(
-            up.endpoints.len(),
-            hash,
-            rand::random::<u32>,
-            |i| up.endpoints[i].active.load(Ordering::Relaxed),
-            |i| eligible.as_ref().is_none_or(|e| e[i]),
-        );
-        let Some(i) = picked else {
+        let Some(i) = up.pick(hash) else {
             return Box::pin(std::future::ready(Ok(
                 mizzen_resilience::reply::local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -654,15 +668,10 @@ fn send(
         };
         let hop = up.hop(ep)?;
         let result = up.pool.send(&endpoint, h2, hop, req).await;
-        if let Some(o) = &up.outlier {
-            let outcome = match &result {
-                Ok((r, _)) => Outcome::of_response(r),
-                Err(e) => Outcome::of_error(e.as_ref()),
-            };
-            if let Some(t) = o.record(&ep.name, outcome) {
-                tracing::info!(endpoint = %ep.name, cluster = %up.cluster, ejected_for = ?t, "endpoint ejected");
-            }
-        }
+        up.record(ep, || match &result {
+            Ok((r, _)) => Outcome::of_response(r),
+            Err(e) => Outcome::of_error(e.as_ref()),
+        });
         let (resp, principal) = result?;
         let mut resp = resp.map(body::boxed);
         // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)

@@ -217,17 +217,7 @@ async fn inbound_forwards_to_the_app_and_reports_as_destination() {
 
 #[tokio::test]
 async fn tcp_ports_are_forwarded_byte_for_byte() {
-    // An echo server.
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_addr = tcp_echo().await;
     let mut svc = serviceb(vec![endpoint(echo_addr, "v1")], vec![]);
     svc.ports[0].protocol = Protocol::Tcp;
     let proxy = start(&config(vec![svc])).await;

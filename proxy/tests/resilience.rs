@@ -318,3 +318,81 @@ async fn aborted_requests_are_not_mirrored() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!((v1.hits(), v2.hits()), (0, 0));
 }
+
+/// `maxConnections` bounds a TCP service's connections: one more is closed at once, counted
+/// with flag UO, and a place freed is taken again.
+#[tokio::test]
+async fn tcp_connections_over_max_connections_are_closed_with_uo() {
+    let mut svc = serviceb(vec![endpoint(tcp_echo().await, "v1")], vec![]);
+    svc.ports[0].protocol = Protocol::Tcp;
+    svc.policy = Some(TrafficPolicy {
+        connection_pool: Some(ConnectionPool {
+            max_connections: Some(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let (first, echoed) = tcp_echoed(proxy.outbound, b"one").await;
+    assert_eq!(echoed.as_deref(), Some(&b"one"[..]));
+    let (_second, echoed) = tcp_echoed(proxy.outbound, b"two").await;
+    assert_eq!(echoed.as_deref(), Some(&b"two"[..]));
+    let (_, echoed) = tcp_echoed(proxy.outbound, b"three").await;
+    assert_eq!(echoed, None, "a third connection got through");
+    assert!(
+        wait_for(async || {
+            let m = metrics(proxy.prometheus).await;
+            sample(
+                &m,
+                "istio_tcp_connections_closed_total",
+                &[("destination_service", HOST), ("response_flags", "UO")],
+            ) == Some(1.0)
+        })
+        .await
+    );
+    drop(first);
+    assert!(
+        wait_for(async || tcp_echoed(proxy.outbound, b"four").await.1.is_some()).await,
+        "the place the first connection freed was not taken again"
+    );
+}
+
+/// Outlier detection on a TCP service: an endpoint whose connections fail is ejected after
+/// its consecutive errors, and new connections go to the one that works.
+#[tokio::test]
+async fn a_tcp_endpoint_that_refuses_connections_is_ejected() {
+    // A port nothing listens on: connections to it are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut svc = serviceb(
+        vec![endpoint(tcp_echo().await, "v1"), endpoint(dead_addr, "v1")],
+        vec![],
+    );
+    svc.ports[0].protocol = Protocol::Tcp;
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx_errors: Some(2),
+            consecutive_gateway_errors: None,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let mut failed = 0;
+    let mut last = Vec::new();
+    for i in 0..20 {
+        let ok = tcp_echoed(proxy.outbound, b"ping").await.1.is_some();
+        failed += usize::from(!ok);
+        if i >= 10 {
+            last.push(ok);
+        }
+    }
+    // Round robin: the dead endpoint's first two connections fail, then it is out.
+    assert_eq!(failed, 2, "connections failed");
+    assert!(last.iter().all(|ok| *ok), "{last:?}");
+}

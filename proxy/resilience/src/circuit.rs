@@ -183,6 +183,21 @@ impl ClusterLimits {
         Ok(PendingPermit(self.clone()))
     }
 
+    /// A permit to open (and keep) one connection now, or a refusal: a TCP connection does
+    /// not wait for one (Envoy's TCP proxy closes it at once, flag UO).
+    pub fn try_connection(&self) -> Result<ConnectionPermit, Overflow> {
+        let Some(semaphore) = &self.connections else {
+            return Ok(ConnectionPermit { _permit: None });
+        };
+        let permit = semaphore
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Overflow)?;
+        Ok(ConnectionPermit {
+            _permit: Some(permit),
+        })
+    }
+
     /// A permit to open (and keep) one connection. When none is free the caller waits,
     /// counted as pending; when the pending limit is reached it is refused at once.
     pub async fn acquire_connection(self: &Arc<Self>) -> Result<ConnectionPermit, Overflow> {

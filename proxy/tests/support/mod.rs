@@ -525,3 +525,39 @@ pub async fn wait_for(mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A TCP echo server on 127.0.0.1.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `bytes` to a new connection to `addr` and reads as many back: `None` when the
+/// connection is closed first (or nothing comes within 5 s). The stream stays open for the
+/// caller.
+pub async fn tcp_echoed(
+    addr: SocketAddr,
+    bytes: &[u8],
+) -> (tokio::net::TcpStream, Option<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = vec![0u8; bytes.len()];
+    let echoed = async {
+        s.write_all(bytes).await.ok()?;
+        s.read_exact(&mut buf).await.ok()
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(5), echoed)
+        .await
+        .ok()
+        .flatten();
+    (s, ok.map(|_| buf))
+}
