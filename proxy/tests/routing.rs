@@ -188,6 +188,31 @@ async fn rewrites_redirects_direct_responses_and_header_ops() {
     );
 }
 
+/// A ServiceEntry's endpoint weights (3 : 1) shape round robin as Envoy's weighted balancing.
+#[tokio::test]
+async fn endpoint_weights_give_their_share_of_requests() {
+    let heavy = backend("heavy").await;
+    let light = backend("light").await;
+    let mut svc = serviceb(
+        vec![
+            Endpoint {
+                weight: Some(3),
+                ..endpoint(heavy.addr, "v1")
+            },
+            endpoint(light.addr, "v1"),
+        ],
+        vec![],
+    );
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    let counts = tally(&client(), proxy.outbound, 400, 1).await;
+    assert_eq!(counts.get("heavy"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("light"), Some(&100), "{counts:?}");
+}
+
 #[tokio::test]
 async fn round_robin_spreads_evenly_and_consistent_hash_sticks() {
     let a = backend("a").await;

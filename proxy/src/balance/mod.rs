@@ -6,6 +6,7 @@ pub mod cookie;
 pub mod hash;
 mod maglev;
 mod ring;
+mod weights;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +16,19 @@ use mizzen_proxy_config::{HashAlgorithm, HashKey, LoadBalancer};
 
 pub use maglev::Maglev;
 pub use ring::Ring;
+use weights::Weights;
 
 /// One balancer per upstream (service, subset, port); built when its endpoints change.
 #[derive(Debug)]
-pub enum Balancer {
+pub struct Balancer {
+    kind: Kind,
+    /// The endpoints' weights when they differ (ROUND_ROBIN, RANDOM, LEAST_REQUEST; the
+    /// consistent hashes weigh their endpoints in their tables).
+    weights: Option<Weights>,
+}
+
+#[derive(Debug)]
+enum Kind {
     RoundRobin(AtomicUsize),
     LeastRequest,
     Random,
@@ -28,15 +38,15 @@ pub enum Balancer {
 
 impl Balancer {
     pub fn new(lb: Option<&LoadBalancer>, names: &[String], weights: &[u32]) -> Self {
-        match lb {
-            Some(LoadBalancer::RoundRobin) => Self::RoundRobin(AtomicUsize::new(0)),
-            Some(LoadBalancer::Random) => Self::Random,
+        let kind = match lb {
+            Some(LoadBalancer::RoundRobin) => Kind::RoundRobin(AtomicUsize::new(0)),
+            Some(LoadBalancer::Random) => Kind::Random,
             Some(LoadBalancer::ConsistentHash(ch)) => match ch.algorithm {
-                HashAlgorithm::RingHash { minimum_ring_size } => Self::Ring(
+                HashAlgorithm::RingHash { minimum_ring_size } => Kind::Ring(
                     ch.key.clone(),
                     Ring::new(names, weights, minimum_ring_size.max(1024)),
                 ),
-                HashAlgorithm::Maglev { table_size } => Self::Maglev(
+                HashAlgorithm::Maglev { table_size } => Kind::Maglev(
                     ch.key.clone(),
                     Maglev::new(
                         names,
@@ -47,15 +57,20 @@ impl Balancer {
             },
             // Istio's default; PASSTHROUGH is decided before balancing.
             Some(LoadBalancer::LeastRequest) | Some(LoadBalancer::Passthrough) | None => {
-                Self::LeastRequest
+                Kind::LeastRequest
             }
-        }
+        };
+        let weights = match kind {
+            Kind::Ring(..) | Kind::Maglev(..) => None,
+            _ => Weights::new(weights),
+        };
+        Self { kind, weights }
     }
 
     /// The hash key this balancer wants from each request, if any.
     pub fn hash_key(&self) -> Option<&HashKey> {
-        match self {
-            Self::Ring(k, _) | Self::Maglev(k, _) => Some(k),
+        match &self.kind {
+            Kind::Ring(k, _) | Kind::Maglev(k, _) => Some(k),
             _ => None,
         }
     }
@@ -71,42 +86,67 @@ impl Balancer {
         active: impl Fn(usize) -> usize,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        if n == 0 {
+        let eligible = |i: usize| i < n && eligible(i);
+        if let Some(w) = &self.weights {
+            return self.pick_weighted(w, &mut random, active, eligible);
+        }
+        let count = (0..n).filter(|&i| eligible(i)).count();
+        // The `k`th eligible endpoint (no list made: this runs for every request).
+        let nth = |k: usize| (0..n).filter(|&i| eligible(i)).nth(k % count);
+        if count == 0 {
             return None;
         }
-        let candidates: Vec<usize> = (0..n).filter(|i| eligible(*i)).collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        let any =
-            |random: &mut dyn FnMut() -> u32| candidates[random() as usize % candidates.len()];
-        match self {
-            Self::RoundRobin(next) => {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                Some(candidates[k % candidates.len()])
-            }
-            Self::Random => Some(any(&mut random)),
-            Self::LeastRequest => {
+        let mut any = || nth(random() as usize);
+        match &self.kind {
+            Kind::RoundRobin(next) => nth(next.fetch_add(1, Ordering::Relaxed)),
+            Kind::Random => any(),
+            Kind::LeastRequest => {
                 // Power of two choices: two distinct random candidates, fewer in flight wins.
-                if candidates.len() == 1 {
-                    return Some(candidates[0]);
+                if count == 1 {
+                    return nth(0);
                 }
-                let a = random() as usize % candidates.len();
-                let mut b = random() as usize % (candidates.len() - 1);
+                let a = random() as usize % count;
+                let mut b = random() as usize % (count - 1);
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (candidates[a], candidates[b]);
+                let (a, b) = (nth(a)?, nth(b)?);
                 Some(if active(b) < active(a) { b } else { a })
             }
-            Self::Ring(_, ring) => match hash {
-                Some(h) => ring.pick(h, &eligible),
-                None => Some(any(&mut random)),
+            Kind::Ring(_, ring) => match hash {
+                Some(h) => ring.pick(h, eligible),
+                None => any(),
             },
-            Self::Maglev(_, table) => match hash {
-                Some(h) => table.pick(h, &eligible),
-                None => Some(any(&mut random)),
+            Kind::Maglev(_, table) => match hash {
+                Some(h) => table.pick(h, eligible),
+                None => any(),
             },
+        }
+    }
+
+    /// [`Self::pick`] when the endpoints' weights differ: round robin by the weighted
+    /// schedule; random draws by weight; least request's two candidates drawn by weight, and
+    /// the one with fewer requests in flight per unit of weight wins (Envoy weighs active
+    /// requests against weights too).
+    fn pick_weighted(
+        &self,
+        w: &Weights,
+        random: &mut impl FnMut() -> u32,
+        active: impl Fn(usize) -> usize,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        match &self.kind {
+            Kind::RoundRobin(next) => w.round_robin(next.fetch_add(1, Ordering::Relaxed), eligible),
+            Kind::LeastRequest => {
+                let a = w.random(random(), &eligible, None)?;
+                let Some(b) = w.random(random(), &eligible, Some(a)) else {
+                    return Some(a);
+                };
+                // active(b) / w(b) < active(a) / w(a), without division.
+                let load = |x: usize, y: usize| active(x) as u64 * u64::from(w.of(y));
+                Some(if load(b, a) < load(a, b) { b } else { a })
+            }
+            _ => w.random(random(), eligible, None),
         }
     }
 }
@@ -218,6 +258,33 @@ mod tests {
         }
         assert_eq!(counts[2], 0, "{counts:?}");
         assert!(counts[0] > 1_000 && counts[1] > 1_000, "{counts:?}");
+    }
+
+    #[test]
+    fn endpoint_weights_shape_round_robin_random_and_least_request() {
+        let weights = [3, 1];
+        // Round robin: three of every four.
+        let rr = Balancer::new(Some(&LoadBalancer::RoundRobin), &names(2), &weights);
+        let picks: Vec<_> = (0..8)
+            .map(|_| rr.pick(2, None, || 0, |_| 0, |_| true).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0]);
+        // Random, and least request with nothing in flight: 75 % within 2 points.
+        for lb in [Some(LoadBalancer::Random), None] {
+            let b = Balancer::new(lb.as_ref(), &names(2), &weights);
+            let mut rnd = lcg(11);
+            let first = (0..20_000)
+                .filter(|_| b.pick(2, None, &mut rnd, |_| 0, |_| true) == Some(0))
+                .count();
+            assert!((14_600..15_400).contains(&first), "{lb:?}: {first}");
+        }
+        // Least request weighs what is in flight: 6 on the endpoint of weight 3 is 2 per unit,
+        // 3 on the other is 3 per unit.
+        let b = Balancer::new(None, &names(2), &weights);
+        let mut rnd = lcg(5);
+        assert!((0..100).all(|_| b.pick(2, None, &mut rnd, |i| [6, 3][i], |_| true) == Some(0)));
+        // Ejected endpoints are skipped whatever their weight.
+        assert!((0..20).all(|_| rr.pick(2, None, || 0, |_| 0, |i| i == 1) == Some(1)));
     }
 
     fn consistent(algorithm: HashAlgorithm) -> LoadBalancer {
