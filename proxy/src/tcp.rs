@@ -1,11 +1,12 @@
 //! Raw TCP forwarding for ports that are not HTTP: to a balanced endpoint of the service (by
-//! its TCP routes, weighted), to the original destination for unknown addresses, or to the app
-//! (inbound). Bytes and connections are counted with Istio's TCP metrics.
+//! its VirtualService `tcp` rules, or `tls` rules by SNI on TLS and HTTPS ports, matched as
+//! `mizzen_route` decides: port, source labels, destination subnets, gateways; weighted), to
+//! the original destination for unknown addresses, or to the app (inbound). Bytes and connections are counted with Istio's TCP metrics.
 
 use std::{sync::Arc, time::Duration};
 
-use mizzen_proxy_config::{Destination, Service};
-use mizzen_route::UnknownHostAction;
+use mizzen_proxy_config::Destination;
+use mizzen_route::{ConnectionInfo, L4Decision, MESH_GATEWAY, UnknownHostAction};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use http::uri::Authority;
@@ -26,24 +27,6 @@ use crate::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The destination of a TCP connection to `service` on `port`: its first TCP route that
-/// applies, picked by weight, else the service itself.
-fn tcp_destination(service: &Service, port: u16, random: u32) -> Destination {
-    service
-        .tcp_routes
-        .iter()
-        .find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
-        })
-        .and_then(|r| mizzen_route::pick_weighted(&r.destinations, random))
-        .map(|d| d.destination.clone())
-        .unwrap_or_else(|| Destination {
-            host: service.host.clone(),
-            subset: None,
-            port: None,
-        })
-}
 
 pub async fn forward<S>(stream: S, meta: Arc<ConnMeta>, outbound: bool, shared: Arc<Shared>)
 where
@@ -66,26 +49,40 @@ where
     let mut no_route = false;
     let target = if outbound {
         let snap = shared.store.current();
-        let service = match &meta.service_host {
-            Some(h) => snap.routes.service_for_host(h),
-            None => snap
-                .routes
-                .service_for_address(meta.orig_dst.ip(), meta.port),
+        let info = ConnectionInfo {
+            destination: meta.service_host.is_none().then(|| meta.orig_dst.ip()),
+            host: meta.service_host.as_deref(),
+            port: meta.port,
+            sni: meta.sni.as_deref(),
+            source_labels: &shared.workload.labels,
+            gateway: MESH_GATEWAY,
         };
-        match service {
-            Some(service) => {
-                let dest = tcp_destination(service, meta.port, rand::random());
+        match snap.routes.select_l4(&info, rand::random()) {
+            L4Decision::Forward { destination, .. } => {
+                let dest = &destination.destination;
+                pick_target(&shared, &snap, dest, meta.port, meta.peer, &mut parts)
+            }
+            // The service's rules all have matches and none took this connection: a sidecar
+            // sends it to the service itself, as Istio adds a default route to the service's
+            // cluster after a VirtualService's tcp and tls rules.
+            L4Decision::NoRoute { service } => {
+                let dest = Destination {
+                    host: service.host.clone(),
+                    subset: None,
+                    port: None,
+                };
                 pick_target(&shared, &snap, &dest, meta.port, meta.peer, &mut parts)
             }
             // An address no service has: passed through under ALLOW_ANY, refused (NR) under
             // REGISTRY_ONLY, exactly as the HTTP path decides.
-            None if meta.service_host.is_none()
-                && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
+            L4Decision::UnknownHost
+                if meta.service_host.is_none()
+                    && snap.routes.unknown_host_action() == UnknownHostAction::Passthrough =>
             {
                 parts.service = ServiceLabels::of(&meta.orig_dst.ip().to_string(), "");
                 Some(Target::Address(meta.orig_dst.to_string()))
             }
-            None => {
+            L4Decision::UnknownHost => {
                 no_route = meta.service_host.is_none();
                 None
             }

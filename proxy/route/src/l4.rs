@@ -18,6 +18,9 @@ use crate::weight::WeightedPick;
 pub struct ConnectionInfo<'a> {
     /// The original destination address of the connection, when known.
     pub destination: Option<IpAddr>,
+    /// The service the connection was sent to by name (a local-mode listener that stands for
+    /// one service), looked up before the SNI and the address.
+    pub host: Option<&'a str>,
     /// The destination port (service port, or the gateway's listening port).
     pub port: u16,
     /// The SNI of a TLS connection the proxy passes through.
@@ -193,16 +196,20 @@ impl L4Routes {
 impl RouteTable {
     /// Decides where a TCP or passed-through TLS connection goes.
     ///
-    /// The service is found by SNI (like a Host, see [`RouteTable::service_for_host`]), else by
-    /// the original destination address and port ([`RouteTable::service_for_address`]). A TLS
+    /// The service is found by the name the connection was sent to, else by SNI (like a Host,
+    /// see [`RouteTable::service_for_host`]), else by the original destination address and
+    /// port ([`RouteTable::service_for_address`]). A TLS
     /// connection (with SNI) to a service with `tls_routes` takes the first that matches; other
     /// connections take the first matching `tcp_routes` entry. A rule without matches takes
     /// everything; a service without rules for the traffic (or whose rules all belong to other
     /// gateways, for a sidecar) forwards to itself. `random` drives the weighted pick, as in
     /// [`RouteTable::select`].
     pub fn select_l4(&self, conn: &ConnectionInfo<'_>, random: u32) -> L4Decision<'_> {
-        let by_sni = conn.sni.and_then(|sni| self.hosts.lookup(sni));
-        let index = by_sni.or_else(|| {
+        let by_name = conn
+            .host
+            .and_then(|host| self.hosts.lookup(host))
+            .or_else(|| conn.sni.and_then(|sni| self.hosts.lookup(sni)));
+        let index = by_name.or_else(|| {
             self.hosts.lookup_address(conn.destination?, |i| {
                 let s = &self.config.services[i];
                 s.ports.is_empty() || s.port(conn.port).is_some()
@@ -327,6 +334,7 @@ mod tests {
     ) -> ConnectionInfo<'a> {
         ConnectionInfo {
             destination: Some(dst.parse().unwrap()),
+            host: None,
             port,
             sni,
             source_labels: labels,

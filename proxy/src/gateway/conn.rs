@@ -20,12 +20,13 @@ use super::{
     Gateway,
     plan::{PortPlan, SiteKey, TlsSite},
     request::{self, Conn},
-    sni::{self, Hello},
 };
 use crate::{
     app::Shared,
     http::{server, xfcc},
-    listener, tcp,
+    listener,
+    sni::{self, Hello},
+    tcp,
 };
 
 /// How long a client may take to send its ClientHello, or its first bytes on a port that
@@ -123,6 +124,7 @@ async fn tls(
         let info = ConnectionInfo {
             destination: None,
             port: server.port,
+            host: None,
             sni: sni.as_deref(),
             source_labels: &shared.workload.labels,
             gateway: &server.gateway,

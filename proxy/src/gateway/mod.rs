@@ -17,7 +17,6 @@ pub mod credentials;
 pub mod plan;
 pub mod ports;
 pub mod request;
-pub mod sni;
 
 use std::{
     collections::BTreeMap,

@@ -512,6 +512,7 @@ mod tests {
             orig_dst: "127.0.0.1:8080".parse().unwrap(),
             port: 8080,
             service_host: None,
+            sni: None,
             identity,
             client_cert: None,
             mtls_peer: None,

@@ -27,7 +27,9 @@ pub use orig_dst::original_dst;
 use crate::{
     app::Shared,
     http::{inbound, outbound, server},
-    mtls, tcp,
+    mtls,
+    sni::{self, Hello},
+    tcp,
     telemetry::MtlsPeer,
 };
 
@@ -50,6 +52,9 @@ pub struct ConnMeta {
     pub port: u16,
     /// Explicit outbound listener: the service this port stands for.
     pub service_host: Option<String>,
+    /// Outbound to a TLS or HTTPS port: the server name of the client's ClientHello (read
+    /// without consuming it), for the VirtualService's `tls` rules.
+    pub sni: Option<String>,
     pub identity: Identity,
     /// An mTLS connection's `x-forwarded-client-cert` element ([`crate::http::xfcc`]).
     pub client_cert: Option<http::HeaderValue>,
@@ -135,7 +140,7 @@ async fn dispatch(stream: TcpStream, peer: SocketAddr, role: Role, shared: Arc<S
         Err(_) => return,
     };
     let snap = shared.store.current();
-    let (meta, protocol) = match &role {
+    let (mut meta, protocol) = match &role {
         Role::OutboundCapture | Role::InboundCapture => {
             let Some(orig) = original_dst(&stream).filter(|o| *o != local) else {
                 // Sent straight to the capture port: forwarding would loop back here.
@@ -189,6 +194,12 @@ async fn dispatch(stream: TcpStream, peer: SocketAddr, role: Role, shared: Arc<S
             mtls::refuse(stream).await;
             return;
         }
+    }
+    if role.is_outbound()
+        && matches!(protocol, Protocol::Tls | Protocol::Https)
+        && let Hello::ClientHello(Some(name)) = sni::peek(&stream, DETECT_TIMEOUT).await
+    {
+        meta.sni = Some(name);
     }
     let http = match protocol {
         p if p.is_http() => true,
@@ -263,6 +274,7 @@ fn meta(peer: SocketAddr, orig_dst: SocketAddr, port: u16, host: Option<String>)
         orig_dst,
         port,
         service_host: host,
+        sni: None,
         identity: Identity::None,
         client_cert: None,
         mtls_peer: None,

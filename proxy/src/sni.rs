@@ -1,5 +1,6 @@
 //! The server name a TLS client asks for, read from its ClientHello without consuming it: the
-//! gateway picks the server (and, for `PASSTHROUGH`, the route) before any handshake, and a
+//! gateway picks the server (and, for `PASSTHROUGH`, the route) before any handshake, the
+//! sidecar routes a TLS port's connections by it (VirtualService `tls` rules), and a
 //! passed-through connection must reach the backend byte for byte.
 
 use std::time::Duration;
