@@ -55,6 +55,7 @@ where
             port: meta.port,
             sni: meta.sni.as_deref(),
             source_labels: &shared.workload.labels,
+            source_namespace: &shared.workload.namespace,
             gateway: MESH_GATEWAY,
         };
         match snap.routes.select_l4(&info, rand::random()) {

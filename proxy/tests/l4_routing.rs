@@ -1,6 +1,7 @@
 //! The sidecar's routing of TCP and TLS connections by a VirtualService's `tcp` and `tls`
-//! rules, on loopback: matches on source labels and gateways (a rule for a gateway is not the
-//! sidecar's), and TLS passed through by the SNI of the client's ClientHello.
+//! rules, on loopback: matches on source labels, source namespace and gateways (a rule for a
+//! gateway is not the sidecar's), and TLS passed through by the SNI of the client's
+//! ClientHello.
 
 mod support;
 
@@ -90,11 +91,20 @@ async fn tcp_rules_match_source_labels_and_leave_gateway_rules_to_gateways() {
     let proxy = start(&config(vec![svc.clone(), other.clone()])).await;
     assert_eq!(reached(&proxy, b"hello").await, "main");
 
-    // A rule for this app takes it.
+    // A rule for this app takes it, and one for this namespace (the proxy's is `default`).
     svc.tcp_routes[0].matches[0].source_labels =
         [("app".to_string(), "servicea".to_string())].into();
-    let proxy = start(&config(vec![svc, other])).await;
+    let proxy = start(&config(vec![svc.clone(), other.clone()])).await;
     assert_eq!(reached(&proxy, b"hello").await, "replica");
+    svc.tcp_routes[0].matches[0] = L4Match {
+        source_namespace: Some("default".into()),
+        ..L4Match::default()
+    };
+    let proxy = start(&config(vec![svc.clone(), other.clone()])).await;
+    assert_eq!(reached(&proxy, b"hello").await, "replica");
+    svc.tcp_routes[0].matches[0].source_namespace = Some("reports".into());
+    let proxy = start(&config(vec![svc, other])).await;
+    assert_eq!(reached(&proxy, b"hello").await, "main");
 }
 
 /// The first bytes of a TLS connection to `server_name`: a ClientHello with that SNI.

@@ -1275,17 +1275,10 @@ impl TlsMatchAttributes {
         c.opt(
             "sourceNamespace",
             self.source_namespace.as_ref(),
-            |c, ns| {
-                namespace_name(c, ns);
-                c.error(Code::NotSupported, L4_SOURCE_NAMESPACE);
-            },
+            |c, ns| namespace_name(c, ns),
         );
     }
 }
-
-/// Mizzen's TLS and TCP routes do not match on the client's namespace; ignoring the condition
-/// would apply the rule to every client.
-const L4_SOURCE_NAMESPACE: &str = "Mizzen's tls and tcp routes do not match on sourceNamespace, so this rule would apply to clients of every namespace";
 
 impl TcpRoute {
     fn validate_in(&self, c: &mut Checker) {
@@ -1312,10 +1305,7 @@ impl Validate for L4MatchAttributes {
         c.opt(
             "sourceNamespace",
             self.source_namespace.as_ref(),
-            |c, ns| {
-                namespace_name(c, ns);
-                c.error(Code::NotSupported, L4_SOURCE_NAMESPACE);
-            },
+            |c, ns| namespace_name(c, ns),
         );
     }
 }
@@ -1695,9 +1685,7 @@ tcp:
             .collect();
         let expected = [
             ("spec.http[2].redirect.derivePort", Severity::Warn),
-            ("spec.tls[0].match[0].sourceNamespace", Severity::Error),
             ("spec.tcp[0].match[0].sourceSubnet", Severity::Error),
-            ("spec.tcp[0].match[0].sourceNamespace", Severity::Error),
         ]
         .map(|(path, severity)| (path.to_string(), severity, Code::NotSupported));
         assert_eq!(verdicts, expected);
@@ -1708,10 +1696,7 @@ tcp:
         if let Some(r) = &mut vs.http[2].redirect {
             r.derive_port = None;
         }
-        vs.tls[0].r#match[0].source_namespace = None;
-        let m = &mut vs.tcp[0].r#match[0];
-        m.source_subnet = None;
-        m.source_namespace = None;
+        vs.tcp[0].r#match[0].source_subnet = None;
         assert_eq!(validate_spec(&vs), vec![]);
     }
 
@@ -2839,26 +2824,11 @@ tcp:
     #[test]
     fn fields_mizzen_ignores_are_reported() {
         let route = "route: [{destination: {host: db}}]";
-        let p = assert_one(
-            &format!("hosts: [db]\ntcp: [{{match: [{{sourceNamespace: web}}], {route}}}]"),
-            Severity::Error,
-            Code::NotSupported,
-            "spec.tcp[0].match[0].sourceNamespace",
-        );
-        assert!(p.message.contains("every namespace"), "{}", p.message);
         assert_one(
             &format!("hosts: [db]\ntcp: [{{match: [{{sourceSubnet: 10.0.0.0/8}}], {route}}}]"),
             Severity::Error,
             Code::NotSupported,
             "spec.tcp[0].match[0].sourceSubnet",
-        );
-        assert_one(
-            &format!(
-                "hosts: [db]\ntls: [{{match: [{{sniHosts: [db], sourceNamespace: web}}], {route}}}]"
-            ),
-            Severity::Error,
-            Code::NotSupported,
-            "spec.tls[0].match[0].sourceNamespace",
         );
         assert_one(
             &http("redirect: {uri: /x, derivePort: FROM_REQUEST_PORT}"),
@@ -2869,7 +2839,7 @@ tcp:
         // The conditions Mizzen does match on are quiet.
         assert_eq!(
             problems(&format!(
-                "hosts: [db]\ntcp: [{{match: [{{port: 5432, sourceLabels: {{app: web}}, destinationSubnets: [10.0.0.0/8]}}], {route}}}]\ntls: [{{match: [{{sniHosts: [db], sourceLabels: {{app: web}}}}], {route}}}]"
+                "hosts: [db]\ntcp: [{{match: [{{port: 5432, sourceLabels: {{app: web}}, sourceNamespace: web, destinationSubnets: [10.0.0.0/8]}}], {route}}}]\ntls: [{{match: [{{sniHosts: [db], sourceLabels: {{app: web}}, sourceNamespace: web}}], {route}}}]"
             )),
             vec![]
         );

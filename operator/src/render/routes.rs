@@ -471,6 +471,7 @@ fn l4_match(m: &vs::L4MatchAttributes, scope: Scope<'_>, ns: &str) -> Option<pc:
         destination_subnets: m.destination_subnets.clone(),
         port: scope.kept_port(m.port),
         source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
         gateways: Vec::new(),
     })
 }
@@ -518,6 +519,7 @@ pub fn tls_route(rule: &vs::TlsRoute, scope: Scope<'_>, ns: &str) -> Option<pc::
             destination_subnets: m.destination_subnets.clone(),
             port: scope.kept_port(m.port),
             source_labels: m.source_labels.clone(),
+            source_namespace: m.source_namespace.clone(),
             gateways: Vec::new(),
         })
         .collect();

@@ -348,6 +348,9 @@ pub struct L4Match {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    /// The namespace of the calling workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
 }
@@ -363,6 +366,9 @@ pub struct TlsMatch {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    /// The namespace of the calling workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
 }

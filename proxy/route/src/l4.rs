@@ -27,6 +27,8 @@ pub struct ConnectionInfo<'a> {
     pub sni: Option<&'a str>,
     /// Labels of the calling workload.
     pub source_labels: &'a BTreeMap<String, String>,
+    /// Namespace of the calling workload.
+    pub source_namespace: &'a str,
     /// `mesh` for a sidecar, `<namespace>/<name>` for a gateway.
     pub gateway: &'a str,
 }
@@ -63,6 +65,7 @@ struct CompiledL4Match {
     subnets: Vec<Cidr>,
     port: Option<u16>,
     source_labels: Vec<(String, String)>,
+    source_namespace: Option<String>,
     gateways: Vec<String>,
 }
 
@@ -78,6 +81,10 @@ impl CompiledL4Match {
                 .source_labels
                 .iter()
                 .all(|(k, v)| conn.source_labels.get(k) == Some(v))
+            && self
+                .source_namespace
+                .as_ref()
+                .is_none_or(|ns| ns == conn.source_namespace)
             && (self.subnets.is_empty()
                 || conn
                     .destination
@@ -161,6 +168,7 @@ impl L4Routes {
                     )?,
                     port: m.port,
                     source_labels: labels(&m.source_labels),
+                    source_namespace: m.source_namespace.clone(),
                     gateways: m.gateways.clone(),
                 });
             }
@@ -181,6 +189,7 @@ impl L4Routes {
                     )?,
                     port: m.port,
                     source_labels: labels(&m.source_labels),
+                    source_namespace: m.source_namespace.clone(),
                     gateways: m.gateways.clone(),
                 });
             }
@@ -338,6 +347,7 @@ mod tests {
             port,
             sni,
             source_labels: labels,
+            source_namespace: "default",
             gateway: MESH_GATEWAY,
         }
     }
@@ -391,6 +401,23 @@ mod tests {
             "Default->cache.default.svc.cluster.local"
         );
         assert_eq!(t.unknown_host_action(), UnknownHostAction::Passthrough);
+    }
+
+    #[test]
+    fn tcp_routes_by_source_namespace() {
+        let mut cfg = table().config().clone();
+        cfg.services[0].tcp_routes[0].matches[0] = L4Match {
+            source_namespace: Some("reports".into()),
+            ..L4Match::default()
+        };
+        let t = RouteTable::new(&cfg).unwrap();
+        let none = BTreeMap::new();
+        let from = |ns| ConnectionInfo {
+            source_namespace: ns,
+            ..conn(&none, "10.96.0.30", 5432, None)
+        };
+        assert_eq!(outcome(&t, &from("reports"), 0), "Tcp(0)->replica");
+        assert_eq!(outcome(&t, &from("default"), 0), "Tcp(1)->primary");
     }
 
     #[test]

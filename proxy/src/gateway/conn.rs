@@ -127,6 +127,7 @@ async fn tls(
             host: None,
             sni: sni.as_deref(),
             source_labels: &shared.workload.labels,
+            source_namespace: &shared.workload.namespace,
             gateway: &server.gateway,
         };
         let dest = match table.select_l4(&info, rand::random()) {
