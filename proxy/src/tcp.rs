@@ -51,6 +51,7 @@ where
         let snap = shared.store.current();
         let info = ConnectionInfo {
             destination: meta.service_host.is_none().then(|| meta.orig_dst.ip()),
+            source: Some(meta.peer.ip()),
             host: meta.service_host.as_deref(),
             port: meta.port,
             sni: meta.sni.as_deref(),

@@ -1294,11 +1294,7 @@ impl Validate for L4MatchAttributes {
         });
         c.opt("port", self.port.as_ref(), |c, p| c.port(i64::from(*p)));
         c.opt("sourceSubnet", self.source_subnet.as_ref(), |c, s| {
-            subnet(c, s);
-            c.error(
-                Code::NotSupported,
-                "Mizzen's tcp routes do not match on sourceSubnet, so this rule would apply to clients at every address",
-            );
+            subnet(c, s)
         });
         c.field("sourceLabels", |c| c.labels(&self.source_labels));
         c.each("gateways", &self.gateways, |c, g| gateway_name(c, g));
@@ -1683,20 +1679,16 @@ tcp:
             .into_iter()
             .map(|p| (p.path, p.severity, p.code))
             .collect();
-        let expected = [
-            ("spec.http[2].redirect.derivePort", Severity::Warn),
-            ("spec.tcp[0].match[0].sourceSubnet", Severity::Error),
-        ]
-        .map(|(path, severity)| (path.to_string(), severity, Code::NotSupported));
+        let expected = [("spec.http[2].redirect.derivePort", Severity::Warn)]
+            .map(|(path, severity)| (path.to_string(), severity, Code::NotSupported));
         assert_eq!(verdicts, expected);
 
-        // Without them the example is clean: match names, statPrefix and
+        // Without it the example is clean: match names, statPrefix and
         // retryIgnorePreviousHosts only name or tune things and stay quiet.
         let mut vs = spec(FULL);
         if let Some(r) = &mut vs.http[2].redirect {
             r.derive_port = None;
         }
-        vs.tcp[0].r#match[0].source_subnet = None;
         assert_eq!(validate_spec(&vs), vec![]);
     }
 
@@ -2825,12 +2817,6 @@ tcp:
     fn fields_mizzen_ignores_are_reported() {
         let route = "route: [{destination: {host: db}}]";
         assert_one(
-            &format!("hosts: [db]\ntcp: [{{match: [{{sourceSubnet: 10.0.0.0/8}}], {route}}}]"),
-            Severity::Error,
-            Code::NotSupported,
-            "spec.tcp[0].match[0].sourceSubnet",
-        );
-        assert_one(
             &http("redirect: {uri: /x, derivePort: FROM_REQUEST_PORT}"),
             Severity::Warn,
             Code::NotSupported,
@@ -2839,7 +2825,7 @@ tcp:
         // The conditions Mizzen does match on are quiet.
         assert_eq!(
             problems(&format!(
-                "hosts: [db]\ntcp: [{{match: [{{port: 5432, sourceLabels: {{app: web}}, sourceNamespace: web, destinationSubnets: [10.0.0.0/8]}}], {route}}}]\ntls: [{{match: [{{sniHosts: [db], sourceLabels: {{app: web}}, sourceNamespace: web}}], {route}}}]"
+                "hosts: [db]\ntcp: [{{match: [{{port: 5432, sourceLabels: {{app: web}}, sourceNamespace: web, sourceSubnet: 10.1.0.0/16, destinationSubnets: [10.0.0.0/8]}}], {route}}}]\ntls: [{{match: [{{sniHosts: [db], sourceLabels: {{app: web}}, sourceNamespace: web}}], {route}}}]"
             )),
             vec![]
         );

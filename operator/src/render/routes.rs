@@ -472,6 +472,7 @@ fn l4_match(m: &vs::L4MatchAttributes, scope: Scope<'_>, ns: &str) -> Option<pc:
         port: scope.kept_port(m.port),
         source_labels: m.source_labels.clone(),
         source_namespace: m.source_namespace.clone(),
+        source_subnet: m.source_subnet.clone(),
         gateways: Vec::new(),
     })
 }

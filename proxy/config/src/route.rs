@@ -348,6 +348,9 @@ pub struct L4Match {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    /// The calling client's address must fall in this CIDR block (or be this address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_subnet: Option<String>,
     /// The namespace of the calling workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_namespace: Option<String>,

@@ -18,6 +18,8 @@ use crate::weight::WeightedPick;
 pub struct ConnectionInfo<'a> {
     /// The original destination address of the connection, when known.
     pub destination: Option<IpAddr>,
+    /// The calling client's address.
+    pub source: Option<IpAddr>,
     /// The service the connection was sent to by name (a local-mode listener that stands for
     /// one service), looked up before the SNI and the address.
     pub host: Option<&'a str>,
@@ -66,6 +68,7 @@ struct CompiledL4Match {
     port: Option<u16>,
     source_labels: Vec<(String, String)>,
     source_namespace: Option<String>,
+    source_subnet: Option<Cidr>,
     gateways: Vec<String>,
 }
 
@@ -85,6 +88,9 @@ impl CompiledL4Match {
                 .source_namespace
                 .as_ref()
                 .is_none_or(|ns| ns == conn.source_namespace)
+            && self
+                .source_subnet
+                .is_none_or(|c| conn.source.is_some_and(|ip| c.contains(ip)))
             && (self.subnets.is_empty()
                 || conn
                     .destination
@@ -169,6 +175,18 @@ impl L4Routes {
                     port: m.port,
                     source_labels: labels(&m.source_labels),
                     source_namespace: m.source_namespace.clone(),
+                    source_subnet: m
+                        .source_subnet
+                        .as_deref()
+                        .map(|s| {
+                            Cidr::parse(s).ok_or_else(|| {
+                                err(
+                                    format!("tcpRoutes[{i}].matches[{j}].sourceSubnet"),
+                                    format!("{s:?} is neither an IP address nor a CIDR block"),
+                                )
+                            })
+                        })
+                        .transpose()?,
                     gateways: m.gateways.clone(),
                 });
             }
@@ -190,6 +208,7 @@ impl L4Routes {
                     port: m.port,
                     source_labels: labels(&m.source_labels),
                     source_namespace: m.source_namespace.clone(),
+                    source_subnet: None,
                     gateways: m.gateways.clone(),
                 });
             }
@@ -343,6 +362,7 @@ mod tests {
     ) -> ConnectionInfo<'a> {
         ConnectionInfo {
             destination: Some(dst.parse().unwrap()),
+            source: Some("10.1.0.5".parse().unwrap()),
             host: None,
             port,
             sni,
@@ -418,6 +438,26 @@ mod tests {
         };
         assert_eq!(outcome(&t, &from("reports"), 0), "Tcp(0)->replica");
         assert_eq!(outcome(&t, &from("default"), 0), "Tcp(1)->primary");
+    }
+
+    #[test]
+    fn tcp_routes_by_source_subnet() {
+        let mut cfg = table().config().clone();
+        cfg.services[0].tcp_routes[0].matches[0] = L4Match {
+            source_subnet: Some("10.1.0.0/16".into()),
+            ..L4Match::default()
+        };
+        let t = RouteTable::new(&cfg).unwrap();
+        let none = BTreeMap::new();
+        let from = |ip: &str| ConnectionInfo {
+            source: Some(ip.parse().unwrap()),
+            ..conn(&none, "10.96.0.30", 5432, None)
+        };
+        assert_eq!(outcome(&t, &from("10.1.200.7"), 0), "Tcp(0)->replica");
+        assert_eq!(outcome(&t, &from("10.2.0.1"), 0), "Tcp(1)->primary");
+        cfg.services[0].tcp_routes[0].matches[0].source_subnet = Some("10.1.0.0/33".into());
+        let e = RouteTable::new(&cfg).unwrap_err().to_string();
+        assert!(e.contains("sourceSubnet"), "{e}");
     }
 
     #[test]

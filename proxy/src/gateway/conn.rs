@@ -123,6 +123,7 @@ async fn tls(
     if let Some(table) = &site.passthrough {
         let info = ConnectionInfo {
             destination: None,
+            source: Some(peer.ip()),
             port: server.port,
             host: None,
             sni: sni.as_deref(),
