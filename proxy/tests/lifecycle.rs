@@ -232,14 +232,12 @@ async fn tcp_ports_are_forwarded_byte_for_byte() {
     drop(s);
     let m = metrics(proxy.prometheus).await;
     assert!(
-        wait_for(async || {
-            let m = metrics(proxy.prometheus).await;
-            sample(
-                &m,
-                "istio_tcp_connections_closed_total",
-                &[("destination_service", HOST)],
-            ) == Some(1.0)
-        })
+        sample_becomes(
+            proxy.prometheus,
+            "istio_tcp_connections_closed_total",
+            &[("destination_service", HOST)],
+            1.0
+        )
         .await,
         "{m}"
     );

@@ -25,7 +25,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 type Ca = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
 
@@ -79,31 +79,42 @@ fn acceptor(server_ca: &Ca, client_ca: Option<&Ca>) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
-/// An HTTPS backend (see [`acceptor`]) that answers with whether the client presented a
-/// certificate.
-async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+/// A TLS server (see [`acceptor`]): each connection handed to `serve` once its handshake is
+/// done, with whether the client presented a certificate.
+async fn tls_server<F, Fut>(server_ca: &Ca, client_ca: Option<&Ca>, serve: F) -> SocketAddr
+where
+    F: Fn(TlsStream<TcpStream>, bool) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let acceptor = acceptor(server_ca, client_ca);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let client_cert = tls.get_ref().1.peer_certificates().is_some();
-                let service = service_fn(move |_req| async move {
-                    let body = format!("tls backend; client certificate: {client_cert}");
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                    serve(tls, client_cert).await;
+                }
             });
         }
     });
     addr
+}
+
+/// An HTTPS backend that answers with whether the client presented a certificate.
+async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+    tls_server(server_ca, client_ca, |tls, client_cert| async move {
+        let service = service_fn(move |_req| async move {
+            let body = format!("tls backend; client certificate: {client_cert}");
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+    })
+    .await
 }
 
 fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
@@ -241,29 +252,17 @@ async fn a_changed_ca_file_is_read_again_without_a_restart() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// A TLS server speaking no HTTP (see [`acceptor`]): it writes whether the client presented a
-/// certificate, then echoes what it reads.
+/// A TLS server speaking no HTTP: it writes whether the client presented a certificate, then
+/// echoes what it reads.
 async fn tls_echo(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
-    let acceptor = acceptor(server_ca, client_ca);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let client_cert = tls.get_ref().1.peer_certificates().is_some();
-                let (mut r, mut w) = tokio::io::split(tls);
-                let hello = format!("client certificate: {client_cert}\n");
-                if w.write_all(hello.as_bytes()).await.is_ok() {
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                }
-            });
+    tls_server(server_ca, client_ca, |tls, client_cert| async move {
+        let (mut r, mut w) = tokio::io::split(tls);
+        let hello = format!("client certificate: {client_cert}\n");
+        if w.write_all(hello.as_bytes()).await.is_ok() {
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A proxy whose TCP service `HOST` goes to `backend` with the DestinationRule `tls` given.
@@ -339,16 +338,10 @@ async fn a_tcp_port_refuses_a_server_its_ca_file_does_not_vouch_for() {
     let proxy = tcp_proxy_to(backend, simple(&other)).await;
     // Closed without a byte: never sent in plaintext, never to an unverified server.
     assert_eq!(tcp_exchange(&proxy).await, "");
+    let closed = [("destination_service", HOST), ("response_flags", "UF")];
+    let m = "istio_tcp_connections_closed_total";
     assert!(
-        wait_for(async || {
-            let m = metrics(proxy.prometheus).await;
-            sample(
-                &m,
-                "istio_tcp_connections_closed_total",
-                &[("destination_service", HOST), ("response_flags", "UF")],
-            ) == Some(1.0)
-        })
-        .await,
+        sample_becomes(proxy.prometheus, m, &closed, 1.0).await,
         "{}",
         metrics(proxy.prometheus).await
     );

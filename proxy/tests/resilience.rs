@@ -10,6 +10,19 @@ use std::{
 use mizzen_proxy_config::*;
 use support::*;
 
+/// Outlier detection that ejects after `errors` consecutive errors for `base_ms`, any share of
+/// the endpoints.
+fn ejecting(errors: u32, base_ms: u64) -> OutlierDetection {
+    OutlierDetection {
+        consecutive_5xx_errors: Some(errors),
+        consecutive_gateway_errors: None,
+        interval_ms: 10_000,
+        base_ejection_time_ms: base_ms,
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+    }
+}
+
 fn to_v(subset: &str) -> HttpAction {
     HttpAction::Route(vec![weighted(Some(subset), 100)])
 }
@@ -262,14 +275,7 @@ async fn failing_endpoint_is_ejected_and_returns_after_the_ejection_time() {
     );
     svc.policy = Some(TrafficPolicy {
         load_balancer: Some(LoadBalancer::RoundRobin),
-        outlier_detection: Some(OutlierDetection {
-            consecutive_5xx_errors: Some(3),
-            consecutive_gateway_errors: None,
-            interval_ms: 10_000,
-            base_ejection_time_ms: 1_000,
-            max_ejection_percent: 100,
-            min_health_percent: 0,
-        }),
+        outlier_detection: Some(ejecting(3, 1_000)),
         ..Default::default()
     });
     let proxy = start(&config(vec![svc])).await;
@@ -339,17 +345,9 @@ async fn tcp_connections_over_max_connections_are_closed_with_uo() {
     assert_eq!(echoed.as_deref(), Some(&b"two"[..]));
     let (_, echoed) = tcp_echoed(proxy.outbound, b"three").await;
     assert_eq!(echoed, None, "a third connection got through");
-    assert!(
-        wait_for(async || {
-            let m = metrics(proxy.prometheus).await;
-            sample(
-                &m,
-                "istio_tcp_connections_closed_total",
-                &[("destination_service", HOST), ("response_flags", "UO")],
-            ) == Some(1.0)
-        })
-        .await
-    );
+    let closed = [("destination_service", HOST), ("response_flags", "UO")];
+    let m = "istio_tcp_connections_closed_total";
+    assert!(sample_becomes(proxy.prometheus, m, &closed, 1.0).await);
     drop(first);
     assert!(
         wait_for(async || tcp_echoed(proxy.outbound, b"four").await.1.is_some()).await,
@@ -372,14 +370,7 @@ async fn a_tcp_endpoint_that_refuses_connections_is_ejected() {
     svc.ports[0].protocol = Protocol::Tcp;
     svc.policy = Some(TrafficPolicy {
         load_balancer: Some(LoadBalancer::RoundRobin),
-        outlier_detection: Some(OutlierDetection {
-            consecutive_5xx_errors: Some(2),
-            consecutive_gateway_errors: None,
-            interval_ms: 10_000,
-            base_ejection_time_ms: 30_000,
-            max_ejection_percent: 100,
-            min_health_percent: 0,
-        }),
+        outlier_detection: Some(ejecting(2, 30_000)),
         ..Default::default()
     });
     let proxy = start(&config(vec![svc])).await;

@@ -365,6 +365,17 @@ pub fn assert_sample(text: &str, name: &str, labels: &[(&str, &str)]) {
     );
 }
 
+/// Whether the proxy whose metrics are at `prometheus` reports `want` for the sample within
+/// 5 s (metrics of a connection are counted when it closes).
+pub async fn sample_becomes(
+    prometheus: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> bool {
+    wait_for(async || sample(&metrics(prometheus).await, name, labels) == Some(want)).await
+}
+
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
