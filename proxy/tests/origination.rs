@@ -133,6 +133,18 @@ async fn proxy_to(backend: SocketAddr, tls: ClientTls) -> Proxy {
     start(&config(vec![service])).await
 }
 
+/// MUTUAL with a client certificate from `client_ca` (files written in `dir`), verifying the
+/// server against `ca_file`.
+fn mutual(dir: &Path, client_ca: &Ca, ca_file: &Path) -> ClientTls {
+    let (cert, key) = leaf(client_ca, &["sleep.default"]);
+    ClientTls {
+        mode: ClientTlsMode::Mutual,
+        client_certificate: Some(write(dir, "client.pem", &cert).display().to_string()),
+        private_key: Some(write(dir, "client.key", &key).display().to_string()),
+        ..simple(ca_file)
+    }
+}
+
 fn simple(ca_file: &Path) -> ClientTls {
     ClientTls {
         mode: ClientTlsMode::Simple,
@@ -202,13 +214,7 @@ async fn mutual_presents_the_client_certificate_files() {
     let client_ca = ca("client-ca");
     let backend = https_backend(&server_ca, Some(&client_ca)).await;
     let ca_file = write(dir.path(), "ca.pem", &server_ca.pem());
-    let (cert, key) = leaf(&client_ca, &["sleep.default"]);
-    let mutual = ClientTls {
-        mode: ClientTlsMode::Mutual,
-        client_certificate: Some(write(dir.path(), "client.pem", &cert).display().to_string()),
-        private_key: Some(write(dir.path(), "client.key", &key).display().to_string()),
-        ..simple(&ca_file)
-    };
+    let mutual = mutual(dir.path(), &client_ca, &ca_file);
     let r = get(&client(), proxy_to(backend, mutual).await.outbound, "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "tls backend; client certificate: true");
@@ -316,13 +322,7 @@ async fn a_tcp_port_originates_tls_simple_and_mutual() {
     );
 
     let backend = tls_echo(&server_ca, Some(&client_ca)).await;
-    let (cert, key) = leaf(&client_ca, &["sleep.default"]);
-    let mutual = ClientTls {
-        mode: ClientTlsMode::Mutual,
-        client_certificate: Some(write(dir.path(), "client.pem", &cert).display().to_string()),
-        private_key: Some(write(dir.path(), "client.key", &key).display().to_string()),
-        ..simple(&ca_file)
-    };
+    let mutual = mutual(dir.path(), &client_ca, &ca_file);
     let proxy = tcp_proxy_to(backend, mutual).await;
     assert_eq!(
         tcp_exchange(&proxy).await,
