@@ -1,7 +1,8 @@
 //! Raw TCP forwarding for ports that are not HTTP: to a balanced endpoint of the service (by
 //! its VirtualService `tcp` rules, or `tls` rules by SNI on TLS and HTTPS ports, matched as
-//! `mizzen_route` decides: port, source labels, destination subnets, gateways; weighted), to
-//! the original destination for unknown addresses, or to the app (inbound). Bytes and connections are counted with Istio's TCP metrics.
+//! `mizzen_route` decides: port, source labels and namespace, source and destination subnets,
+//! gateways; weighted), to the original destination for unknown addresses, or to the app
+//! (inbound). Bytes and connections are counted with Istio's TCP metrics.
 
 use std::{sync::Arc, time::Duration};
 

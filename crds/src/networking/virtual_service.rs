@@ -2800,10 +2800,7 @@ tcp:
         ));
         assert_eq!(
             crate::testing::codes(&p),
-            [
-                ("spec.tcp[0].match[0].sourceSubnet", Code::InvalidValue),
-                ("spec.tcp[0].match[0].sourceSubnet", Code::NotSupported),
-            ]
+            [("spec.tcp[0].match[0].sourceSubnet", Code::InvalidValue)]
         );
         assert_one(
             &format!("hosts: [db]\ntcp: [{{match: [{{port: 70000}}], {route}}}]"),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use mizzen_proxy_config::{Service, WeightedDestination};
+use mizzen_proxy_config::{L4Match, Service, TcpRoute, WeightedDestination};
 
 use crate::error::CompileError;
 use crate::host::{Cidr, normalize_host};
@@ -72,7 +72,36 @@ struct CompiledL4Match {
     gateways: Vec<String>,
 }
 
+/// `s` as a CIDR block, or the reason it is not one.
+fn cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s).ok_or_else(|| format!("{s:?} is neither an IP address nor a CIDR block"))
+}
+
 impl CompiledL4Match {
+    /// A `tcp` rule's match; an error names the field (relative to the match) and the fault.
+    fn tcp(m: &L4Match) -> Result<Self, (String, String)> {
+        let subnets = m
+            .destination_subnets
+            .iter()
+            .enumerate()
+            .map(|(k, s)| cidr(s).map_err(|e| (format!("destinationSubnets[{k}]"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source_subnet = m
+            .source_subnet
+            .as_deref()
+            .map(|s| cidr(s).map_err(|e| ("sourceSubnet".to_string(), e)))
+            .transpose()?;
+        Ok(Self {
+            sni_hosts: Vec::new(),
+            subnets,
+            port: m.port,
+            source_labels: pairs(&m.source_labels),
+            source_namespace: m.source_namespace.clone(),
+            source_subnet,
+            gateways: m.gateways.clone(),
+        })
+    }
+
     fn applies_to_gateway(&self, gateway: &str) -> bool {
         self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway)
     }
@@ -118,6 +147,29 @@ fn sni_matches(h: &str, sni: &str) -> bool {
     }
 }
 
+fn pairs(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The first of `routes` that takes `conn`, and its destination picked by weight (`random`): a
+/// gateway's TCP server, whose rules are few and compiled per connection. A match that cannot
+/// be compiled (the operator's validation keeps those out) takes nothing.
+pub fn select_tcp<'r>(
+    routes: &'r [TcpRoute],
+    conn: &ConnectionInfo<'_>,
+    random: u32,
+) -> Option<&'r WeightedDestination> {
+    routes
+        .iter()
+        .find(|r| {
+            r.matches.is_empty()
+                || r.matches
+                    .iter()
+                    .any(|m| CompiledL4Match::tcp(m).is_ok_and(|m| m.matches(conn)))
+        })
+        .and_then(|r| crate::pick_weighted(&r.destinations, random))
+}
+
 #[derive(Debug)]
 struct L4Route {
     matches: Vec<CompiledL4Match>,
@@ -143,14 +195,7 @@ impl L4Routes {
         let subnets = |at: &str, list: &[String]| {
             list.iter()
                 .enumerate()
-                .map(|(k, s)| {
-                    Cidr::parse(s).ok_or_else(|| {
-                        err(
-                            format!("{at}.destinationSubnets[{k}]"),
-                            format!("{s:?} is neither an IP address nor a CIDR block"),
-                        )
-                    })
-                })
+                .map(|(k, s)| cidr(s).map_err(|e| err(format!("{at}.destinationSubnets[{k}]"), e)))
                 .collect::<Result<Vec<_>, _>>()
         };
         let pick = |at: String, ds: &[WeightedDestination]| {
@@ -160,36 +205,18 @@ impl L4Routes {
                 Ok(WeightedPick::new(ds))
             }
         };
-        let labels =
-            |l: &BTreeMap<String, String>| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut tcp = Vec::with_capacity(svc.tcp_routes.len());
         for (i, r) in svc.tcp_routes.iter().enumerate() {
-            let mut matches = Vec::with_capacity(r.matches.len());
-            for (j, m) in r.matches.iter().enumerate() {
-                matches.push(CompiledL4Match {
-                    sni_hosts: Vec::new(),
-                    subnets: subnets(
-                        &format!("tcpRoutes[{i}].matches[{j}]"),
-                        &m.destination_subnets,
-                    )?,
-                    port: m.port,
-                    source_labels: labels(&m.source_labels),
-                    source_namespace: m.source_namespace.clone(),
-                    source_subnet: m
-                        .source_subnet
-                        .as_deref()
-                        .map(|s| {
-                            Cidr::parse(s).ok_or_else(|| {
-                                err(
-                                    format!("tcpRoutes[{i}].matches[{j}].sourceSubnet"),
-                                    format!("{s:?} is neither an IP address nor a CIDR block"),
-                                )
-                            })
-                        })
-                        .transpose()?,
-                    gateways: m.gateways.clone(),
-                });
-            }
+            let matches = r
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    CompiledL4Match::tcp(m).map_err(|(field, msg)| {
+                        err(format!("tcpRoutes[{i}].matches[{j}].{field}"), msg)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             tcp.push(L4Route {
                 matches,
                 pick: pick(format!("tcpRoutes[{i}].destinations"), &r.destinations)?,
@@ -206,7 +233,7 @@ impl L4Routes {
                         &m.destination_subnets,
                     )?,
                     port: m.port,
-                    source_labels: labels(&m.source_labels),
+                    source_labels: pairs(&m.source_labels),
                     source_namespace: m.source_namespace.clone(),
                     source_subnet: None,
                     gateways: m.gateways.clone(),
@@ -458,6 +485,41 @@ mod tests {
         cfg.services[0].tcp_routes[0].matches[0].source_subnet = Some("10.1.0.0/33".into());
         let e = RouteTable::new(&cfg).unwrap_err().to_string();
         assert!(e.contains("sourceSubnet"), "{e}");
+    }
+
+    #[test]
+    fn a_gateways_tcp_rules_match_the_client_address() {
+        let routes = vec![
+            TcpRoute {
+                matches: vec![L4Match {
+                    source_subnet: Some("203.0.113.0/24".into()),
+                    ..L4Match::default()
+                }],
+                destinations: vec![dest(DB, "partners", 100)],
+            },
+            TcpRoute {
+                matches: vec![L4Match {
+                    port: Some(5432),
+                    ..L4Match::default()
+                }],
+                destinations: vec![dest(DB, "primary", 100)],
+            },
+        ];
+        let none = BTreeMap::new();
+        let from = |ip: &str| ConnectionInfo {
+            source: Some(ip.parse().unwrap()),
+            ..conn(&none, "10.96.0.30", 5432, None)
+        };
+        let subset = |c: &ConnectionInfo<'_>| {
+            select_tcp(&routes, c, 0).and_then(|d| d.destination.subset.clone())
+        };
+        assert_eq!(subset(&from("203.0.113.9")).as_deref(), Some("partners"));
+        assert_eq!(subset(&from("198.51.100.1")).as_deref(), Some("primary"));
+        let elsewhere = ConnectionInfo {
+            port: 6379,
+            ..from("198.51.100.1")
+        };
+        assert_eq!(subset(&elsewhere), None);
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub use header_ops::{
     Side, apply_header_ops, apply_layered, apply_request_header_ops, apply_response_header_ops,
 };
 pub use host::{authority_host, authority_port, normalize_host};
-pub use l4::{ConnectionInfo, L4Decision, L4Rule};
+pub use l4::{ConnectionInfo, L4Decision, L4Rule, select_tcp};
 pub use matcher::compile_full_match;
 pub use mizzen_proxy_config::ProxyConfig;
 pub use redirect::{redirect_code, redirect_location};

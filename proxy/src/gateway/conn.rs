@@ -223,21 +223,23 @@ where
     .await;
 }
 
-/// A TCP connection by the server's `tcp_routes` (the first that applies to the port).
+/// A TCP connection by the server's `tcp_routes`: the first whose match takes it (port, the
+/// client's address, the gateway's labels and namespace), as the sidecar's rules are matched.
 async fn tcp_routes<S>(stream: S, peer: SocketAddr, server: &Server, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let dest = server
-        .tcp_routes
-        .iter()
-        .find(|r| {
-            r.matches.is_empty()
-                || r.matches
-                    .iter()
-                    .any(|m| m.port.is_none_or(|p| p == server.port))
-        })
-        .and_then(|r| mizzen_route::pick_weighted(&r.destinations, rand::random()))
+    let info = ConnectionInfo {
+        destination: None,
+        source: Some(peer.ip()),
+        host: None,
+        port: server.port,
+        sni: None,
+        source_labels: &shared.workload.labels,
+        source_namespace: &shared.workload.namespace,
+        gateway: &server.gateway,
+    };
+    let dest = mizzen_route::select_tcp(&server.tcp_routes, &info, rand::random())
         .map(|d| d.destination.clone());
     tcp::forward_to(stream, dest.as_ref(), server.port, peer, shared).await;
 }
