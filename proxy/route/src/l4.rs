@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use mizzen_proxy_config::{L4Match, Service, TcpRoute, WeightedDestination};
+use mizzen_proxy_config::{L4Match, Service, TcpRoute, TlsMatch, WeightedDestination};
 
 use crate::error::CompileError;
 use crate::host::{Cidr, normalize_host};
@@ -77,15 +77,17 @@ fn cidr(s: &str) -> Result<Cidr, String> {
     Cidr::parse(s).ok_or_else(|| format!("{s:?} is neither an IP address nor a CIDR block"))
 }
 
+/// A match's `destinationSubnets`; an error names the entry.
+fn destination_subnets(list: &[String]) -> Result<Vec<Cidr>, (String, String)> {
+    list.iter()
+        .enumerate()
+        .map(|(k, s)| cidr(s).map_err(|e| (format!("destinationSubnets[{k}]"), e)))
+        .collect()
+}
+
 impl CompiledL4Match {
     /// A `tcp` rule's match; an error names the field (relative to the match) and the fault.
     fn tcp(m: &L4Match) -> Result<Self, (String, String)> {
-        let subnets = m
-            .destination_subnets
-            .iter()
-            .enumerate()
-            .map(|(k, s)| cidr(s).map_err(|e| (format!("destinationSubnets[{k}]"), e)))
-            .collect::<Result<Vec<_>, _>>()?;
         let source_subnet = m
             .source_subnet
             .as_deref()
@@ -93,11 +95,24 @@ impl CompiledL4Match {
             .transpose()?;
         Ok(Self {
             sni_hosts: Vec::new(),
-            subnets,
+            subnets: destination_subnets(&m.destination_subnets)?,
             port: m.port,
             source_labels: pairs(&m.source_labels),
             source_namespace: m.source_namespace.clone(),
             source_subnet,
+            gateways: m.gateways.clone(),
+        })
+    }
+
+    /// A `tls` rule's match, as [`Self::tcp`].
+    fn tls(m: &TlsMatch) -> Result<Self, (String, String)> {
+        Ok(Self {
+            sni_hosts: m.sni_hosts.iter().map(|h| normalize_host(h)).collect(),
+            subnets: destination_subnets(&m.destination_subnets)?,
+            port: m.port,
+            source_labels: pairs(&m.source_labels),
+            source_namespace: m.source_namespace.clone(),
+            source_subnet: None,
             gateways: m.gateways.clone(),
         })
     }
@@ -192,60 +207,52 @@ pub(crate) struct L4Routes {
 impl L4Routes {
     pub(crate) fn compile(svc: &Service) -> Result<Self, CompileError> {
         let err = |field: String, msg: String| CompileError::new(&svc.host, None, field, msg);
-        let subnets = |at: &str, list: &[String]| {
-            list.iter()
-                .enumerate()
-                .map(|(k, s)| cidr(s).map_err(|e| err(format!("{at}.destinationSubnets[{k}]"), e)))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let pick = |at: String, ds: &[WeightedDestination]| {
-            if ds.is_empty() {
-                Err(err(at, "the route forwards to no destination".into()))
-            } else {
-                Ok(WeightedPick::new(ds))
-            }
-        };
-        let mut tcp = Vec::with_capacity(svc.tcp_routes.len());
-        for (i, r) in svc.tcp_routes.iter().enumerate() {
-            let matches = r
-                .matches
+        let tcp = svc
+            .tcp_routes
+            .iter()
+            .map(|r| (&r.matches[..], &r.destinations[..]));
+        let tls = svc
+            .tls_routes
+            .iter()
+            .map(|r| (&r.matches[..], &r.destinations[..]));
+        let tcp = compile_rules("tcpRoutes", tcp, CompiledL4Match::tcp, &err)?;
+        let tls = compile_rules("tlsRoutes", tls, CompiledL4Match::tls, &err)?;
+        Ok(Self { tcp, tls })
+    }
+}
+
+/// One kind of rule (`tcpRoutes` or `tlsRoutes`): each rule's matches compiled with `compile`
+/// and its weighted pick; an error names the rule, the match and the field.
+fn compile_rules<'a, M: 'a>(
+    kind: &str,
+    rules: impl Iterator<Item = (&'a [M], &'a [WeightedDestination])>,
+    compile: fn(&M) -> Result<CompiledL4Match, (String, String)>,
+    err: &impl Fn(String, String) -> CompileError,
+) -> Result<Vec<L4Route>, CompileError> {
+    rules
+        .enumerate()
+        .map(|(i, (matches, destinations))| {
+            let matches = matches
                 .iter()
                 .enumerate()
                 .map(|(j, m)| {
-                    CompiledL4Match::tcp(m).map_err(|(field, msg)| {
-                        err(format!("tcpRoutes[{i}].matches[{j}].{field}"), msg)
+                    compile(m).map_err(|(field, msg)| {
+                        err(format!("{kind}[{i}].matches[{j}].{field}"), msg)
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            tcp.push(L4Route {
-                matches,
-                pick: pick(format!("tcpRoutes[{i}].destinations"), &r.destinations)?,
-            });
-        }
-        let mut tls = Vec::with_capacity(svc.tls_routes.len());
-        for (i, r) in svc.tls_routes.iter().enumerate() {
-            let mut matches = Vec::with_capacity(r.matches.len());
-            for (j, m) in r.matches.iter().enumerate() {
-                matches.push(CompiledL4Match {
-                    sni_hosts: m.sni_hosts.iter().map(|h| normalize_host(h)).collect(),
-                    subnets: subnets(
-                        &format!("tlsRoutes[{i}].matches[{j}]"),
-                        &m.destination_subnets,
-                    )?,
-                    port: m.port,
-                    source_labels: pairs(&m.source_labels),
-                    source_namespace: m.source_namespace.clone(),
-                    source_subnet: None,
-                    gateways: m.gateways.clone(),
-                });
+            if destinations.is_empty() {
+                return Err(err(
+                    format!("{kind}[{i}].destinations"),
+                    "the route forwards to no destination".into(),
+                ));
             }
-            tls.push(L4Route {
+            Ok(L4Route {
                 matches,
-                pick: pick(format!("tlsRoutes[{i}].destinations"), &r.destinations)?,
-            });
-        }
-        Ok(Self { tcp, tls })
-    }
+                pick: WeightedPick::new(destinations),
+            })
+        })
+        .collect()
 }
 
 impl RouteTable {
