@@ -1,12 +1,17 @@
 //! The endpoints of every service, as the local proxies need them: for each (service host,
 //! service port), the ready pod addresses with their target port, their pod's labels (which
-//! select DestinationRule subsets) and their pod's service account (which names the identity the
-//! pod's proxy must present: secure naming).
+//! select DestinationRule subsets), their pod's service account (which names the identity the
+//! pod's proxy must present: secure naming) and their locality (for locality load balancing).
 //!
-//! A pure index fed by three watches (Services, EndpointSlices, Pods; see
+//! A pure index fed by four watches (Services, EndpointSlices, Pods, Nodes' metadata; see
 //! [`crate::endpoints_feed`]) and read as a full [`EndpointsEvent`] snapshot, the line type of
 //! `GET /v1/endpoints`. An endpoint is left out when its slice says it is not ready or is
 //! terminating, or when its pod is being deleted or is not (or no longer) known.
+//!
+//! An endpoint's locality (`region/zone/subzone`) is, as Istio finds it: its pod's
+//! `istio-locality` label, else the topology labels of its node (the slice's `nodeName`), else
+//! the slice's `zone` alone. The event also carries the locality of the agent's own node, which
+//! is that of every proxy it serves.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,12 +24,26 @@ use serde::{Deserialize, Serialize};
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The node labels a locality is made of.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+/// Istio's pod label that overrides the node's locality: `region.zone.subzone` (dots, as label
+/// values cannot hold slashes).
+pub const LOCALITY_LABEL: &str = "istio-locality";
+
 /// One line of `GET /v1/endpoints`: the whole picture, each time it changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointsEvent {
     pub v: Version,
     /// Sorted by host, then port.
     pub services: Vec<ServiceEndpoints>,
+    /// The locality of the agent's node, where every proxy it serves runs: `region/zone/subzone`
+    /// (parts may be empty); absent when the node has no topology labels or is not known yet.
+    /// Added after the first release, as [`Endpoint::locality`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
 }
 
 /// The endpoints behind one service port.
@@ -50,6 +69,11 @@ pub struct Endpoint {
     /// first release: proxies that predate it ignore it, and read none from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<ServiceAccountRef>,
+    /// Where the endpoint runs: `region/zone/subzone`, always three parts, any of them empty
+    /// (`"/zone-a/"`); absent when nothing is known. Added after the first release, as
+    /// `service_account` was. Last, so that endpoints still sort by address first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
 }
 
 /// A pod's service account, which names the SPIFFE identity its proxy serves
@@ -90,6 +114,73 @@ impl PodSummary {
     }
 }
 
+/// Where something runs, as Istio's locality load balancing sees it. Any part may be empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    /// A node's, from its topology labels.
+    pub fn of_node(labels: &BTreeMap<String, String>) -> Self {
+        let label = |name| labels.get(name).cloned().unwrap_or_default();
+        Locality {
+            region: label(REGION_LABEL),
+            zone: label(ZONE_LABEL),
+            subzone: label(SUBZONE_LABEL),
+        }
+    }
+
+    /// A pod's `istio-locality` label: dots become slashes, as Istio turns them, so a value
+    /// with more than three parts leaves the rest in the subzone. None when empty.
+    pub fn of_pod_label(value: &str) -> Option<Self> {
+        let slashed = value.replace('.', "/");
+        let mut parts = slashed.splitn(3, '/').map(str::to_string);
+        let locality = Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        };
+        (!locality.is_unknown()).then_some(locality)
+    }
+
+    /// An EndpointSlice endpoint's `zone`, with no region or subzone.
+    pub fn of_zone(zone: &str) -> Self {
+        Locality {
+            zone: zone.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+
+    /// The wire form, `region/zone/subzone`; None when no part is known.
+    pub fn to_wire(&self) -> Option<String> {
+        (!self.is_unknown()).then(|| format!("{}/{}/{}", self.region, self.zone, self.subzone))
+    }
+}
+
+/// What the index keeps of a node: its name and its locality. Made from the node's metadata as
+/// it arrives, so neither the Node nor the rest of its metadata is held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTopology {
+    pub name: String,
+    pub locality: Locality,
+}
+
+impl NodeTopology {
+    pub fn of(meta: ObjectMeta) -> Self {
+        NodeTopology {
+            name: meta.name.unwrap_or_default(),
+            locality: Locality::of_node(&meta.labels.unwrap_or_default()),
+        }
+    }
+}
+
 impl EndpointsEvent {
     /// The event as one JSON line, newline included.
     pub fn to_line(&self) -> String {
@@ -116,8 +207,19 @@ struct Slice {
     service: String,
     /// (port name, target port).
     ports: Vec<(Option<String>, u16)>,
-    /// Ready addresses with the pod they belong to (if any).
-    endpoints: Vec<(String, Option<Key>)>,
+    /// The ready ones.
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SliceEndpoint {
+    address: String,
+    /// The pod it belongs to, if any.
+    pod: Option<Key>,
+    /// `nodeName`: whose labels give its locality.
+    node: Option<String>,
+    /// `zone`: its locality when its node is not known.
+    zone: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -125,15 +227,20 @@ struct PodMeta {
     labels: BTreeMap<String, String>,
     service_account: String,
     deleting: bool,
+    /// From its `istio-locality` label.
+    locality: Option<Locality>,
 }
 
-/// Services, slices and pod labels, keyed by (namespace, name).
+/// Services, slices and pod labels, keyed by (namespace, name); node localities by node name.
 #[derive(Debug, Default)]
 pub struct EndpointsIndex {
     cluster_domain: String,
+    /// The agent's own node, whose locality the snapshot carries.
+    node: Option<String>,
     services: HashMap<Key, ServicePorts>,
     slices: HashMap<Key, Slice>,
     pods: HashMap<Key, PodMeta>,
+    nodes: HashMap<String, Locality>,
 }
 
 fn key(meta: &ObjectMeta) -> Option<Key> {
@@ -150,6 +257,12 @@ impl EndpointsIndex {
             cluster_domain: cluster_domain.to_string(),
             ..Default::default()
         }
+    }
+
+    /// The index of the agent on `node`: its snapshots carry that node's locality.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
     }
 
     pub fn apply_service(&mut self, svc: &Service) {
@@ -216,7 +329,12 @@ impl EndpointsIndex {
                             r.name.clone()?,
                         ))
                     });
-                e.addresses.iter().map(move |a| (a.clone(), pod.clone()))
+                e.addresses.iter().map(move |a| SliceEndpoint {
+                    address: a.clone(),
+                    pod: pod.clone(),
+                    node: e.node_name.clone().filter(|n| !n.is_empty()),
+                    zone: e.zone.clone().filter(|z| !z.is_empty()),
+                })
             })
             .collect();
         self.slices.insert(
@@ -242,10 +360,14 @@ impl EndpointsIndex {
     /// A pod: its labels, service account and whether it is being deleted.
     pub fn apply_pod(&mut self, pod: &PodSummary) {
         let Some(k) = key(&pod.meta) else { return };
+        let labels = pod.meta.labels.clone().unwrap_or_default();
         self.pods.insert(
             k,
             PodMeta {
-                labels: pod.meta.labels.clone().unwrap_or_default(),
+                locality: labels
+                    .get(LOCALITY_LABEL)
+                    .and_then(|l| Locality::of_pod_label(l)),
+                labels,
                 service_account: pod.service_account.clone(),
                 deleting: pod.meta.deletion_timestamp.is_some(),
             },
@@ -259,6 +381,38 @@ impl EndpointsIndex {
     pub fn replace_pods<'a>(&mut self, all: impl IntoIterator<Item = &'a PodSummary>) {
         self.pods.clear();
         all.into_iter().for_each(|m| self.apply_pod(m));
+    }
+
+    /// A node's locality. True when it changed: a node's metadata changes with every status
+    /// update, its topology labels hardly ever.
+    pub fn apply_node(&mut self, node: &NodeTopology) -> bool {
+        if node.name.is_empty() || self.nodes.get(&node.name) == Some(&node.locality) {
+            return false;
+        }
+        self.nodes.insert(node.name.clone(), node.locality.clone());
+        true
+    }
+
+    pub fn delete_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    pub fn replace_nodes<'a>(&mut self, all: impl IntoIterator<Item = &'a NodeTopology>) {
+        self.nodes.clear();
+        all.into_iter().for_each(|n| {
+            self.apply_node(n);
+        });
+    }
+
+    /// An endpoint's locality: its pod's label, else its node's labels, else its zone.
+    fn locality(&self, endpoint: &SliceEndpoint, pod: Option<&PodMeta>) -> Option<String> {
+        pod.and_then(|p| p.locality.as_ref())
+            .or_else(|| {
+                let node = self.nodes.get(endpoint.node.as_ref()?)?;
+                (!node.is_unknown()).then_some(node)
+            })
+            .and_then(Locality::to_wire)
+            .or_else(|| Locality::of_zone(endpoint.zone.as_deref()?).to_wire())
     }
 
     /// Every service port and its ready endpoints, sorted.
@@ -285,25 +439,23 @@ impl EndpointsIndex {
                     continue;
                 };
                 let list = out.entry((host.clone(), *service_port)).or_default();
-                for (address, pod) in &slice.endpoints {
-                    let (labels, service_account) = match pod {
-                        None => (BTreeMap::new(), None),
+                for endpoint in &slice.endpoints {
+                    let pod = match &endpoint.pod {
+                        None => None,
                         Some(pod_key) => match self.pods.get(pod_key) {
-                            Some(meta) if !meta.deleting => (
-                                meta.labels.clone(),
-                                Some(ServiceAccountRef {
-                                    namespace: pod_key.0.clone(),
-                                    name: meta.service_account.clone(),
-                                }),
-                            ),
+                            Some(meta) if !meta.deleting => Some((pod_key, meta)),
                             _ => continue,
                         },
                     };
                     list.push(Endpoint {
-                        address: address.clone(),
+                        address: endpoint.address.clone(),
                         port: target,
-                        labels,
-                        service_account,
+                        labels: pod.map(|(_, meta)| meta.labels.clone()).unwrap_or_default(),
+                        service_account: pod.map(|((namespace, _), meta)| ServiceAccountRef {
+                            namespace: namespace.clone(),
+                            name: meta.service_account.clone(),
+                        }),
+                        locality: self.locality(endpoint, pod.map(|(_, meta)| meta)),
                     });
                 }
             }
@@ -322,6 +474,11 @@ impl EndpointsIndex {
                     }
                 })
                 .collect(),
+            locality: self
+                .node
+                .as_ref()
+                .and_then(|node| self.nodes.get(node))
+                .and_then(Locality::to_wire),
         }
     }
 }
@@ -517,6 +674,178 @@ mod tests {
         index.apply_slice(&slice(json!([{"addresses": ["192.168.1.9"]}])));
         let line = index.snapshot().to_line();
         assert!(!line.contains("service_account"), "{line}");
+    }
+
+    /// A ready endpoint of pod `pod` on node `node` in zone `zone` (either may be absent).
+    fn ep_at(ip: &str, pod: &str, node: Option<&str>, zone: Option<&str>) -> serde_json::Value {
+        let mut e = ep(ip, pod, true);
+        if let Some(node) = node {
+            e["nodeName"] = json!(node);
+        }
+        if let Some(zone) = zone {
+            e["zone"] = json!(zone);
+        }
+        e
+    }
+
+    fn node(name: &str, labels: serde_json::Value) -> NodeTopology {
+        NodeTopology::of(serde_json::from_value(json!({"name": name, "labels": labels})).unwrap())
+    }
+
+    fn labelled(name: &str, region: &str, zone: &str, subzone: &str) -> NodeTopology {
+        node(
+            name,
+            json!({REGION_LABEL: region, ZONE_LABEL: zone, SUBZONE_LABEL: subzone,
+                "kubernetes.io/hostname": name}),
+        )
+    }
+
+    /// Each endpoint's address and locality, in order.
+    fn localities(event: &EndpointsEvent) -> Vec<(String, Option<String>)> {
+        event
+            .services
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .map(|e| (e.address.clone(), e.locality.clone()))
+            .collect()
+    }
+
+    fn located(pairs: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        pairs
+            .iter()
+            .map(|(a, l)| (a.to_string(), l.map(String::from)))
+            .collect()
+    }
+
+    /// `index()` run by the agent on node `n1`, its slice's endpoints on `n1` and `n2`.
+    fn located_index() -> EndpointsIndex {
+        let mut index = index().on_node("n1");
+        index.apply_node(&labelled("n1", "r1", "z1", "s1"));
+        index.apply_node(&node("n2", json!({REGION_LABEL: "r1", ZONE_LABEL: "z2"})));
+        index.apply_slice(&slice(json!([
+            ep_at("10.0.0.1", "r1", Some("n1"), Some("z1")),
+            ep_at("10.0.0.2", "r2", Some("n2"), Some("z2"))
+        ])));
+        index
+    }
+
+    #[test]
+    fn endpoints_have_their_nodes_locality_and_the_event_the_agents_node() {
+        let snap = located_index().snapshot();
+        assert_eq!(
+            localities(&snap),
+            located(&[("10.0.0.1", Some("r1/z1/s1")), ("10.0.0.2", Some("r1/z2/"))])
+        );
+        assert_eq!(snap.locality.as_deref(), Some("r1/z1/s1"));
+        let line = snap.to_line();
+        assert!(
+            line.contains(r#""service_account":{"namespace":"shop","name":"reviews-v1"},"locality":"r1/z1/s1"}"#),
+            "{line}"
+        );
+        assert!(line.ends_with("],\"locality\":\"r1/z1/s1\"}\n"), "{line}");
+        assert_eq!(EndpointsEvent::from_line(&line).unwrap(), snap);
+        // A node's locality is its three topology labels; the others do not count.
+        let n = labelled("n1", "r1", "z1", "s1");
+        assert_eq!(
+            n.locality,
+            Locality {
+                region: "r1".into(),
+                zone: "z1".into(),
+                subzone: "s1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_pods_istio_locality_label_overrides_its_node() {
+        let mut index = located_index();
+        let mut r1 = pod("r1", "v1");
+        r1.meta
+            .labels
+            .get_or_insert_default()
+            .insert(LOCALITY_LABEL.into(), "eu.eu-a.rack9".into());
+        index.apply_pod(&r1);
+        let mut r2 = pod("r2", "v2");
+        r2.meta
+            .labels
+            .get_or_insert_default()
+            .insert(LOCALITY_LABEL.into(), "eu".into());
+        index.apply_pod(&r2);
+        assert_eq!(
+            localities(&index.snapshot()),
+            located(&[
+                ("10.0.0.1", Some("eu/eu-a/rack9")),
+                ("10.0.0.2", Some("eu//"))
+            ])
+        );
+        // The pod's label does not move the agent's own node.
+        assert_eq!(index.snapshot().locality.as_deref(), Some("r1/z1/s1"));
+        // Istio turns every dot into a slash; an empty label says nothing.
+        assert_eq!(
+            Locality::of_pod_label("a.b.c.d").and_then(|l| l.to_wire()),
+            Some("a/b/c/d".into())
+        );
+        assert_eq!(Locality::of_pod_label(""), None);
+    }
+
+    #[test]
+    fn an_unknown_or_unlabelled_node_leaves_the_slices_zone() {
+        let mut index = located_index();
+        index.apply_node(&node("n2", json!({"kubernetes.io/hostname": "n2"})));
+        index.apply_slice(&slice(json!([
+            ep_at("10.0.0.1", "r1", Some("n9"), Some("z9")),
+            ep_at("10.0.0.2", "r2", Some("n2"), Some("z2"))
+        ])));
+        assert_eq!(
+            localities(&index.snapshot()),
+            located(&[("10.0.0.1", Some("/z9/")), ("10.0.0.2", Some("/z2/"))])
+        );
+    }
+
+    #[test]
+    fn without_any_locality_the_fields_are_left_out() {
+        let mut index = index().on_node("n1");
+        index.apply_node(&node("n1", json!({})));
+        index.apply_slice(&slice(json!([
+            ep_at("10.0.0.1", "r1", Some("n1"), None),
+            ep_at("10.0.0.2", "r2", None, None)
+        ])));
+        let snap = index.snapshot();
+        assert_eq!(
+            localities(&snap),
+            located(&[("10.0.0.1", None), ("10.0.0.2", None)])
+        );
+        assert_eq!(snap.locality, None);
+        let line = snap.to_line();
+        assert!(!line.contains("locality"), "{line}");
+    }
+
+    #[test]
+    fn node_label_changes_and_deletion_move_the_localities() {
+        let mut index = located_index();
+        assert!(
+            !index.apply_node(&labelled("n1", "r1", "z1", "s1")),
+            "unchanged"
+        );
+        assert!(index.apply_node(&labelled("n1", "r1", "z1", "s2")));
+        let snap = index.snapshot();
+        assert_eq!(localities(&snap)[0].1.as_deref(), Some("r1/z1/s2"));
+        assert_eq!(snap.locality.as_deref(), Some("r1/z1/s2"));
+
+        index.delete_node("n1");
+        let snap = index.snapshot();
+        assert_eq!(
+            localities(&snap),
+            located(&[("10.0.0.1", Some("/z1/")), ("10.0.0.2", Some("r1/z2/"))])
+        );
+        assert_eq!(snap.locality, None, "the agent's node is no longer known");
+
+        // A relist keeps only the nodes it lists.
+        index.replace_nodes([&labelled("n1", "r1", "z1", "s1")]);
+        assert_eq!(
+            localities(&index.snapshot()),
+            located(&[("10.0.0.1", Some("r1/z1/s1")), ("10.0.0.2", Some("/z2/"))])
+        );
     }
 
     #[test]

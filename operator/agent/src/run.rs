@@ -106,7 +106,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             );
             tokio::spawn(
                 endpoints_feed::run_index(
-                    EndpointsIndex::new(&cluster_domain),
+                    EndpointsIndex::new(&cluster_domain).on_node(&options.node),
                     endpoints_feed::cluster_changes(client.clone()),
                     ENDPOINTS_DEBOUNCE,
                     ENDPOINTS_MAX_DELAY,
