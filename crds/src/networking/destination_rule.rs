@@ -861,16 +861,7 @@ impl Validate for LoadBalancerSettings {
         c.opt(
             "localityLbSetting",
             self.locality_lb_setting.as_ref(),
-            |c, l| {
-                l.validate(c);
-                // Turning locality load balancing off is what Mizzen does anyway.
-                if l.enabled != Some(false) {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen balances over all endpoints without regard to their locality; localityLbSetting has no effect",
-                    );
-                }
-            },
+            |c, l| l.validate(c),
         );
         if self.warmup_duration_secs.is_some() {
             c.field("warmupDurationSecs", |c| {
@@ -2127,10 +2118,6 @@ subsets:
                     "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]",
                     Code::InvalidValue
                 ),
-                (
-                    "spec.trafficPolicy.loadBalancer.localityLbSetting",
-                    Code::NotSupported
-                ),
             ]
         );
         assert_eq!(p[2].message, "locality weights must add up to 100 (got 90)");
@@ -2230,7 +2217,6 @@ subsets:
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
-            ("loadBalancer.localityLbSetting", Warn),
             ("loadBalancer.warmup", Warn),
             ("connectionPool.tcp.tcpKeepalive", Warn),
             ("connectionPool.tcp.maxConnectionDuration", Warn),
@@ -2268,16 +2254,16 @@ subsets:
             .map(|p| (p.path.clone(), p.severity, p.code))
             .collect();
         assert_eq!(got, expected);
-        assert!(p[8].message.contains("revoked"), "{}", p[8].message);
+        assert!(p[7].message.contains("revoked"), "{}", p[7].message);
         assert!(
-            p[12].message.contains("neither has an effect"),
+            p[11].message.contains("neither has an effect"),
             "{}",
-            p[12].message
+            p[11].message
         );
         assert!(
-            p[14].message.contains("applies to no workload"),
+            p[13].message.contains("applies to no workload"),
             "{}",
-            p[14].message
+            p[13].message
         );
 
         // The same policy without those fields (and with the defaults they would restore) is

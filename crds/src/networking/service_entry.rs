@@ -526,7 +526,6 @@ subjectAltNames:
             codes(&validate_spec(&s)),
             [
                 ("spec.endpoints[0].network", Code::NotSupported),
-                ("spec.endpoints[0].locality", Code::NotSupported),
                 ("spec.exportTo", Code::ConflictingFields),
                 ("spec.subjectAltNames", Code::NotSupported),
             ]
@@ -714,16 +713,11 @@ subjectAltNames:
                     Severity::Warn,
                     Code::NotSupported
                 ),
-                (
-                    "spec.endpoints[0].locality",
-                    Severity::Warn,
-                    Code::NotSupported
-                ),
                 ("spec.subjectAltNames", Severity::Warn, Code::NotSupported),
             ]
         );
         assert!(p[0].message.contains("UDP"), "{}", p[0].message);
-        assert!(p[3].message.contains("trust domain"), "{}", p[3].message);
+        assert!(p[2].message.contains("trust domain"), "{}", p[2].message);
         // Without them, nothing is reported.
         assert!(
             problems(

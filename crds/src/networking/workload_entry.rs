@@ -204,12 +204,6 @@ impl Validate for WorkloadEntrySpec {
                 "Mizzen does not route across networks: the endpoint is reached directly at its address, and one without an address is not used",
             );
         }
-        if self.locality.as_deref().is_some_and(|l| !l.is_empty()) {
-            c.not_supported(
-                "locality",
-                "Mizzen balances without regard to locality; the endpoint's locality has no effect",
-            );
-        }
         c.opt(
             "serviceAccount",
             self.service_account.as_ref(),
@@ -299,10 +293,7 @@ weight: 3
         assert_eq!(back, spec);
         assert_eq!(
             codes(&validate_spec(&spec)),
-            [
-                ("spec.network", Code::NotSupported),
-                ("spec.locality", Code::NotSupported)
-            ]
+            [("spec.network", Code::NotSupported)]
         );
     }
 
@@ -400,17 +391,14 @@ weight: 3
     }
 
     #[test]
-    fn network_and_locality_are_reported_as_ignored() {
+    fn network_is_reported_as_ignored_and_locality_is_used() {
         let p = validate_spec(&parse(
             "address: 10.0.0.1\nnetwork: vpc-1\nlocality: us-east1/us-east1-b",
         ));
         let verdicts = crate::testing::verdicts(&p);
         assert_eq!(
             verdicts,
-            [
-                ("spec.network", Severity::Warn, Code::NotSupported),
-                ("spec.locality", Severity::Warn, Code::NotSupported),
-            ]
+            [("spec.network", Severity::Warn, Code::NotSupported)]
         );
         assert!(
             p[0].message.contains("without an address"),

@@ -361,6 +361,7 @@ impl<'a> Catalog<'a> {
                     .service_account
                     .as_ref()
                     .map(|sa| format!("spiffe://{td}/ns/{ns}/sa/{sa}")),
+                locality: w.locality.clone().filter(|l| !l.is_empty()),
             })
         };
         let mut out: Vec<pc::Endpoint> = se.endpoints.iter().filter_map(endpoint).collect();

@@ -64,6 +64,30 @@ fn load_balancer(lb: &dr::LoadBalancerSettings) -> Option<pc::LoadBalancer> {
     })
 }
 
+fn locality_lb(lb: &dr::LoadBalancerSettings) -> Option<pc::LocalityLb> {
+    let l = lb.locality_lb_setting.as_ref()?;
+    Some(pc::LocalityLb {
+        disabled: l.enabled == Some(false),
+        distribute: l
+            .distribute
+            .iter()
+            .map(|d| pc::LocalityDistribute {
+                from: d.from.clone(),
+                to: d.to.clone(),
+            })
+            .collect(),
+        failover: l
+            .failover
+            .iter()
+            .map(|f| pc::LocalityFailover {
+                from: f.from.clone(),
+                to: f.to.clone(),
+            })
+            .collect(),
+        failover_priority: l.failover_priority.clone(),
+    })
+}
+
 fn connection_pool(p: &dr::ConnectionPoolSettings) -> pc::ConnectionPool {
     let tcp = p.tcp.clone().unwrap_or_default();
     let http = p.http.clone().unwrap_or_default();
@@ -134,6 +158,7 @@ fn tls(t: &dr::ClientTlsSettings) -> pc::ClientTls {
 pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
     pc::TrafficPolicy {
         load_balancer: p.load_balancer.as_ref().and_then(load_balancer),
+        locality_lb: p.load_balancer.as_ref().and_then(locality_lb),
         connection_pool: p.connection_pool.as_ref().map(connection_pool),
         outlier_detection: p.outlier_detection.as_ref().map(outlier_detection),
         tls: p.tls.as_ref().map(tls),
@@ -144,6 +169,7 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
                 Some(pc::PortPolicy {
                     port: u16::try_from(s.port?.number).ok()?,
                     load_balancer: s.load_balancer.as_ref().and_then(load_balancer),
+                    locality_lb: s.load_balancer.as_ref().and_then(locality_lb),
                     connection_pool: s.connection_pool.as_ref().map(connection_pool),
                     outlier_detection: s.outlier_detection.as_ref().map(outlier_detection),
                     tls: s.tls.as_ref().map(tls),
@@ -160,8 +186,9 @@ pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) ->
         return subset.clone();
     };
     let mut out = base.clone();
-    if subset.load_balancer.is_some() {
+    if subset.load_balancer.is_some() || subset.locality_lb.is_some() {
         out.load_balancer = subset.load_balancer.clone();
+        out.locality_lb = subset.locality_lb.clone();
     }
     if subset.connection_pool.is_some() {
         out.connection_pool = subset.connection_pool.clone();
@@ -215,6 +242,45 @@ mod tests {
         let m = merge(Some(&base), &sub);
         assert_eq!(m.load_balancer, Some(pc::LoadBalancer::Random));
         assert_eq!(m.connection_pool, base.connection_pool);
+    }
+
+    #[test]
+    fn locality_settings_reach_the_proxy_and_go_with_their_load_balancer() {
+        let p: dr::TrafficPolicy = serde_json::from_value(serde_json::json!({
+            "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {
+                "distribute": [{"from": "us-west/zone1/*",
+                    "to": {"us-west/zone1/*": 80, "us-west/zone2/*": 20}}]}},
+            "portLevelSettings": [{"port": {"number": 9080},
+                "loadBalancer": {"localityLbSetting": {"enabled": false}}}]
+        }))
+        .unwrap();
+        let out = traffic_policy(&p);
+        let l = out.locality_lb.as_ref().unwrap();
+        assert_eq!(l.distribute[0].from, "us-west/zone1/*");
+        assert_eq!(l.distribute[0].to["us-west/zone2/*"], 20);
+        assert!(!l.disabled);
+        // The port's loadBalancer replaces the whole of it: locality off, default balancer.
+        let port = out.for_port(9080);
+        assert!(port.locality_lb.as_ref().unwrap().disabled);
+        assert_eq!(port.load_balancer, None);
+        // A subset's loadBalancer likewise, even one that only sets the algorithm (Istio's
+        // mesh default for locality then applies again).
+        let sub = pc::TrafficPolicy {
+            load_balancer: Some(pc::LoadBalancer::Random),
+            ..Default::default()
+        };
+        let m = merge(Some(&out), &sub);
+        assert_eq!(m.locality_lb, None);
+        let sub = pc::TrafficPolicy {
+            locality_lb: Some(pc::LocalityLb {
+                failover_priority: vec!["version".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = merge(Some(&out), &sub);
+        assert_eq!(m.load_balancer, None);
+        assert_eq!(m.locality_lb, sub.locality_lb);
     }
 
     #[test]

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
+    /// `loadBalancer.localityLbSetting`; `None`: Istio's mesh default (on, nothing else set).
+    /// It belongs to the same `loadBalancer` as `load_balancer`: a subset or port that sets
+    /// either replaces both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb: Option<LocalityLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,8 +33,9 @@ impl TrafficPolicy {
             ..self.clone()
         };
         if let Some(p) = self.ports.iter().find(|p| p.port == port) {
-            if p.load_balancer.is_some() {
+            if p.load_balancer.is_some() || p.locality_lb.is_some() {
                 out.load_balancer = p.load_balancer.clone();
+                out.locality_lb = p.locality_lb.clone();
             }
             if p.connection_pool.is_some() {
                 out.connection_pool = p.connection_pool.clone();
@@ -52,6 +58,8 @@ pub struct PortPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb: Option<LocalityLb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
@@ -70,6 +78,42 @@ pub enum LoadBalancer {
     /// Forward to the connection's original destination address.
     Passthrough,
     ConsistentHash(ConsistentHash),
+}
+
+/// Locality load balancing, as Istio's `localityLbSetting`. Localities are
+/// `region/zone/subzone`; patterns may end a part with `*`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLb {
+    /// `enabled: false`: balance over every endpoint wherever it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Shares of traffic by locality for clients in `from` (the first entry that matches the
+    /// proxy's locality applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// The region clients in region `from` fail over to before any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    /// Labels (`key` or `key=value`) that rank endpoints by how many of them, in order, match
+    /// the proxy's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityDistribute {
+    pub from: String,
+    /// Locality pattern to its share in percent.
+    pub to: std::collections::BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityFailover {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -154,4 +154,7 @@ pub struct Endpoint {
     /// SPIFFE identity expected of the endpoint, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Where the endpoint runs, `region/zone/subzone` (WorkloadEntry `locality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
 }

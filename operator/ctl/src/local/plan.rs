@@ -192,6 +192,7 @@ mod tests {
                 .collect(),
             weight: None,
             identity: Some(format!("spiffe://cluster.local/ns/shop/sa/{sa}")),
+            locality: None,
         }
     }
 
