@@ -90,6 +90,7 @@ fn proxy_config(config_path: PathBuf, name: &str, version: &str) -> Config {
             app: Some(name.split('-').next().unwrap().into()),
             version: Some(version.into()),
             namespace: Some("default".into()),
+            ..Default::default()
         },
     );
     let mut c = Config::sidecar(config_path, workload);

@@ -37,6 +37,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::balance::locality::Locality;
 use crate::config::ConfigStore;
 use crate::endpoints::{ConfigEndpoints, Endpoint, EndpointSource};
 
@@ -464,6 +465,10 @@ pub async fn keep_identity(
 pub struct EndpointsSnapshot {
     pub v: Version,
     pub services: Vec<ServicePortEndpoints>,
+    /// The locality (`region/zone/subzone`) of the agent's node, where this proxy runs
+    /// (absent from agents before it was added, and where the node has no topology labels).
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 /// The endpoints behind one service port.
@@ -487,6 +492,9 @@ pub struct AgentEndpoint {
     /// that are not pods): the identity its proxy must present, in this mesh's trust domain.
     #[serde(default)]
     pub service_account: Option<ServiceAccountRef>,
+    /// Where the endpoint runs, `region/zone/subzone` (absent when the agent does not know).
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 /// A pod's service account, which names the SPIFFE identity its proxy serves.
@@ -506,6 +514,8 @@ impl EndpointsSnapshot {
 #[derive(Debug, Default, PartialEq)]
 struct Index {
     hosts: HashMap<String, HashMap<u16, Vec<Endpoint>>>,
+    /// The agent's node's.
+    locality: Option<Locality>,
 }
 
 impl Index {
@@ -528,6 +538,11 @@ impl Index {
                     identity: e
                         .service_account
                         .and_then(|sa| SpiffeId::new(trust_domain, &sa.namespace, &sa.name).ok()),
+                    locality: e
+                        .locality
+                        .as_deref()
+                        .map(Locality::parse)
+                        .unwrap_or_default(),
                 }
             }));
         }
@@ -535,7 +550,14 @@ impl Index {
             list.sort();
             list.dedup();
         }
-        Index { hosts }
+        Index {
+            hosts,
+            locality: snapshot
+                .locality
+                .as_deref()
+                .map(Locality::parse)
+                .filter(|l| !l.is_empty()),
+        }
     }
 }
 
@@ -598,6 +620,10 @@ impl EndpointSource for AgentEndpoints {
         self.changes
             .load(Ordering::Acquire)
             .wrapping_add(self.fallback.generation())
+    }
+
+    fn locality(&self) -> Option<Locality> {
+        self.current.load().locality.clone()
     }
 }
 
@@ -735,6 +761,35 @@ mod tests {
         let bare = EndpointsSnapshot::from_line(bare).unwrap();
         assert!(bare.services[0].endpoints[0].labels.is_empty());
         assert_eq!(bare.services[0].endpoints[0].service_account, None);
+    }
+
+    #[test]
+    fn localities_of_the_node_and_of_each_endpoint_are_read() {
+        let line = r#"{"v":1,"locality":"us-east1/us-east1-b/","services":[
+            {"host":"h","port":1,"endpoints":[
+                {"address":"10.0.0.1","port":2,"locality":"us-east1/us-east1-c/rack-4"},
+                {"address":"10.0.0.2","port":2}]}]}"#
+            .replace('\n', "");
+        let index = Index::of(
+            EndpointsSnapshot::from_line(&line).unwrap(),
+            "cluster.local",
+        );
+        assert_eq!(index.locality, Some(Locality::parse("us-east1/us-east1-b")));
+        let eps = &index.hosts["h"][&1];
+        assert_eq!(
+            (
+                eps[0].locality.zone.as_str(),
+                eps[0].locality.subzone.as_str()
+            ),
+            ("us-east1-c", "rack-4")
+        );
+        assert!(eps[1].locality.is_empty());
+        // A node without topology labels says nothing about where the proxy runs.
+        let bare = r#"{"v":1,"locality":"//","services":[]}"#;
+        assert_eq!(
+            Index::of(EndpointsSnapshot::from_line(bare).unwrap(), "c").locality,
+            None
+        );
     }
 
     #[test]

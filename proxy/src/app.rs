@@ -17,7 +17,7 @@ use crate::{
     listener::{self, Role},
     mtls::MeshTls,
     telemetry::Telemetry,
-    upstream::Upstreams,
+    upstream::{Place, Upstreams},
 };
 
 /// What every connection handler shares.
@@ -121,7 +121,10 @@ impl App {
         let shared = Arc::new(Shared {
             store,
             endpoints,
-            upstreams: Upstreams::new(config.connect_timeout, config.tls.clone()),
+            upstreams: Upstreams::new(config.connect_timeout, config.tls.clone()).placed(Place {
+                locality: config.workload.locality.clone(),
+                labels: config.workload.labels.clone(),
+            }),
             inbound: Upstreams::new(config.connect_timeout, None),
             telemetry,
             mirrors: Mirrors::default(),

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use mizzen_identity::SpiffeId;
 use mizzen_proxy_config::{ProxyConfig, Resolution};
 
+use crate::balance::locality::Locality;
 use crate::config::ConfigStore;
 
 /// One address to send requests to.
@@ -20,6 +21,8 @@ pub struct Endpoint {
     /// The SPIFFE id the endpoint's server must present over mesh mTLS (secure naming); `None`
     /// when unknown (a ServiceEntry address, a WorkloadEntry without a service account).
     pub identity: Option<SpiffeId>,
+    /// Where it runs (empty when unknown).
+    pub locality: Locality,
 }
 
 impl Endpoint {
@@ -42,8 +45,14 @@ pub trait EndpointSource: Send + Sync {
         subset: &BTreeMap<String, String>,
     ) -> Vec<Endpoint>;
 
-    /// Changes whenever any answer of [`Self::endpoints`] may have changed.
+    /// Changes whenever any answer of [`Self::endpoints`] or [`Self::locality`] may have
+    /// changed.
     fn generation(&self) -> u64;
+
+    /// Where this proxy runs, when the source knows (the node agent knows its node's).
+    fn locality(&self) -> Option<Locality> {
+        None
+    }
 }
 
 /// Endpoints written in the config file.
@@ -93,6 +102,7 @@ pub fn endpoints_in_config(
             labels: BTreeMap::new(),
             weight: 1,
             identity: None,
+            locality: Locality::default(),
         }];
     }
     let mut out: Vec<Endpoint> = service
@@ -112,6 +122,11 @@ pub fn endpoints_in_config(
                 .identity
                 .as_deref()
                 .and_then(|id| SpiffeId::parse(id).ok()),
+            locality: e
+                .locality
+                .as_deref()
+                .map(Locality::parse)
+                .unwrap_or_default(),
         })
         .collect();
     out.sort();

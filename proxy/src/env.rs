@@ -45,6 +45,8 @@ pub struct Workload {
     pub version: String,
     /// Labels route matches test (`sourceLabels`): `app` and `version` at least.
     pub labels: BTreeMap<String, String>,
+    /// Where the workload runs, when the command line says (otherwise the node agent tells).
+    pub locality: Option<crate::balance::locality::Locality>,
 }
 
 /// What the command line may say about the workload (local mode has no pod).
@@ -54,6 +56,8 @@ pub struct WorkloadFlags {
     pub app: Option<String>,
     pub version: Option<String>,
     pub namespace: Option<String>,
+    /// `region/zone/subzone`.
+    pub locality: Option<String>,
 }
 
 impl Workload {
@@ -105,6 +109,11 @@ impl Workload {
             app,
             version,
             labels,
+            locality: flags
+                .locality
+                .as_deref()
+                .map(crate::balance::locality::Locality::parse)
+                .filter(|l| !l.is_empty()),
         }
     }
 

@@ -62,6 +62,10 @@ struct ProxyArgs {
     /// Namespace (default: POD_NAMESPACE, else `default`).
     #[arg(long)]
     namespace: Option<String>,
+    /// Where this proxy runs, `region/zone/subzone`, for locality load balancing (default:
+    /// the node's, from the node agent).
+    #[arg(long, env = "MIZZEN_LOCALITY")]
+    locality: Option<String>,
     /// Do not write the per-request access log.
     #[arg(long)]
     no_access_log: bool,
@@ -138,6 +142,7 @@ impl ProxyArgs {
             app: self.app.clone(),
             version: self.version.clone(),
             namespace: self.namespace.clone(),
+            locality: self.locality.clone(),
         }
     }
 

@@ -30,7 +30,10 @@ use mizzen_resilience::{
 };
 
 use crate::{
-    balance::{self, Balancer},
+    balance::{
+        self, Balancer,
+        locality::{self, Locality, Plan, Site},
+    },
     config::Snapshot,
     endpoints::{Endpoint, EndpointSource},
     http::{
@@ -129,6 +132,8 @@ pub struct Upstream {
     pub service: ServiceLabels,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
+    /// How locality narrows the balancer's choice (`None`: it does not).
+    locality: Option<Plan>,
     pub policy: TrafficPolicy,
     pub protocol: Protocol,
     /// Circuit-breaking limits (`connectionPool`), shared by every route to this upstream.
@@ -161,12 +166,17 @@ impl Upstream {
             .outlier
             .as_ref()
             .map(|o| o.eligible(self.endpoints.iter().map(|e| &e.name)));
+        let healthy = |i: usize| eligible.as_ref().is_none_or(|e| e[i]);
+        let near = self
+            .locality
+            .as_ref()
+            .map(|plan| (plan, plan.choose(healthy, rand::random::<u32>())));
         self.balancer.pick(
             self.endpoints.len(),
             hash,
             rand::random::<u32>,
             |i| self.endpoints[i].active.load(Ordering::Relaxed),
-            |i| eligible.as_ref().is_none_or(|e| e[i]),
+            |i| healthy(i) && near.is_none_or(|(plan, choice)| plan.admits(choice, i)),
         )
     }
 
@@ -245,6 +255,7 @@ type ByHost = HashMap<String, Vec<Arc<Upstream>>, foldhash::fast::RandomState>;
 /// building a key.
 pub struct Upstreams {
     map: Mutex<ByHost>,
+    place: Place,
     mesh_tls: Option<Arc<MeshTls>>,
     /// Single-address upstreams (original destinations, the app's ports), by address.
     passthrough: Mutex<HashMap<SocketAddr, Arc<Upstream>, foldhash::fast::RandomState>>,
@@ -260,12 +271,18 @@ impl Upstreams {
     pub fn new(connect_timeout: Duration, mesh_tls: Option<Arc<MeshTls>>) -> Self {
         Self {
             map: Mutex::new(HashMap::default()),
+            place: Place::default(),
             mesh_tls,
             passthrough: Mutex::new(HashMap::default()),
             connect_timeout,
             breakers: CircuitBreakers::new(),
             seen_version: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Where this proxy runs, for locality load balancing.
+    pub fn placed(self, place: Place) -> Self {
+        Self { place, ..self }
     }
 
     /// The upstream for a destination under `snap`, built or refreshed as needed.
@@ -313,6 +330,12 @@ impl Upstreams {
             .unwrap_or_default();
         let endpoints = source.endpoints(host, port, &labels);
         let labels = ServiceLabels::of(host, service.map_or("", |s| s.namespace.as_str()));
+        let here = self
+            .place
+            .locality
+            .clone()
+            .or_else(|| source.locality())
+            .unwrap_or_default();
         let up = Arc::new(self.build(
             key,
             endpoints,
@@ -320,6 +343,7 @@ impl Upstreams {
                 policy,
                 protocol,
                 labels,
+                here,
             },
             generation,
             old,
@@ -357,6 +381,7 @@ impl Upstreams {
             labels: BTreeMap::new(),
             weight: 1,
             identity: None,
+            locality: Default::default(),
         };
         let mut up = self.build(
             key,
@@ -365,6 +390,7 @@ impl Upstreams {
                 policy: TrafficPolicy::default(),
                 protocol: Protocol::Unknown,
                 labels: ServiceLabels::of(&addr.ip().to_string(), ""),
+                here: Locality::default(),
             },
             (0, 0),
             None,
@@ -390,6 +416,7 @@ impl Upstreams {
             policy,
             protocol,
             labels: service,
+            here,
         } = settings;
         let pool = policy.connection_pool.clone().unwrap_or_default();
         let settings = PoolSettings {
@@ -428,6 +455,26 @@ impl Upstreams {
         let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
         let weights: Vec<u32> = states.iter().map(|s| s.endpoint.weight).collect();
         let balancer = Balancer::new(policy.load_balancer.as_ref(), &names, &weights);
+        let sites: Vec<(Site<'_>, u32)> = states
+            .iter()
+            .map(|s| {
+                let site = Site {
+                    locality: &s.endpoint.locality,
+                    labels: &s.endpoint.labels,
+                };
+                (site, s.endpoint.weight)
+            })
+            .collect();
+        let locality = locality::plan(
+            policy.locality_lb.as_ref(),
+            policy.outlier_detection.is_some(),
+            Site {
+                locality: &here,
+                labels: &self.place.labels,
+            },
+            &sites,
+        );
+        drop(sites);
         // Connections made under another `tls` (another mode, other expected names, other
         // files) are not reused: a new pool.
         let same_tls = |o: &Upstream| o.policy.tls == policy.tls;
@@ -478,6 +525,7 @@ impl Upstreams {
             service,
             endpoints: states,
             balancer,
+            locality,
             policy,
             protocol,
             limits,
@@ -531,6 +579,16 @@ struct Settings {
     policy: TrafficPolicy,
     protocol: Protocol,
     labels: ServiceLabels,
+    /// This proxy's locality.
+    here: Locality,
+}
+
+/// Where this proxy runs: its locality (when set here, rather than learnt from the node
+/// agent) and its labels (`failoverPriority`).
+#[derive(Clone, Debug, Default)]
+pub struct Place {
+    pub locality: Option<Locality>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The bottom of the request stack: picks an endpoint and sends the request to it.
@@ -704,6 +762,7 @@ mod tests {
             labels: BTreeMap::new(),
             weight: 1,
             identity: identity.map(|id| SpiffeId::parse(id).unwrap()),
+            locality: Default::default(),
         }
     }
 

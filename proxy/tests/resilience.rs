@@ -10,19 +10,6 @@ use std::{
 use mizzen_proxy_config::*;
 use support::*;
 
-/// Outlier detection that ejects after `errors` consecutive errors for `base_ms`, any share of
-/// the endpoints.
-fn ejecting(errors: u32, base_ms: u64) -> OutlierDetection {
-    OutlierDetection {
-        consecutive_5xx_errors: Some(errors),
-        consecutive_gateway_errors: None,
-        interval_ms: 10_000,
-        base_ejection_time_ms: base_ms,
-        max_ejection_percent: 100,
-        min_health_percent: 0,
-    }
-}
-
 fn to_v(subset: &str) -> HttpAction {
     HttpAction::Route(vec![weighted(Some(subset), 100)])
 }

@@ -4,6 +4,7 @@
 
 pub mod cookie;
 pub mod hash;
+pub mod locality;
 mod maglev;
 mod ring;
 mod weights;

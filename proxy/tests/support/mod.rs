@@ -185,6 +185,19 @@ pub fn route(name: &str, action: HttpAction) -> HttpRoute {
     }
 }
 
+/// Outlier detection that ejects after `errors` consecutive errors for `base_ms`, any share of
+/// the endpoints.
+pub fn ejecting(errors: u32, base_ms: u64) -> OutlierDetection {
+    OutlierDetection {
+        consecutive_5xx_errors: Some(errors),
+        consecutive_gateway_errors: None,
+        interval_ms: 10_000,
+        base_ejection_time_ms: base_ms,
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+    }
+}
+
 pub fn config(services: Vec<Service>) -> ProxyConfig {
     let mut c = ProxyConfig::new("default");
     c.services = services;
@@ -220,6 +233,7 @@ pub fn test_config(path: PathBuf) -> Config {
             app: Some("servicea".into()),
             version: Some("v1".into()),
             namespace: Some("default".into()),
+            ..Default::default()
         },
     );
     let any = SocketAddr::from(([127, 0, 0, 1], 0));

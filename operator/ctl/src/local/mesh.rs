@@ -333,6 +333,8 @@ fn proxy_workload(w: &plan::Workload) -> Workload {
         app: w.app.clone(),
         version: w.version.clone(),
         labels,
+        // One machine: every workload and endpoint is in the same (unnamed) place.
+        locality: None,
     }
 }
 
