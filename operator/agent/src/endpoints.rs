@@ -44,6 +44,9 @@ pub struct EndpointsEvent {
     /// Added after the first release, as [`Endpoint::locality`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
+    /// The agent's node's name (`kubernetes.io/hostname` for a Service's `PreferSameNode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The endpoints behind one service port.
@@ -74,6 +77,9 @@ pub struct Endpoint {
     /// `service_account` was. Last, so that endpoints still sort by address first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
+    /// The node it runs on (the slice's `nodeName`), for a Service's `PreferSameNode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A pod's service account, which names the SPIFFE identity its proxy serves
@@ -456,6 +462,7 @@ impl EndpointsIndex {
                             name: meta.service_account.clone(),
                         }),
                         locality: self.locality(endpoint, pod.map(|(_, meta)| meta)),
+                        node: endpoint.node.clone(),
                     });
                 }
             }
@@ -479,6 +486,7 @@ impl EndpointsIndex {
                 .as_ref()
                 .and_then(|node| self.nodes.get(node))
                 .and_then(Locality::to_wire),
+            node: self.node.clone(),
         }
     }
 }
@@ -739,10 +747,20 @@ mod tests {
         assert_eq!(snap.locality.as_deref(), Some("r1/z1/s1"));
         let line = snap.to_line();
         assert!(
-            line.contains(r#""service_account":{"namespace":"shop","name":"reviews-v1"},"locality":"r1/z1/s1"}"#),
+            line.contains(r#""service_account":{"namespace":"shop","name":"reviews-v1"},"locality":"r1/z1/s1","node":"n1"}"#),
             "{line}"
         );
-        assert!(line.ends_with("],\"locality\":\"r1/z1/s1\"}\n"), "{line}");
+        assert!(
+            line.ends_with("],\"locality\":\"r1/z1/s1\",\"node\":\"n1\"}\n"),
+            "{line}"
+        );
+        // Each endpoint names its node, for a Service's PreferSameNode.
+        let nodes: Vec<Option<&str>> = snap.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.node.as_deref())
+            .collect();
+        assert_eq!(nodes, [Some("n1"), Some("n2")]);
         assert_eq!(EndpointsEvent::from_line(&line).unwrap(), snap);
         // A node's locality is its three topology labels; the others do not count.
         let n = labelled("n1", "r1", "z1", "s1");
@@ -818,6 +836,13 @@ mod tests {
         assert_eq!(snap.locality, None);
         let line = snap.to_line();
         assert!(!line.contains("locality"), "{line}");
+        // A node name only where the slice gives one.
+        let eps = &snap.services[0].endpoints;
+        assert_eq!(
+            (eps[0].node.as_deref(), eps[1].node.as_deref()),
+            (Some("n1"), None)
+        );
+        assert_eq!(line.matches(r#""node":"#).count(), 2, "{line}"); // n1's endpoint, the event
     }
 
     #[test]
