@@ -10,7 +10,12 @@ use mizzen_crds::{
     resource::{MeshResource, ObjectRef},
     validate::Problem,
 };
+use mizzen_proxy_config::TrafficDistribution;
 use serde_json::Value;
+
+/// Istio's annotation for a Service's traffic distribution, where `spec.trafficDistribution` is
+/// not set (older clusters, or values Kubernetes does not have).
+pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
 
 /// Annotation that limits which namespaces see a Service (Istio's `exportTo` for Services).
 pub const SERVICE_EXPORT_TO: &str = "networking.istio.io/exportTo";
@@ -66,6 +71,9 @@ pub struct ServiceRecord {
     pub cluster_ips: Vec<String>,
     pub headless: bool,
     pub ports: Vec<PortRecord>,
+    /// `spec.trafficDistribution`, else the `networking.istio.io/traffic-distribution`
+    /// annotation.
+    pub traffic_distribution: Option<TrafficDistribution>,
 }
 
 impl ServiceRecord {
@@ -84,6 +92,14 @@ impl ServiceRecord {
             })
             .unwrap_or_default();
         let spec = svc.spec.clone().unwrap_or_default();
+        let traffic_distribution = match spec.traffic_distribution.as_deref() {
+            Some(v) => TrafficDistribution::parse(v),
+            None => meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(TRAFFIC_DISTRIBUTION))
+                .and_then(|v| TrafficDistribution::parse(v)),
+        };
         let mut cluster_ips: Vec<String> = spec
             .cluster_ips
             .clone()
@@ -122,6 +138,7 @@ impl ServiceRecord {
             cluster_ips,
             headless,
             ports,
+            traffic_distribution,
         }
     }
 
@@ -557,6 +574,34 @@ mod tests {
         assert_eq!(svc.ports[0].target_port, Some(15432));
         index.delete_service("shop", "db");
         assert_eq!(index.services().count(), 0);
+    }
+
+    #[test]
+    fn traffic_distribution_comes_from_the_spec_else_istios_annotation() {
+        let service = |spec: Option<&str>, annotation: Option<&str>| {
+            let mut doc = serde_json::json!({"metadata": {"name": "a", "namespace": "n"},
+                "spec": {"ports": [{"port": 80}]}});
+            if let Some(v) = spec {
+                doc["spec"]["trafficDistribution"] = v.into();
+            }
+            if let Some(v) = annotation {
+                doc["metadata"]["annotations"] = serde_json::json!({TRAFFIC_DISTRIBUTION: v});
+            }
+            let svc: Service = serde_json::from_value(doc).unwrap();
+            ServiceRecord::from_service(&svc, "n").traffic_distribution
+        };
+        use TrafficDistribution::{PreferSameNode, PreferSameZone};
+        assert_eq!(service(Some("PreferClose"), None), Some(PreferSameZone));
+        assert_eq!(service(Some("PreferSameZone"), None), Some(PreferSameZone));
+        assert_eq!(service(Some("PreferSameNode"), None), Some(PreferSameNode));
+        assert_eq!(service(None, Some("preferclose")), Some(PreferSameZone));
+        // The spec wins over the annotation; values Istio does not honour mean none.
+        assert_eq!(
+            service(Some("PreferClose"), Some("PreferSameNode")),
+            Some(PreferSameZone)
+        );
+        assert_eq!(service(None, Some("Any")), None);
+        assert_eq!(service(None, None), None);
     }
 
     #[test]

@@ -469,6 +469,9 @@ pub struct EndpointsSnapshot {
     /// (absent from agents before it was added, and where the node has no topology labels).
     #[serde(default)]
     pub locality: Option<String>,
+    /// The agent's node's name.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The endpoints behind one service port.
@@ -495,6 +498,9 @@ pub struct AgentEndpoint {
     /// Where the endpoint runs, `region/zone/subzone` (absent when the agent does not know).
     #[serde(default)]
     pub locality: Option<String>,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A pod's service account, which names the SPIFFE identity its proxy serves.
@@ -516,6 +522,8 @@ struct Index {
     hosts: HashMap<String, HashMap<u16, Vec<Endpoint>>>,
     /// The agent's node's.
     locality: Option<Locality>,
+    /// The agent's node.
+    node: Option<String>,
 }
 
 impl Index {
@@ -543,6 +551,7 @@ impl Index {
                         .as_deref()
                         .map(Locality::parse)
                         .unwrap_or_default(),
+                    node: e.node,
                 }
             }));
         }
@@ -557,6 +566,7 @@ impl Index {
                 .as_deref()
                 .map(Locality::parse)
                 .filter(|l| !l.is_empty()),
+            node: snapshot.node,
         }
     }
 }
@@ -624,6 +634,10 @@ impl EndpointSource for AgentEndpoints {
 
     fn locality(&self) -> Option<Locality> {
         self.current.load().locality.clone()
+    }
+
+    fn node(&self) -> Option<String> {
+        self.current.load().node.clone()
     }
 }
 
@@ -765,9 +779,9 @@ mod tests {
 
     #[test]
     fn localities_of_the_node_and_of_each_endpoint_are_read() {
-        let line = r#"{"v":1,"locality":"us-east1/us-east1-b/","services":[
+        let line = r#"{"v":1,"locality":"us-east1/us-east1-b/","node":"n1","services":[
             {"host":"h","port":1,"endpoints":[
-                {"address":"10.0.0.1","port":2,"locality":"us-east1/us-east1-c/rack-4"},
+                {"address":"10.0.0.1","port":2,"locality":"us-east1/us-east1-c/rack-4","node":"n7"},
                 {"address":"10.0.0.2","port":2}]}]}"#
             .replace('\n', "");
         let index = Index::of(
@@ -784,6 +798,11 @@ mod tests {
             ("us-east1-c", "rack-4")
         );
         assert!(eps[1].locality.is_empty());
+        assert_eq!(
+            (eps[0].node.as_deref(), eps[1].node.as_deref()),
+            (Some("n7"), None)
+        );
+        assert_eq!(index.node.as_deref(), Some("n1"));
         // A node without topology labels says nothing about where the proxy runs.
         let bare = r#"{"v":1,"locality":"//","services":[]}"#;
         assert_eq!(

@@ -23,6 +23,8 @@ pub struct Endpoint {
     pub identity: Option<SpiffeId>,
     /// Where it runs (empty when unknown).
     pub locality: Locality,
+    /// The node it runs on, when the node agent says.
+    pub node: Option<String>,
 }
 
 impl Endpoint {
@@ -51,6 +53,11 @@ pub trait EndpointSource: Send + Sync {
 
     /// Where this proxy runs, when the source knows (the node agent knows its node's).
     fn locality(&self) -> Option<Locality> {
+        None
+    }
+
+    /// The node this proxy runs on, when the source knows.
+    fn node(&self) -> Option<String> {
         None
     }
 }
@@ -103,6 +110,7 @@ pub fn endpoints_in_config(
             weight: 1,
             identity: None,
             locality: Locality::default(),
+            node: None,
         }];
     }
     let mut out: Vec<Endpoint> = service
@@ -127,6 +135,7 @@ pub fn endpoints_in_config(
                 .as_deref()
                 .map(Locality::parse)
                 .unwrap_or_default(),
+            node: None,
         })
         .collect();
     out.sort();

@@ -22,7 +22,7 @@ use http::{
 };
 use mizzen_identity::{ExpectedPeer, SpiffeId};
 use mizzen_proxy_config::Destination;
-use mizzen_proxy_config::{ClientTls, ClientTlsMode, Protocol, TrafficPolicy};
+use mizzen_proxy_config::{ClientTls, ClientTlsMode, Protocol, TrafficDistribution, TrafficPolicy};
 use mizzen_resilience::{
     ResponseFlags, UpstreamError,
     circuit::{CircuitBreakers, ClusterLimits, overflow_response},
@@ -344,6 +344,8 @@ impl Upstreams {
                 protocol,
                 labels,
                 here,
+                node: source.node(),
+                distribution: service.and_then(|s| s.traffic_distribution),
             },
             generation,
             old,
@@ -382,6 +384,7 @@ impl Upstreams {
             weight: 1,
             identity: None,
             locality: Default::default(),
+            node: None,
         };
         let mut up = self.build(
             key,
@@ -391,6 +394,8 @@ impl Upstreams {
                 protocol: Protocol::Unknown,
                 labels: ServiceLabels::of(&addr.ip().to_string(), ""),
                 here: Locality::default(),
+                node: None,
+                distribution: None,
             },
             (0, 0),
             None,
@@ -417,6 +422,8 @@ impl Upstreams {
             protocol,
             labels: service,
             here,
+            node,
+            distribution,
         } = settings;
         let pool = policy.connection_pool.clone().unwrap_or_default();
         let settings = PoolSettings {
@@ -460,16 +467,23 @@ impl Upstreams {
             .map(|s| {
                 let site = Site {
                     locality: &s.endpoint.locality,
+                    node: s.endpoint.node.as_deref(),
                     labels: &s.endpoint.labels,
                 };
                 (site, s.endpoint.weight)
             })
             .collect();
-        let locality = locality::plan(
+        let (setting, failover) = locality::setting(
             policy.locality_lb.as_ref(),
+            distribution,
             policy.outlier_detection.is_some(),
+        );
+        let locality = locality::plan(
+            setting.as_deref(),
+            failover,
             Site {
                 locality: &here,
+                node: node.as_deref(),
                 labels: &self.place.labels,
             },
             &sites,
@@ -579,8 +593,11 @@ struct Settings {
     policy: TrafficPolicy,
     protocol: Protocol,
     labels: ServiceLabels,
-    /// This proxy's locality.
+    /// This proxy's locality and node.
     here: Locality,
+    node: Option<String>,
+    /// The Kubernetes Service's `trafficDistribution`.
+    distribution: Option<TrafficDistribution>,
 }
 
 /// Where this proxy runs: its locality (when set here, rather than learnt from the node
@@ -763,6 +780,7 @@ mod tests {
             weight: 1,
             identity: identity.map(|id| SpiffeId::parse(id).unwrap()),
             locality: Default::default(),
+            node: None,
         }
     }
 

@@ -166,3 +166,33 @@ async fn distribute_sends_each_locality_its_share_and_none_to_others() {
     let counts = tally(&client(), proxy.outbound, 300, 8).await;
     assert!(counts.get("z3").is_some_and(|n| *n > 50), "{counts:?}");
 }
+
+#[tokio::test]
+async fn a_service_preferring_close_endpoints_stays_in_the_zone_without_outlier_detection() {
+    let near = backend("near").await;
+    let far = backend("far").await;
+    let mut svc = serviceb(
+        vec![
+            in_locality(endpoint(near.addr, "v1"), "r/z1/a"),
+            in_locality(endpoint(far.addr, "v1"), "r/z2/a"),
+        ],
+        vec![],
+    );
+    svc.traffic_distribution = Some(TrafficDistribution::PreferSameZone);
+    let proxy = start_in(&config(vec![svc.clone()]), "r/z1/b").await;
+    let counts = tally(&client(), proxy.outbound, 50, 4).await;
+    assert_eq!(counts.get("near"), Some(&50), "{counts:?}");
+
+    // A DestinationRule's localityLbSetting takes precedence: turned off, both zones serve.
+    svc.policy = Some(TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        locality_lb: Some(LocalityLb {
+            disabled: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let proxy = start_in(&config(vec![svc]), "r/z1/b").await;
+    let counts = tally(&client(), proxy.outbound, 20, 1).await;
+    assert_eq!(counts.get("far"), Some(&10), "{counts:?}");
+}

@@ -751,6 +751,7 @@ fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service 
             } else {
                 pc::Resolution::Endpoints
             },
+            traffic_distribution: k.traffic_distribution,
             ..pc::Service::default()
         },
         Source::Entry(stored, se) => pc::Service {

@@ -46,6 +46,32 @@ pub struct Service {
     /// mode). Endpoints of Kubernetes Services come from the node agent instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// The Kubernetes Service's `trafficDistribution` (or Istio's
+    /// `networking.istio.io/traffic-distribution` annotation): prefer endpoints near the client
+    /// where no DestinationRule sets `localityLbSetting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// How a Kubernetes Service asks for its traffic to stay close (the values Istio honours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrafficDistribution {
+    /// `PreferClose` or `PreferSameZone`: endpoints in the client's zone, then its region.
+    PreferSameZone,
+    /// `PreferSameNode`: endpoints on the client's node, then its zone, then its region.
+    PreferSameNode,
+}
+
+impl TrafficDistribution {
+    /// The Service's `spec.trafficDistribution` value, else the annotation's (Istio's names,
+    /// compared without case as Istio does); `None` for anything else (`Any`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "preferclose" | "prefersamezone" => Some(Self::PreferSameZone),
+            "prefersamenode" => Some(Self::PreferSameNode),
+            _ => None,
+        }
+    }
 }
 
 impl Service {

@@ -9,11 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use mizzen_proxy_config::LocalityLb;
+use std::borrow::Cow;
+
+use mizzen_proxy_config::{LocalityLb, TrafficDistribution};
 
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Envoy's overprovisioning factor, in percent: a level keeps all of its traffic while 1/1.4
 /// (about 72 %) of its endpoints are healthy, and sheds the rest to the next level below that.
@@ -83,19 +87,24 @@ impl Locality {
     }
 }
 
-/// A workload as locality balancing sees it: where it runs and its labels.
+/// A workload as locality balancing sees it: where it runs (locality and node) and its labels.
 #[derive(Clone, Copy, Debug)]
 pub struct Site<'a> {
     pub locality: &'a Locality,
+    pub node: Option<&'a str>,
     pub labels: &'a BTreeMap<String, String>,
 }
 
 impl Site<'_> {
+    /// A label, or one Istio adds from where the workload runs.
     fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .get(key)
-            .map(String::as_str)
-            .or_else(|| self.locality.label(key))
+        self.labels.get(key).map(String::as_str).or_else(|| {
+            if key == HOSTNAME_LABEL {
+                self.node
+            } else {
+                self.locality.label(key)
+            }
+        })
     }
 }
 
@@ -118,14 +127,43 @@ enum Kind {
     Shares(Vec<u64>),
 }
 
+/// The locality setting of a destination and whether it ranks endpoints into priority levels,
+/// as Istio resolves it: the DestinationRule's `localityLbSetting` (levels only with outlier
+/// detection); else the Service's traffic distribution, which ranks by network, region and
+/// zone (and subzone and node for `PreferSameNode`) whether or not outlier detection is on;
+/// else the
+/// mesh default (on, levels with outlier detection).
+pub fn setting(
+    rule: Option<&LocalityLb>,
+    distribution: Option<TrafficDistribution>,
+    outlier_detection: bool,
+) -> (Option<Cow<'_, LocalityLb>>, bool) {
+    match (rule, distribution) {
+        (Some(rule), _) => (Some(Cow::Borrowed(rule)), outlier_detection),
+        (None, Some(d)) => {
+            let mut labels = vec![NETWORK_LABEL, REGION_LABEL, ZONE_LABEL];
+            if d == TrafficDistribution::PreferSameNode {
+                labels.extend([SUBZONE_LABEL, HOSTNAME_LABEL]);
+            }
+            let lb = LocalityLb {
+                failover_priority: labels.into_iter().map(str::to_string).collect(),
+                ..Default::default()
+            };
+            (Some(Cow::Owned(lb)), true)
+        }
+        (None, None) => (None, outlier_detection),
+    }
+}
+
 /// The plan for endpoints at `endpoints` seen from `here`, or `None` when locality makes no
 /// difference (turned off, nothing to rank, or every endpoint ranked alike). As Istio:
-/// `distribute` applies when an entry's `from` matches this proxy's locality; otherwise, with
-/// outlier detection on (Envoy only moves traffic off endpoints it finds unhealthy), failover
-/// by `failoverPriority` labels, then by locality (with the `failover` region second).
+/// `distribute` applies when an entry's `from` matches this proxy's locality; otherwise, when
+/// `failover` (see [`setting`]: Envoy only moves traffic off endpoints it finds unhealthy, so
+/// a DestinationRule's failover needs outlier detection), priority levels by `failoverPriority`
+/// labels, then by locality (with the `failover` region second).
 pub fn plan(
     setting: Option<&LocalityLb>,
-    outlier_detection: bool,
+    failover: bool,
     here: Site<'_>,
     endpoints: &[(Site<'_>, u32)],
 ) -> Option<Plan> {
@@ -137,7 +175,7 @@ pub fn plan(
     if !setting.distribute.is_empty() {
         return distribute(setting, here.locality, endpoints);
     }
-    if !outlier_detection {
+    if !failover {
         return None;
     }
     let raw: Vec<u32> = endpoints
@@ -187,7 +225,8 @@ fn locality_rank(setting: &LocalityLb, here: &Locality, there: &Locality) -> u32
 /// when there are no such labels, or the proxy has no labels (Istio then skips the label
 /// ranking).
 fn label_rank(priorities: &[String], here: Site<'_>, there: Site<'_>) -> Option<u32> {
-    if priorities.is_empty() || here.labels.is_empty() {
+    // Istio's proxy labels include the topology labels of its locality.
+    if priorities.is_empty() || (here.labels.is_empty() && here.locality.is_empty()) {
         return None;
     }
     let lowest = priorities.len() as u32;
@@ -350,6 +389,7 @@ mod tests {
                 (
                     Site {
                         locality: l,
+                        node: None,
                         labels: &no_labels,
                     },
                     1,
@@ -361,6 +401,7 @@ mod tests {
             true,
             Site {
                 locality: &here,
+                node: None,
                 labels: &no_labels,
             },
             &sites,
@@ -473,6 +514,7 @@ mod tests {
         let labels = BTreeMap::new();
         let site = |l| Site {
             locality: l,
+            node: None,
             labels: &labels,
         };
         let eps = [(site(&here), 1), (site(&other), 1)];
@@ -494,7 +536,11 @@ mod tests {
         let mine: BTreeMap<String, String> = [("version".to_string(), "v1".to_string())].into();
         let v1 = mine.clone();
         let v2: BTreeMap<String, String> = [("version".to_string(), "v2".to_string())].into();
-        let site = |locality, labels| Site { locality, labels };
+        let site = |locality, labels| Site {
+            locality,
+            node: None,
+            labels,
+        };
         let eps = [
             (site(&here_loc, &v1), 1),  // version and zone match: 0
             (site(&there_loc, &v1), 1), // zone differs (2nd label): 1
@@ -524,6 +570,48 @@ mod tests {
         };
         let p = plan(Some(&setting), true, site(&here_loc, &mine), &eps).unwrap();
         assert_eq!(p.class, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_services_traffic_distribution_ranks_by_zone_without_outlier_detection() {
+        let (rule, failover) = setting(None, Some(TrafficDistribution::PreferSameZone), false);
+        assert!(failover);
+        let rule = rule.unwrap();
+        let here = loc("r1/z1/s1");
+        let labels = BTreeMap::new();
+        let site = |l| Site {
+            locality: l,
+            node: None,
+            labels: &labels,
+        };
+        let eps: Vec<Locality> = ["r1/z1/s2", "r1/z2/s1", "r2/z1/s1", "r1/z1/s1"]
+            .iter()
+            .map(|l| loc(l))
+            .collect();
+        let sites: Vec<(Site<'_>, u32)> = eps.iter().map(|l| (site(l), 1)).collect();
+        // The zone is what counts: another subzone of it ranks with this one.
+        let p = plan(Some(&rule), failover, site(&here), &sites).unwrap();
+        assert_eq!(p.class, [0, 1, 2, 0]);
+        let (rule, _) = setting(None, Some(TrafficDistribution::PreferSameNode), false);
+        let p = plan(rule.as_deref(), true, site(&here), &sites).unwrap();
+        assert_eq!(p.class, [1, 2, 3, 0]);
+        // PreferSameNode: this node first, then the rest of the subzone.
+        let on = |node| Site {
+            node: Some(node),
+            ..site(&here)
+        };
+        let sites = [(on("n2"), 1), (on("n1"), 1), (site(&eps[1]), 1)];
+        let p = plan(rule.as_deref(), true, on("n1"), &sites).unwrap();
+        assert_eq!(p.class, [1, 0, 2]);
+        // A DestinationRule's setting wins, and needs outlier detection to rank.
+        let off = LocalityLb {
+            disabled: true,
+            ..Default::default()
+        };
+        let (rule, failover) =
+            setting(Some(&off), Some(TrafficDistribution::PreferSameZone), false);
+        assert!(!failover && rule.unwrap().disabled);
+        assert!(setting(None, None, true).1);
     }
 
     #[test]
@@ -557,6 +645,7 @@ mod tests {
         let a = loc("r/z1/a");
         let site = |l| Site {
             locality: l,
+            node: None,
             labels: &labels,
         };
         assert!(plan(Some(&setting), false, site(&here), &[(site(&a), 1)]).is_none());
@@ -575,6 +664,7 @@ mod tests {
         let labels = BTreeMap::new();
         let site = |l| Site {
             locality: l,
+            node: None,
             labels: &labels,
         };
         // Locality a has weight 3 (three endpoints), b weight 1: 75 and 25.
