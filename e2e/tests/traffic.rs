@@ -1,5 +1,6 @@
 //! Traffic management with the Istio fixtures applied unchanged (e2e/fixtures): the ingress
-//! gateway's host and cookie match, the 90/10 split, fault injection, retries.
+//! gateway's host and cookie match, the 90/10 split, fault injection, retries; and locality
+//! (the kind workers are in two zones).
 
 use std::time::Duration;
 
@@ -206,5 +207,32 @@ async fn retries_hide_intermittent_errors() -> anyhow::Result<()> {
         "{:.1}% failed with 3 retries",
         failed_with * 100.0
     );
+    Ok(())
+}
+
+/// Runs Deployment `name`'s pods in `zone` (e2e/kind-config.yaml labels one worker per zone).
+fn pin_to_zone(objects: &mut [Value], name: &str, zone: &str) {
+    manifests::find(objects, "Deployment", name)["spec"]["template"]["spec"]["nodeSelector"] =
+        serde_json::json!({"topology.kubernetes.io/zone": zone});
+}
+
+/// A Service with `trafficDistribution: PreferClose` (v1 in the client's zone, v2 in the
+/// other): every request stays in the client's zone, with no DestinationRule locality setting
+/// and no outlier detection, as under Istio.
+#[tokio::test]
+async fn prefer_close_keeps_requests_in_the_clients_zone() -> anyhow::Result<()> {
+    let client = cluster::client().await?;
+    let ns = TestNamespace::create(&client, "locality", true).await?;
+    let mut serviceb = manifests::load("e2e/manifests/serviceb.yaml")?;
+    pin_to_zone(&mut serviceb, "serviceb-v1", "zone-a");
+    pin_to_zone(&mut serviceb, "serviceb-v2", "zone-b");
+    pin_to_zone(&mut serviceb, "client", "zone-a");
+    manifests::find(&mut serviceb, "Service", "serviceb")["spec"]["trafficDistribution"] =
+        "PreferClose".into();
+    let pod = serviceb_with(&client, &ns, &serviceb, &[]).await?;
+    let replies = traffic::from_pod(&ns.name, &pod, SERVICEB, 100, false, &[])?;
+    assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+    let near = share(&replies, |r| r.version.as_deref() == Some("v1"));
+    assert_eq!(near, 1.0, "{replies:?}");
     Ok(())
 }
