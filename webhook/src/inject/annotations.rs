@@ -15,6 +15,9 @@ pub struct PodOptions {
     pub rewrite_probes: bool,
     /// `proxy.istio.io/config`, verbatim.
     pub proxy_config: Option<String>,
+    /// Where the pod runs, `region/zone/subzone`, from its `istio-locality` label (Istio's
+    /// override of its node's locality); `None` without one.
+    pub locality: Option<String>,
 }
 
 /// The flags of `mizzen-proxy init`, each a comma-separated list ("" for none, "*" for all).
@@ -181,7 +184,17 @@ impl PodOptions {
             resources,
             rewrite_probes,
             proxy_config,
+            locality: None,
         })
+    }
+
+    /// The options with the pod's `istio-locality` label (`region.zone.subzone`, dots as label
+    /// values have no slashes) read from `labels`.
+    pub fn located(self, labels: Option<&Map<String, Value>>) -> Self {
+        let locality = meta_value(labels, contract::LOCALITY_LABEL)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.replace('.', "/"));
+        Self { locality, ..self }
     }
 }
 

@@ -71,7 +71,13 @@ pub mod env {
     pub const APP_PROBES: &str = "MIZZEN_APP_PROBES";
     /// The pod's `proxy.istio.io/config` annotation, verbatim. Absent when the pod has none.
     pub const PROXY_CONFIG: &str = "MIZZEN_PROXY_CONFIG";
+    /// The pod's locality (`region/zone/subzone`) from its `istio-locality` label, which
+    /// overrides its node's. Absent when the pod has no such label.
+    pub const LOCALITY: &str = "MIZZEN_LOCALITY";
 }
+
+/// Istio's pod label that overrides the locality of the pod's node (`region.zone.subzone`).
+pub const LOCALITY_LABEL: &str = "istio-locality";
 
 /// Volumes added to the pod, and where the proxy mounts them.
 pub const CONFIG_VOLUME: &str = "mizzen-config";

@@ -189,7 +189,8 @@ pub fn inject(
         pod.pointer("/metadata/annotations")
             .and_then(Value::as_object),
         settings,
-    )?;
+    )?
+    .located(pod.pointer("/metadata/labels").and_then(Value::as_object));
 
     let mut out = pod.clone();
     let root = out.as_object_mut().expect("checked above");

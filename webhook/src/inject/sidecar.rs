@@ -100,6 +100,9 @@ pub fn proxy_container(
     if let Some(config) = &options.proxy_config {
         envs.push(value_env(env::PROXY_CONFIG, config));
     }
+    if let Some(locality) = &options.locality {
+        envs.push(value_env(env::LOCALITY, locality));
+    }
     let mut container = json!({
         "name": contract::PROXY_CONTAINER,
         "image": settings.proxy_image,

@@ -340,6 +340,25 @@ fn refuses_pods_it_cannot_inject() {
 }
 
 #[test]
+fn the_pods_istio_locality_label_becomes_its_proxys_locality() {
+    let env_of = |out: &Value| -> Option<Value> {
+        out["spec"]["initContainers"][1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "MIZZEN_LOCALITY")
+            .map(|e| e["value"].clone())
+    };
+    let mut p = pod();
+    assert_eq!(env_of(&injected(&p, &InjectSettings::default())), None);
+    p["metadata"]["labels"]["istio-locality"] = json!("us-east1.us-east1-b.rack-4");
+    assert_eq!(
+        env_of(&injected(&p, &InjectSettings::default())),
+        Some(json!("us-east1/us-east1-b/rack-4"))
+    );
+}
+
+#[test]
 fn proxy_environment_and_mounts() {
     let mut p = pod();
     p["metadata"]["annotations"] = json!({"proxy.istio.io/config": "concurrency: 2\n"});
