@@ -151,7 +151,7 @@ fn pick_target(
     );
     parts.service = up.service.clone();
     let hash = crate::balance::hash::hash64(peer.ip().to_string().as_bytes());
-    up.pick(Some(hash)).map(|i| {
+    up.pick(Some(hash), None).map(|i| {
         let endpoint = up.endpoints[i].clone();
         parts.destination = endpoint.peer.clone();
         Target::Endpoint {

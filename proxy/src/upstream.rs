@@ -27,6 +27,7 @@ use mizzen_resilience::{
     ResponseFlags, UpstreamError,
     circuit::{CircuitBreakers, ClusterLimits, overflow_response},
     outlier::{Outcome, SharedOutlier},
+    retry::TriedLevels,
 };
 
 use crate::{
@@ -160,17 +161,25 @@ impl Upstream {
     }
 
     /// A balanced endpoint (by `hash` when the balancer hashes) among those outlier detection
-    /// has not ejected; `None` when there is none.
-    pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
+    /// has not ejected, in the locality the plan chooses (away from the levels in `tried` when
+    /// the route retries to other localities, adding this one's); `None` when there is none.
+    pub fn pick(&self, hash: Option<u64>, tried: Option<&TriedLevels>) -> Option<usize> {
         let eligible: Option<Vec<bool>> = self
             .outlier
             .as_ref()
             .map(|o| o.eligible(self.endpoints.iter().map(|e| &e.name)));
         let healthy = |i: usize| eligible.as_ref().is_none_or(|e| e[i]);
-        let near = self
-            .locality
-            .as_ref()
-            .map(|plan| (plan, plan.choose(healthy, rand::random::<u32>())));
+        let near = self.locality.as_ref().map(|plan| {
+            let choice = plan.choose(
+                healthy,
+                rand::random::<u32>(),
+                tried.map_or(0, TriedLevels::mask),
+            );
+            if let (Some(tried), Some(level)) = (tried, choice.and_then(|c| plan.level(c))) {
+                tried.add(level);
+            }
+            (plan, choice)
+        });
         self.balancer.pick(
             self.endpoints.len(),
             hash,
@@ -662,7 +671,7 @@ where
                 balance::request_hash(key, req.headers(), req.uri().query(), client)
             })
             .map_or((None, None), |(hash, set_cookie)| (Some(hash), set_cookie));
-        let Some(i) = up.pick(hash) else {
+        let Some(i) = up.pick(hash, req.extensions().get::<TriedLevels>()) else {
             return Box::pin(std::future::ready(Ok(
                 mizzen_resilience::reply::local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,

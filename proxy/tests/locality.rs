@@ -196,3 +196,44 @@ async fn a_service_preferring_close_endpoints_stays_in_the_zone_without_outlier_
     let counts = tally(&client(), proxy.outbound, 20, 1).await;
     assert_eq!(counts.get("far"), Some(&10), "{counts:?}");
 }
+
+/// `retryRemoteLocalities`: a retry of a request that failed in this zone goes to the next
+/// zone; without it, retries stay in the zone (Envoy's default) and the caller sees the error.
+#[tokio::test]
+async fn retries_go_to_other_localities_only_when_the_route_says_so() {
+    let near = backend_with("near", Arc::new(|_, _| (503, Duration::ZERO))).await;
+    let far = backend("far").await;
+    for remote in [false, true] {
+        let r = HttpRoute {
+            retry: Some(Retry {
+                attempts: 2,
+                per_try_timeout_ms: None,
+                retry_on: vec!["5xx".into()],
+                retriable_status_codes: vec![],
+                backoff_ms: Some(1),
+                retry_remote_localities: remote,
+            }),
+            ..route("retry", HttpAction::Route(vec![weighted(None, 100)]))
+        };
+        let mut svc = serviceb(
+            vec![
+                in_locality(endpoint(near.addr, "v1"), "r/z1"),
+                in_locality(endpoint(far.addr, "v1"), "r/z2"),
+            ],
+            vec![r],
+        );
+        // Outlier detection turns locality failover on; it never ejects here.
+        svc.policy = Some(TrafficPolicy {
+            outlier_detection: Some(ejecting(1_000, 60_000)),
+            ..Default::default()
+        });
+        let proxy = start_in(&config(vec![svc]), "r/z1").await;
+        let counts = tally(&client(), proxy.outbound, 20, 1).await;
+        let expected = if remote { "far" } else { "503" };
+        assert_eq!(
+            counts.get(expected),
+            Some(&20),
+            "remote={remote}: {counts:?}"
+        );
+    }
+}

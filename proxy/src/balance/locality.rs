@@ -298,8 +298,28 @@ impl Plan {
     /// `None` when no class has a healthy endpoint (the caller then balances over all of
     /// them, as Envoy does in panic). A class takes its traffic in proportion to its healthy
     /// share (times the overprovisioning factor, capped at the whole): a level passes what it
-    /// cannot take to the next; a locality's share shrinks with its health.
-    pub fn choose(&self, healthy: impl Fn(usize) -> bool, random: u32) -> Option<Choice> {
+    /// cannot take to the next; a locality's share shrinks with its health. Priority levels
+    /// in `tried` (a bit per level) count as unhealthy, unless that leaves none (a retry
+    /// that goes elsewhere, Envoy's `previous_priorities`).
+    pub fn choose(
+        &self,
+        healthy: impl Fn(usize) -> bool,
+        random: u32,
+        tried: u64,
+    ) -> Option<Choice> {
+        if tried != 0 && matches!(self.kind, Kind::Priorities { .. }) {
+            let untried = |i: usize| {
+                let level = self.class.get(i).copied().unwrap_or(NONE);
+                level >= 64 || tried & (1 << level) == 0
+            };
+            if let Some(c) = self.choose_among(&|i| healthy(i) && untried(i), random) {
+                return Some(c);
+            }
+        }
+        self.choose_among(&healthy, random)
+    }
+
+    fn choose_among(&self, healthy: &dyn Fn(usize) -> bool, random: u32) -> Option<Choice> {
         let classes = match &self.kind {
             Kind::Priorities { levels } => usize::from(*levels),
             Kind::Shares(w) => w.len(),
@@ -359,6 +379,11 @@ impl Plan {
             .map(|c| Choice(c as u16))
     }
 
+    /// The priority level `choice` is, when the plan ranks endpoints into levels.
+    pub fn level(&self, choice: Choice) -> Option<u16> {
+        matches!(self.kind, Kind::Priorities { .. }).then_some(choice.0)
+    }
+
     /// Whether endpoint `i` may take a request of `choice`: one in the chosen class, or,
     /// when there was none to choose, any that has a share at all.
     pub fn admits(&self, choice: Option<Choice>, i: usize) -> bool {
@@ -413,7 +438,7 @@ mod tests {
         let mut out = vec![0; classes];
         for k in 0..1000u64 {
             let r = (k << 32).div_ceil(1000) as u32;
-            if let Some(Choice(c)) = plan.choose(&healthy, r) {
+            if let Some(Choice(c)) = plan.choose(&healthy, r, 0) {
                 out[usize::from(c)] += 1;
             }
         }
@@ -476,7 +501,12 @@ mod tests {
         // Both levels half healthy: 70 + 70 > 100, so the first keeps 70 %.
         assert_eq!(split(&p, |i| i % 2 == 0, 2), [700, 300]);
         // Nothing healthy anywhere: no choice, the caller balances over all.
-        assert_eq!(p.choose(|_| false, 1), None);
+        assert_eq!(p.choose(|_| false, 1, 0), None);
+        // A retry away from the tried level 0 goes to level 1 while it has healthy endpoints,
+        // and back to 0 when nothing else is left.
+        assert_eq!(p.choose(|_| true, 1, 0b1), Some(Choice(1)));
+        assert_eq!(p.level(Choice(1)), Some(1));
+        assert_eq!(p.choose(|i| i < 10, 1, 0b1), Some(Choice(0)));
         // Only 1 of 10 healthy here and 1 of 10 there: health 14 each, scaled to the whole.
         assert_eq!(split(&p, |i| i == 0 || i == 10, 2), [500, 500]);
     }

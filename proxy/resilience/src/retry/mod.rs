@@ -32,7 +32,10 @@ pub mod replay;
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -66,6 +69,26 @@ impl Attempt {
     /// The try `req` is.
     pub fn of<B>(req: &Request<B>) -> Self {
         req.extensions().get::<Self>().copied().unwrap_or(Self(1))
+    }
+}
+
+/// The priority levels (localities) the tries of one request have gone to, shared by all of
+/// them, so that a retry can go elsewhere (Istio's `retryRemoteLocalities`, Envoy's
+/// `previous_priorities`). The layer puts it in every try's extensions when the route asks for
+/// it; the balancer reads and adds to it.
+#[derive(Clone, Debug, Default)]
+pub struct TriedLevels(Arc<AtomicU64>);
+
+impl TriedLevels {
+    /// Levels 0 to 63, one bit each.
+    pub fn mask(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn add(&self, level: u16) {
+        if level < 64 {
+            self.0.fetch_or(1 << level, Ordering::Relaxed);
+        }
     }
 }
 
@@ -221,6 +244,10 @@ impl Tries {
         // The head is copied for the first try only when a later try could need it: with
         // retries off or a body that cannot be sent again, the request goes as it came.
         let (first_head, parts) = if self.policy.attempts > 0 && template.is_some() {
+            let mut parts = parts;
+            if self.policy.remote_localities {
+                parts.extensions.insert(TriedLevels::default());
+            }
             (try_head(&parts, 1), Some(parts))
         } else {
             (parts, None)

@@ -50,6 +50,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub backoff_base: Duration,
+    /// `retryRemoteLocalities`: a retry may go to a priority level (locality) no earlier try
+    /// of the request went to.
+    pub remote_localities: bool,
     conditions: u16,
     status_codes: Vec<u16>,
 }
@@ -95,6 +98,7 @@ impl RetryPolicy {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_BACKOFF_BASE),
+            remote_localities: retry.retry_remote_localities,
             conditions,
             status_codes,
         }

@@ -54,6 +54,33 @@ async fn body_of(req: Request<ReplayBody<Body>>) -> Bytes {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_tries_of_a_request_share_the_localities_tried_only_when_the_route_asks() {
+    for remote in [false, true] {
+        let layer = RetryLayer::new(
+            &RetryConfig {
+                retry_remote_localities: remote,
+                ..config(2, &["5xx"])
+            },
+            RetryBudget::unlimited(),
+        );
+        let (call, mut handle) = start(layer, "payload");
+        let (req, send) = handle.next_request().await.unwrap();
+        let first = req.extensions().get::<TriedLevels>().cloned();
+        assert_eq!(first.is_some(), remote);
+        if let Some(tried) = &first {
+            tried.add(0);
+        }
+        send.send_response(status(503));
+        let (req, send) = handle.next_request().await.unwrap();
+        // The retry sees what the first try recorded.
+        let second = req.extensions().get::<TriedLevels>().map(TriedLevels::mask);
+        assert_eq!(second, remote.then_some(0b1));
+        send.send_response(status(200));
+        assert_eq!(call.await.unwrap().unwrap().status(), 200);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flaky_503_becomes_a_success_with_the_same_body() {
     let layer = RetryLayer::new(&config(2, &["5xx"]), RetryBudget::unlimited());
     let (call, mut handle) = start(layer, "payload");
