@@ -250,7 +250,7 @@ impl Target {
             Target::Address(addr) => {
                 let authority: Authority = addr.parse()?;
                 Ok(Stream::Plain(
-                    client::connect(&authority, CONNECT_TIMEOUT).await?,
+                    client::connect(&authority, client::Dial::new(CONNECT_TIMEOUT)).await?,
                 ))
             }
             Target::Endpoint { upstream, endpoint } => {
@@ -259,8 +259,7 @@ impl Target {
                     .authority
                     .as_ref()
                     .ok_or_else(|| format!("`{}` is not an address", endpoint.name))?;
-                let timeout = upstream.connect_timeout();
-                let opened = client::open(authority, timeout, hop, Alpn::Tcp).await;
+                let opened = client::open(authority, upstream.dial(), hop, Alpn::Tcp).await;
                 upstream.record(endpoint, || match &opened {
                     Ok(_) => Outcome::Status(200),
                     Err(e) => Outcome::of_error(e.as_ref()),

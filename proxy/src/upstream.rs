@@ -39,7 +39,7 @@ use crate::{
     endpoints::{Endpoint, EndpointSource},
     http::{
         body::{self, Body, BoxError},
-        client::{Hop, MeshHop, Peer, Pool, PoolSettings},
+        client::{Dial, Hop, MeshHop, Peer, Pool, PoolSettings},
     },
     mtls::{MeshTls, origination::Originator},
     telemetry::{PeerLabels, ServiceLabels},
@@ -198,9 +198,10 @@ impl Upstream {
         }
     }
 
-    /// How long a new connection to an endpoint may take (`connectionPool.tcp.connectTimeout`).
-    pub fn connect_timeout(&self) -> Duration {
-        self.pool.settings().connect_timeout
+    /// How a new connection to an endpoint is made (`connectionPool.tcp.connectTimeout`,
+    /// `tcpKeepalive`).
+    pub fn dial(&self) -> Dial {
+        self.pool.settings().dial
     }
 
     /// The TLS of the hop to `ep`: TLS origination for `SIMPLE` and `MUTUAL` (refused, never
@@ -436,16 +437,23 @@ impl Upstreams {
         } = settings;
         let pool = policy.connection_pool.clone().unwrap_or_default();
         let settings = PoolSettings {
-            connect_timeout: pool
-                .connect_timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(self.connect_timeout),
+            dial: Dial {
+                timeout: pool
+                    .connect_timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(self.connect_timeout),
+                keepalive: pool.tcp_keepalive,
+            },
             idle_timeout: pool
                 .idle_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_secs(60)),
             h2: pool.h2_upgrade,
             max_requests: pool.max_requests_per_connection.filter(|n| *n > 0),
+            max_age: pool
+                .max_connection_duration_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         };
         let states: Vec<Arc<EndpointState>> = endpoints
             .into_iter()

@@ -3,8 +3,9 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
+use mizzen_proxy::http::client::{Dial, Pool, PoolSettings};
 use mizzen_proxy_config::*;
 use support::*;
 
@@ -652,35 +653,40 @@ async fn max_requests_per_connection_retires_upstream_connections() {
     }
 }
 
+/// One request through `pool` to `endpoint`, its response read to the end.
+async fn round_trip(pool: &mizzen_proxy::http::client::Pool, endpoint: &http::uri::Authority) {
+    let req = http::Request::builder()
+        .uri("/")
+        .body(mizzen_proxy::http::body::empty())
+        .unwrap();
+    let (resp, _) = pool.send(endpoint, false, None, req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    // Let the connection see its response end and become ready again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+fn pool_settings(idle_timeout: Duration, max_age: Option<Duration>) -> PoolSettings {
+    PoolSettings {
+        dial: Dial::new(Duration::from_secs(1)),
+        idle_timeout,
+        h2: false,
+        max_requests: None,
+        max_age,
+    }
+}
+
 /// The upstream pool keeps an HTTP/1.1 connection for reuse until it has been idle longer than
 /// its idle timeout; the next request then closes it and opens another.
 #[tokio::test]
 async fn idle_upstream_connections_are_reused_until_their_idle_timeout() {
-    use mizzen_proxy::http::client::{Pool, PoolSettings};
-    use std::sync::atomic::Ordering;
     let backend = counting_backend().await;
     let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
-    let pool = Pool::new(PoolSettings {
-        connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_millis(300),
-        h2: false,
-        max_requests: None,
-    });
-    let get = || async {
-        let req = http::Request::builder()
-            .uri("/")
-            .body(mizzen_proxy::http::body::empty())
-            .unwrap();
-        let (resp, _) = pool.send(&endpoint, false, None, req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap();
-        // Let the connection see its response end and become ready again.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pool = Pool::new(pool_settings(Duration::from_millis(300), None));
     for _ in 0..5 {
-        get().await;
+        round_trip(&pool, &endpoint).await;
     }
     assert_eq!(
         backend.accepted.load(Ordering::SeqCst),
@@ -689,13 +695,45 @@ async fn idle_upstream_connections_are_reused_until_their_idle_timeout() {
     );
     // Idle past the timeout: closed at the next checkout, and a new one opened and kept.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    get().await;
-    get().await;
+    round_trip(&pool, &endpoint).await;
+    round_trip(&pool, &endpoint).await;
     assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         backend.closed.load(Ordering::SeqCst),
         1,
         "the expired connection closed"
+    );
+}
+
+/// `maxConnectionDuration`: a connection in steady use is retired once it is that old (it
+/// takes no new request and closes), and the next request opens another.
+#[tokio::test]
+async fn upstream_connections_are_retired_at_their_maximum_age() {
+    let backend = counting_backend().await;
+    let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
+    let max_age = Duration::from_millis(400);
+    let pool = Pool::new(pool_settings(Duration::from_secs(60), Some(max_age)));
+    let start = std::time::Instant::now();
+    round_trip(&pool, &endpoint).await;
+    while start.elapsed() < max_age / 2 {
+        round_trip(&pool, &endpoint).await;
+    }
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        1,
+        "reused while young"
+    );
+    // Kept busy past its age: the next request goes on a new connection.
+    while start.elapsed() < max_age + Duration::from_millis(50) {
+        round_trip(&pool, &endpoint).await;
+    }
+    round_trip(&pool, &endpoint).await;
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend.closed.load(Ordering::SeqCst),
+        1,
+        "the old connection closed"
     );
 }

@@ -1169,24 +1169,6 @@ impl ConnectionPoolSettings {
     /// Reports the fields of an upstream (DestinationRule) pool that the proxy does not apply.
     /// Not part of `validate`: a Sidecar's inbound pools are reported as a whole instead.
     fn report_unsupported_upstream(&self, c: &mut Checker) {
-        c.opt("tcp", self.tcp.as_ref(), |c, t| {
-            c.opt("tcpKeepalive", t.tcp_keepalive.as_ref(), |c, _| {
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen's proxy does not apply TCP keepalive to upstream connections; the setting has no effect",
-                )
-            });
-            c.opt(
-                "maxConnectionDuration",
-                t.max_connection_duration.as_ref(),
-                |c, _| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen's proxy does not close upstream connections at a maximum age; the setting has no effect",
-                    )
-                },
-            );
-        });
         c.opt("http", self.http.as_ref(), |c, h| {
             if h.use_client_protocol == Some(true) {
                 c.not_supported(
@@ -2218,14 +2200,11 @@ subsets:
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
             ("loadBalancer.warmup", Warn),
-            ("connectionPool.tcp.tcpKeepalive", Warn),
-            ("connectionPool.tcp.maxConnectionDuration", Warn),
             ("connectionPool.http.useClientProtocol", Warn),
             ("connectionPool.http.maxConcurrentStreams", Warn),
             ("outlierDetection.splitExternalLocalOriginErrors", Warn),
             ("outlierDetection.consecutiveLocalOriginFailures", Warn),
             ("tls.caCrl", Error),
-            ("portLevelSettings[0].connectionPool.tcp.tcpKeepalive", Warn),
             ("tunnel", Warn),
             ("retryBudget", Warn),
         ]
@@ -2254,16 +2233,16 @@ subsets:
             .map(|p| (p.path.clone(), p.severity, p.code))
             .collect();
         assert_eq!(got, expected);
-        assert!(p[7].message.contains("revoked"), "{}", p[7].message);
+        assert!(p[5].message.contains("revoked"), "{}", p[5].message);
         assert!(
-            p[11].message.contains("neither has an effect"),
+            p[8].message.contains("neither has an effect"),
             "{}",
-            p[11].message
+            p[8].message
         );
         assert!(
-            p[13].message.contains("applies to no workload"),
+            p[10].message.contains("applies to no workload"),
             "{}",
-            p[13].message
+            p[10].message
         );
 
         // The same policy without those fields (and with the defaults they would restore) is

@@ -104,6 +104,12 @@ fn connection_pool(p: &dr::ConnectionPoolSettings) -> pc::ConnectionPool {
             .or(tcp.idle_timeout.as_ref())
             .map(ms),
         h2_upgrade: http.h2_upgrade_policy == Some(dr::H2UpgradePolicy::Upgrade),
+        tcp_keepalive: tcp.tcp_keepalive.as_ref().map(|k| pc::TcpKeepalive {
+            probes: k.probes,
+            time_ms: k.time.as_ref().map(ms),
+            interval_ms: k.interval.as_ref().map(ms),
+        }),
+        max_connection_duration_ms: tcp.max_connection_duration.as_ref().map(ms),
     }
 }
 

@@ -201,6 +201,28 @@ pub struct ConnectionPool {
     /// Speak HTTP/2 to the upstream even when the caller spoke HTTP/1.1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2_upgrade: bool,
+    /// TCP keepalive on upstream connections (`tcp.tcpKeepalive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// HTTP connections to the upstream are retired this long after they were opened
+    /// (`tcp.maxConnectionDuration`): they take no new request, and close once their last ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration_ms: Option<u64>,
+}
+
+/// SO_KEEPALIVE on, with the probes' timing where set (the system's defaults elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    /// Idle time before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<u64>,
+    /// Time between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
 }
 
 /// Ejecting endpoints that keep failing. Counters are off when unset.

@@ -24,6 +24,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mizzen_identity::ExpectedPeer;
+use mizzen_proxy_config::TcpKeepalive;
 use mizzen_resilience::UpstreamError;
 use tokio::net::TcpStream;
 
@@ -36,12 +37,58 @@ use crate::{
 /// Settings of one upstream's pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolSettings {
-    pub connect_timeout: Duration,
+    pub dial: Dial,
     pub idle_timeout: Duration,
     pub h2: bool,
     /// `maxRequestsPerConnection`: a connection is retired after carrying this many requests
     /// (1 turns keep-alive off). `None`: no limit.
     pub max_requests: Option<u32>,
+    /// `maxConnectionDuration`: a connection is retired this long after it was opened (it
+    /// takes no new request; one in flight finishes). `None`: no limit.
+    pub max_age: Option<Duration>,
+}
+
+impl PoolSettings {
+    /// Whether a connection opened at `born` is past its maximum age at `now`.
+    fn too_old(&self, born: Instant, now: Instant) -> bool {
+        self.max_age
+            .is_some_and(|max| now.duration_since(born) >= max)
+    }
+}
+
+/// How a new upstream TCP connection is made: how long it may take, and its keepalive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dial {
+    pub timeout: Duration,
+    /// `tcpKeepalive`: SO_KEEPALIVE on, with the probes' timing where set.
+    pub keepalive: Option<TcpKeepalive>,
+}
+
+impl Dial {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            keepalive: None,
+        }
+    }
+
+    /// Turns keepalive on for `stream` as set (the system's defaults for what is not).
+    fn keepalive(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let Some(k) = self.keepalive else {
+            return Ok(());
+        };
+        let mut params = socket2::TcpKeepalive::new();
+        if let Some(ms) = k.time_ms {
+            params = params.with_time(Duration::from_millis(ms));
+        }
+        if let Some(ms) = k.interval_ms {
+            params = params.with_interval(Duration::from_millis(ms));
+        }
+        if let Some(n) = k.probes {
+            params = params.with_retries(n);
+        }
+        socket2::SockRef::from(stream).set_tcp_keepalive(&params)
+    }
 }
 
 /// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
@@ -111,7 +158,7 @@ pub enum Hop<'a> {
 pub struct Pool {
     settings: PoolSettings,
     h1: ByEndpoint<H1Conns>,
-    h2: ByEndpoint<(http2::SendRequest<Body>, Peer, u32)>,
+    h2: ByEndpoint<(http2::SendRequest<Body>, Peer, Age)>,
 }
 
 /// The SPIFFE id (URI) the server of a mesh connection presented; `None` for plaintext.
@@ -125,6 +172,15 @@ struct Pooled {
     last_used: Instant,
     /// Requests this connection has carried.
     served: u32,
+    /// When it was opened (`maxConnectionDuration`).
+    born: Instant,
+}
+
+/// What a pooled connection carries along between checkout and checkin.
+#[derive(Clone, Copy)]
+struct Age {
+    served: u32,
+    born: Instant,
 }
 
 impl Pool {
@@ -183,18 +239,20 @@ impl Pool {
             // clients do.
             let mut fresh = false;
             loop {
-                let (mut tx, peer, served) = match self.checkout_h1(target.key) {
+                let (mut tx, peer, age) = match self.checkout_h1(target.key) {
                     Some(conn) => conn,
                     None => {
                         fresh = true;
                         // Boxed: connecting is rare, and its future, held inline, would make
                         // every request's future a kilobyte and more larger.
                         let (tx, peer) = Box::pin(self.connect_h1(target)).await?;
-                        (tx, peer, 0)
+                        let born = Instant::now();
+                        (tx, peer, Age { served: 0, born })
                     }
                 };
                 let sent = tx.try_send_request(req);
-                self.checkin_h1(target.key, tx, peer.clone(), served + 1);
+                let served = age.served + 1;
+                self.checkin_h1(target.key, tx, peer.clone(), Age { served, ..age });
                 match sent.await {
                     Ok(resp) => return Ok((resp, peer)),
                     Err(e) => match unsent(e) {
@@ -250,12 +308,14 @@ impl Pool {
     /// A ready connection to `endpoint`, not idle too long. An expired one met on the way is
     /// dropped; closed and expired ones are all dropped at a sweep (at most every
     /// [`SWEEP_EVERY`]).
-    fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer, u32)> {
+    fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer, Age)> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         let conns = map.get_mut(key)?;
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
-        let expired = |c: &Pooled| now.duration_since(c.last_used) > idle_timeout;
+        let expired = |c: &Pooled| {
+            now.duration_since(c.last_used) > idle_timeout || self.settings.too_old(c.born, now)
+        };
         // Closed and expired connections are swept out now and then, not on every checkout:
         // with many connections a sweep per request cost more than the rest of the send.
         if now.duration_since(conns.swept) >= SWEEP_EVERY {
@@ -268,7 +328,11 @@ impl Pool {
         while let Some(i) = conns.all.iter().rposition(|c| c.tx.is_ready()) {
             let c = conns.all.swap_remove(i);
             if !expired(&c) {
-                return Some((c.tx, c.peer, c.served));
+                let age = Age {
+                    served: c.served,
+                    born: c.born,
+                };
+                return Some((c.tx, c.peer, age));
             }
         }
         None
@@ -278,24 +342,38 @@ impl Pool {
     /// reaches `maxRequestsPerConnection` is retired (its streams in flight finish).
     fn checkout_h2(&self, key: &Key) -> Option<(http2::SendRequest<Body>, Peer)> {
         let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        let (tx, peer, served) = map.get_mut(key).filter(|(tx, _, _)| !tx.is_closed())?;
-        *served += 1;
+        let (tx, peer, age) = map.get_mut(key).filter(|(tx, _, _)| !tx.is_closed())?;
+        if self.settings.too_old(age.born, Instant::now()) {
+            // Retired: its streams in flight finish, new ones go to a new connection.
+            map.remove(key);
+            return None;
+        }
+        age.served += 1;
         let conn = (tx.clone(), peer.clone());
-        if self.settings.max_requests.is_some_and(|max| *served >= max) {
+        if self
+            .settings
+            .max_requests
+            .is_some_and(|max| age.served >= max)
+        {
             map.remove(key);
         }
         Some(conn)
     }
 
     /// Back in the pool right after sending: busy until the response ends, then ready.
-    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer, served: u32) {
-        if self.settings.max_requests.is_some_and(|max| served >= max) {
+    fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer, age: Age) {
+        let now = Instant::now();
+        if self
+            .settings
+            .max_requests
+            .is_some_and(|max| age.served >= max)
+            || self.settings.too_old(age.born, now)
+        {
             // Retired: dropping the sender closes the connection once its response ends.
             return;
         }
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         // Looked up before inserting: the key is cloned only for an endpoint's first connection.
-        let now = Instant::now();
         let conns = match map.get_mut(key) {
             Some(conns) => conns,
             None => map.entry(key.clone()).or_insert_with(|| H1Conns {
@@ -308,7 +386,8 @@ impl Pool {
                 tx,
                 peer,
                 last_used: now,
-                served,
+                served: age.served,
+                born: age.born,
             });
         }
     }
@@ -335,6 +414,7 @@ impl Pool {
         target: Target<'_>,
     ) -> Result<(http2::SendRequest<Body>, Peer), BoxError> {
         let (io, peer) = self.open(target, Alpn::H2).await?;
+        let born = Instant::now();
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -349,10 +429,10 @@ impl Pool {
         });
         // This connection carries the request being sent: share it only if it may carry more.
         if self.settings.max_requests.is_none_or(|max| max > 1) {
-            self.h2
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(target.key.clone(), (tx.clone(), peer.clone(), 1));
+            self.h2.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                target.key.clone(),
+                (tx.clone(), peer.clone(), Age { served: 1, born }),
+            );
         }
         Ok((tx, peer))
     }
@@ -362,8 +442,8 @@ impl Pool {
         target: Target<'_>,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
-        let connect_timeout = self.settings.connect_timeout;
-        let (stream, peer) = open(&target.key.endpoint, connect_timeout, target.hop, alpn).await?;
+        let (stream, peer) =
+            open(&target.key.endpoint, self.settings.dial, target.hop, alpn).await?;
         Ok((TokioIo::new(stream), peer))
     }
 }
@@ -374,11 +454,11 @@ impl Pool {
 /// UF). The HTTP pool's connections and the TCP forwarder's are opened here.
 pub async fn open(
     endpoint: &Authority,
-    connect_timeout: Duration,
+    dial: Dial,
     hop: Option<Hop<'_>>,
     alpn: Alpn,
 ) -> Result<(Stream, Peer), BoxError> {
-    let tcp = connect(endpoint, connect_timeout).await?;
+    let tcp = connect(endpoint, dial).await?;
     Ok(match hop {
         None => (Stream::Plain(tcp), None),
         Some(Hop::Mesh(hop)) => {
@@ -440,7 +520,8 @@ fn origin_form(mut req: Request<Body>, endpoint: &Authority) -> Request<Body> {
 }
 
 /// Opens the stream to an endpoint: TCP with `TCP_NODELAY`, bounded by the connect timeout.
-pub async fn connect(endpoint: &Authority, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+pub async fn connect(endpoint: &Authority, dial: Dial) -> Result<TcpStream, UpstreamError> {
+    let timeout = dial.timeout;
     let port = endpoint.port_u16().unwrap_or(80);
     let host = endpoint
         .host()
@@ -456,12 +537,54 @@ pub async fn connect(endpoint: &Authority, timeout: Duration) -> Result<TcpStrea
         }
     };
     let _ = stream.set_nodelay(true);
+    if let Err(e) = dial.keepalive(&stream) {
+        tracing::debug!(%endpoint, error = %e, "TCP keepalive not set");
+    }
     Ok(stream)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tcp_keepalive_is_set_on_upstream_sockets_as_asked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let plain = connect(&endpoint, Dial::new(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+        let dial = Dial {
+            timeout: Duration::from_secs(1),
+            keepalive: Some(TcpKeepalive {
+                probes: Some(4),
+                time_ms: Some(30_000),
+                interval_ms: Some(5_000),
+            }),
+        };
+        let kept = connect(&endpoint, dial).await.unwrap();
+        let sock = socket2::SockRef::from(&kept);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        // Unset timings keep the system's.
+        let dial = Dial {
+            keepalive: Some(TcpKeepalive::default()),
+            ..dial
+        };
+        let defaults = connect(&endpoint, dial).await.unwrap();
+        let sock = socket2::SockRef::from(&defaults);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            socket2::SockRef::from(&plain).tcp_keepalive_time().unwrap()
+        );
+    }
 
     #[test]
     fn http1_requests_go_in_origin_form_with_the_callers_authority_as_host() {
