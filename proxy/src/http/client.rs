@@ -170,16 +170,16 @@ struct Pooled {
     tx: http1::SendRequest<Body>,
     peer: Peer,
     last_used: Instant,
-    /// Requests this connection has carried.
-    served: u32,
-    /// When it was opened (`maxConnectionDuration`).
-    born: Instant,
+    age: Age,
 }
 
-/// What a pooled connection carries along between checkout and checkin.
+/// How much a connection has done: what `maxRequestsPerConnection` and
+/// `maxConnectionDuration` retire it by. Goes along with it between checkout and checkin.
 #[derive(Clone, Copy)]
 struct Age {
+    /// Requests it has carried.
     served: u32,
+    /// When it was opened.
     born: Instant,
 }
 
@@ -314,7 +314,7 @@ impl Pool {
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let expired = |c: &Pooled| {
-            now.duration_since(c.last_used) > idle_timeout || self.settings.too_old(c.born, now)
+            now.duration_since(c.last_used) > idle_timeout || self.settings.too_old(c.age.born, now)
         };
         // Closed and expired connections are swept out now and then, not on every checkout:
         // with many connections a sweep per request cost more than the rest of the send.
@@ -328,11 +328,7 @@ impl Pool {
         while let Some(i) = conns.all.iter().rposition(|c| c.tx.is_ready()) {
             let c = conns.all.swap_remove(i);
             if !expired(&c) {
-                let age = Age {
-                    served: c.served,
-                    born: c.born,
-                };
-                return Some((c.tx, c.peer, age));
+                return Some((c.tx, c.peer, c.age));
             }
         }
         None
@@ -386,8 +382,7 @@ impl Pool {
                 tx,
                 peer,
                 last_used: now,
-                served: age.served,
-                born: age.born,
+                age,
             });
         }
     }
