@@ -131,8 +131,7 @@ enum Kind {
 /// as Istio resolves it: the DestinationRule's `localityLbSetting` (levels only with outlier
 /// detection); else the Service's traffic distribution, which ranks by network, region and
 /// zone (and subzone and node for `PreferSameNode`) whether or not outlier detection is on;
-/// else the
-/// mesh default (on, levels with outlier detection).
+/// else the mesh default (on, levels with outlier detection).
 pub fn setting(
     rule: Option<&LocalityLb>,
     distribution: Option<TrafficDistribution>,
