@@ -653,13 +653,18 @@ async fn max_requests_per_connection_retires_upstream_connections() {
     }
 }
 
-/// One request through `pool` to `endpoint`, its response read to the end.
-async fn round_trip(pool: &mizzen_proxy::http::client::Pool, endpoint: &http::uri::Authority) {
+/// One request through `pool` to `endpoint` (over HTTP/2 when `h2`), its response read to the
+/// end.
+async fn round_trip(
+    pool: &mizzen_proxy::http::client::Pool,
+    endpoint: &http::uri::Authority,
+    h2: bool,
+) {
     let req = http::Request::builder()
         .uri("/")
         .body(mizzen_proxy::http::body::empty())
         .unwrap();
-    let (resp, _) = pool.send(endpoint, false, None, req).await.unwrap();
+    let (resp, _) = pool.send(endpoint, h2, None, req).await.unwrap();
     assert_eq!(resp.status(), 200);
     http_body_util::BodyExt::collect(resp.into_body())
         .await
@@ -668,14 +673,29 @@ async fn round_trip(pool: &mizzen_proxy::http::client::Pool, endpoint: &http::ur
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-fn pool_settings(idle_timeout: Duration, max_age: Option<Duration>) -> PoolSettings {
+fn pool_settings(h2: bool, idle_timeout: Duration, max_age: Option<Duration>) -> PoolSettings {
     PoolSettings {
         dial: Dial::new(Duration::from_secs(1)),
         idle_timeout,
-        h2: false,
+        h2,
         max_requests: None,
         max_age,
     }
+}
+
+/// The backend saw a second connection, and the first one closed.
+async fn replaced_once(backend: &CountingBackend, why: &str) {
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        2,
+        "{why}: a new connection"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend.closed.load(Ordering::SeqCst),
+        1,
+        "{why}: the old one closed"
+    );
 }
 
 /// The upstream pool keeps an HTTP/1.1 connection for reuse until it has been idle longer than
@@ -684,9 +704,9 @@ fn pool_settings(idle_timeout: Duration, max_age: Option<Duration>) -> PoolSetti
 async fn idle_upstream_connections_are_reused_until_their_idle_timeout() {
     let backend = counting_backend().await;
     let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
-    let pool = Pool::new(pool_settings(Duration::from_millis(300), None));
+    let pool = Pool::new(pool_settings(false, Duration::from_millis(300), None));
     for _ in 0..5 {
-        round_trip(&pool, &endpoint).await;
+        round_trip(&pool, &endpoint, false).await;
     }
     assert_eq!(
         backend.accepted.load(Ordering::SeqCst),
@@ -695,45 +715,35 @@ async fn idle_upstream_connections_are_reused_until_their_idle_timeout() {
     );
     // Idle past the timeout: closed at the next checkout, and a new one opened and kept.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    round_trip(&pool, &endpoint).await;
-    round_trip(&pool, &endpoint).await;
-    assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        backend.closed.load(Ordering::SeqCst),
-        1,
-        "the expired connection closed"
-    );
+    round_trip(&pool, &endpoint, false).await;
+    round_trip(&pool, &endpoint, false).await;
+    replaced_once(&backend, "idle timeout").await;
 }
 
-/// `maxConnectionDuration`: a connection in steady use is retired once it is that old (it
-/// takes no new request and closes), and the next request opens another.
+/// `maxConnectionDuration`: a connection in steady use (HTTP/1.1 or HTTP/2) is retired once it
+/// is that old (it takes no new request and closes), and the next request opens another.
 #[tokio::test]
 async fn upstream_connections_are_retired_at_their_maximum_age() {
-    let backend = counting_backend().await;
-    let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
-    let max_age = Duration::from_millis(400);
-    let pool = Pool::new(pool_settings(Duration::from_secs(60), Some(max_age)));
-    let start = std::time::Instant::now();
-    round_trip(&pool, &endpoint).await;
-    while start.elapsed() < max_age / 2 {
-        round_trip(&pool, &endpoint).await;
+    for h2 in [false, true] {
+        let backend = counting_backend().await;
+        let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
+        let max_age = Duration::from_millis(400);
+        let pool = Pool::new(pool_settings(h2, Duration::from_secs(60), Some(max_age)));
+        let start = std::time::Instant::now();
+        round_trip(&pool, &endpoint, h2).await;
+        while start.elapsed() < max_age / 2 {
+            round_trip(&pool, &endpoint, h2).await;
+        }
+        assert_eq!(
+            backend.accepted.load(Ordering::SeqCst),
+            1,
+            "h2={h2}: reused while young"
+        );
+        // Kept busy past its age: the next request goes on a new connection.
+        while start.elapsed() < max_age + Duration::from_millis(50) {
+            round_trip(&pool, &endpoint, h2).await;
+        }
+        round_trip(&pool, &endpoint, h2).await;
+        replaced_once(&backend, &format!("h2={h2}, maximum age")).await;
     }
-    assert_eq!(
-        backend.accepted.load(Ordering::SeqCst),
-        1,
-        "reused while young"
-    );
-    // Kept busy past its age: the next request goes on a new connection.
-    while start.elapsed() < max_age + Duration::from_millis(50) {
-        round_trip(&pool, &endpoint).await;
-    }
-    round_trip(&pool, &endpoint).await;
-    assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        backend.closed.load(Ordering::SeqCst),
-        1,
-        "the old connection closed"
-    );
 }

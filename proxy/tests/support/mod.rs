@@ -495,7 +495,7 @@ pub async fn counting_backend() -> CountingBackend {
                 let svc = hyper::service::service_fn(|_req| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
                 c.fetch_add(1, Ordering::SeqCst);
