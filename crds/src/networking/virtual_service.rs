@@ -942,12 +942,6 @@ impl Validate for HttpRedirect {
             );
         }
         c.opt("port", self.port.as_ref(), |c, p| c.port(i64::from(*p)));
-        c.opt("derivePort", self.derive_port.as_ref(), |c, _| {
-            c.warn(
-                Code::NotSupported,
-                "Mizzen does not derive the redirect port: the Location keeps the request's port (dropping a scheme default when the scheme changes), so derivePort has no effect",
-            )
-        });
         c.opt("redirectCode", self.redirect_code.as_ref(), |c, code| {
             if !(300..=399).contains(code) {
                 c.error(
@@ -1674,22 +1668,10 @@ tcp:
     }
 
     #[test]
-    fn full_example_reports_only_the_fields_mizzen_ignores() {
-        let verdicts: Vec<(String, Severity, Code)> = problems(FULL)
-            .into_iter()
-            .map(|p| (p.path, p.severity, p.code))
-            .collect();
-        let expected = [("spec.http[2].redirect.derivePort", Severity::Warn)]
-            .map(|(path, severity)| (path.to_string(), severity, Code::NotSupported));
-        assert_eq!(verdicts, expected);
-
-        // Without it the example is clean: match names, statPrefix and
-        // retryIgnorePreviousHosts only name or tune things and stay quiet.
-        let mut vs = spec(FULL);
-        if let Some(r) = &mut vs.http[2].redirect {
-            r.derive_port = None;
-        }
-        assert_eq!(validate_spec(&vs), vec![]);
+    fn full_example_is_clean() {
+        // Match names, statPrefix and retryIgnorePreviousHosts only name or tune things and
+        // stay quiet; derivePort is applied.
+        assert_eq!(problems(FULL), vec![]);
     }
 
     #[test]
@@ -2323,10 +2305,7 @@ tcp:
         ));
         assert_eq!(
             crate::testing::codes(&p),
-            [
-                ("spec.http[0].redirect", Code::ConflictingFields),
-                ("spec.http[0].redirect.derivePort", Code::NotSupported),
-            ]
+            [("spec.http[0].redirect", Code::ConflictingFields)]
         );
         assert_one(
             &http("redirect: {redirectCode: 302}"),
@@ -2813,12 +2792,8 @@ tcp:
     #[test]
     fn fields_mizzen_ignores_are_reported() {
         let route = "route: [{destination: {host: db}}]";
-        assert_one(
-            &http("redirect: {uri: /x, derivePort: FROM_REQUEST_PORT}"),
-            Severity::Warn,
-            Code::NotSupported,
-            "spec.http[0].redirect.derivePort",
-        );
+        // derivePort is applied: nothing to report.
+        assert!(problems(&http("redirect: {uri: /x, derivePort: FROM_REQUEST_PORT}")).is_empty());
         // The conditions Mizzen does match on are quiet.
         assert_eq!(
             problems(&format!(

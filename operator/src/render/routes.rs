@@ -322,6 +322,8 @@ fn action(rule: &vs::HttpRoute, ns: &str) -> pc::HttpAction {
             uri: r.uri.clone(),
             authority: r.authority.clone(),
             port: r.port.and_then(port),
+            port_from_request: r.derive_port
+                == Some(mizzen_crds::networking::virtual_service::RedirectPortSelection::FromRequestPort),
             scheme: r.scheme.clone(),
             code: r
                 .redirect_code

@@ -139,6 +139,10 @@ pub struct Redirect {
     pub authority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`: the port the request came in on (the service port, or
+    /// the gateway's), where `port` is not set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub port_from_request: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheme: Option<String>,
     /// 301 unless set.

@@ -17,9 +17,10 @@ pub fn redirect_code(redirect: &Redirect) -> u16 {
 /// Builds the absolute `Location` for a redirect, as Istio (Envoy) does:
 /// - scheme: `redirect.scheme`, else the request's;
 /// - host: `redirect.authority`, else the request's authority (with its port);
-/// - port: `redirect.port` replaces the port; otherwise, when the scheme changes, the old
-///   scheme's default port is dropped (`http://a:80` → `https://a`); a port that is the default
-///   of the final scheme is never written;
+/// - port: `redirect.port` replaces the port, and so does the port the request came in on
+///   (`derivePort: FROM_REQUEST_PORT`); otherwise (`FROM_PROTOCOL_DEFAULT`, Envoy's default),
+///   when the scheme changes, the old scheme's default port is dropped (`http://a:80` →
+///   `https://a`); a port that is the default of the final scheme is never written;
 /// - path: `redirect.uri` replaces the whole path (whatever kind of match selected the route);
 ///   the request's query string is kept unless `redirect.uri` carries its own.
 pub fn redirect_location(redirect: &Redirect, req: &RequestInfo<'_>) -> String {
@@ -33,6 +34,7 @@ pub fn redirect_location(redirect: &Redirect, req: &RequestInfo<'_>) -> String {
     let host = authority_host(authority);
     let port = match redirect.port {
         Some(p) => Some(p),
+        None if redirect.port_from_request => Some(req.port),
         None => authority_port(authority).filter(|&p| {
             scheme.eq_ignore_ascii_case(old_scheme) || Some(p) != default_port(old_scheme)
         }),
@@ -157,6 +159,31 @@ mod tests {
             ..Redirect::default()
         };
         assert_eq!(location(&r, "shop:8080", "http", "/"), "https://shop/");
+    }
+
+    #[test]
+    fn derive_port_from_the_request_uses_the_port_it_came_in_on() {
+        // The request came in on port 80 (see `location`), its Host names another.
+        let r = Redirect {
+            authority: Some("www.example.com".into()),
+            scheme: Some("https".into()),
+            port_from_request: true,
+            ..Redirect::default()
+        };
+        assert_eq!(
+            location(&r, "shop:8080", "http", "/a"),
+            "https://www.example.com:80/a"
+        );
+        // The final scheme's default is not written; without the flag the Host's port stays.
+        let r = Redirect {
+            port_from_request: true,
+            ..Redirect::default()
+        };
+        assert_eq!(location(&r, "shop:8080", "http", "/a"), "http://shop/a");
+        assert_eq!(
+            location(&Redirect::default(), "shop:8080", "http", "/a"),
+            "http://shop:8080/a"
+        );
     }
 
     #[test]

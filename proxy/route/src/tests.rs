@@ -798,6 +798,7 @@ fn redirects_and_direct_responses() {
                 uri: Some("/new".into()),
                 authority: Some("reviews.example.com".into()),
                 port: None,
+                port_from_request: false,
                 scheme: Some("https".into()),
                 code: 0,
             }),
