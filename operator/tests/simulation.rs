@@ -172,6 +172,14 @@ fn redirects_direct_responses_and_delegates_route_as_rendered() {
             location: "https://web.example.com:8443/new".into()
         }
     );
+    // derivePort FROM_REQUEST_PORT: the port the request came in on, here 8080.
+    assert_eq!(
+        table.simulate(&SimRequest::new("web:8080", "/secure"), 0),
+        Outcome::Redirect {
+            code: 301,
+            location: "https://web:8080/secure".into()
+        }
+    );
     assert_eq!(
         table.simulate(&SimRequest::new("web", "/teapot"), 0),
         Outcome::DirectResponse {
@@ -190,6 +198,6 @@ fn redirects_direct_responses_and_delegates_route_as_rendered() {
     // Gateway-only rules are not in the sidecar config: /public falls through to the last rule.
     assert_eq!(
         table.simulate(&SimRequest::new("web", "/public"), 0),
-        forward("shop/web/7", host, Some("v1"))
+        forward("shop/web/8", host, Some("v1"))
     );
 }
