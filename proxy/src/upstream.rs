@@ -808,6 +808,58 @@ mod tests {
     /// A try that fails reports no upstream host, even after an earlier try of the same
     /// request answered (a 503 retried into a refused connection): each try clears the slot
     /// its endpoint is reported through.
+    /// The DestinationRule's connection settings reach the pool that dials the endpoints.
+    #[test]
+    fn connection_pool_settings_reach_the_pool() {
+        let upstreams = Upstreams::new(Duration::from_secs(10), None);
+        let keepalive = mizzen_proxy_config::TcpKeepalive {
+            probes: Some(3),
+            time_ms: Some(300_000),
+            interval_ms: None,
+        };
+        let build = |pool: mizzen_proxy_config::ConnectionPool| {
+            upstreams.build(
+                UpstreamKey {
+                    host: "a".into(),
+                    subset: None,
+                    port: 80,
+                },
+                vec![endpoint(None)],
+                Settings {
+                    policy: TrafficPolicy {
+                        connection_pool: Some(pool),
+                        ..Default::default()
+                    },
+                    protocol: Protocol::Http,
+                    labels: ServiceLabels::of("a", "default"),
+                    here: Locality::default(),
+                    node: None,
+                    distribution: None,
+                },
+                (0, 0),
+                None,
+            )
+        };
+        let up = build(mizzen_proxy_config::ConnectionPool {
+            connect_timeout_ms: Some(250),
+            tcp_keepalive: Some(keepalive),
+            max_connection_duration_ms: Some(60_000),
+            ..Default::default()
+        });
+        assert_eq!(
+            up.dial(),
+            Dial {
+                timeout: Duration::from_millis(250),
+                keepalive: Some(keepalive),
+            }
+        );
+        assert_eq!(up.pool.settings().max_age, Some(Duration::from_secs(60)));
+        // Unset: the proxy's connect timeout, no keepalive, no maximum age.
+        let up = build(mizzen_proxy_config::ConnectionPool::default());
+        assert_eq!(up.dial(), Dial::new(Duration::from_secs(10)));
+        assert_eq!(up.pool.settings().max_age, None);
+    }
+
     #[tokio::test]
     async fn a_failed_try_clears_the_endpoint_an_earlier_try_reported() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

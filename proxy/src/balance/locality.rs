@@ -403,33 +403,21 @@ mod tests {
         Locality::parse(s)
     }
 
+    /// A workload at `locality` with `labels`, on no known node.
+    fn at<'a>(locality: &'a Locality, labels: &'a BTreeMap<String, String>) -> Site<'a> {
+        Site {
+            locality,
+            node: None,
+            labels,
+        }
+    }
+
     fn plan_for(setting: &LocalityLb, here: &str, endpoints: &[&str]) -> Option<Plan> {
         let here = loc(here);
         let no_labels = BTreeMap::new();
         let locs: Vec<Locality> = endpoints.iter().map(|e| loc(e)).collect();
-        let sites: Vec<(Site<'_>, u32)> = locs
-            .iter()
-            .map(|l| {
-                (
-                    Site {
-                        locality: l,
-                        node: None,
-                        labels: &no_labels,
-                    },
-                    1,
-                )
-            })
-            .collect();
-        plan(
-            Some(setting),
-            true,
-            Site {
-                locality: &here,
-                node: None,
-                labels: &no_labels,
-            },
-            &sites,
-        )
+        let sites: Vec<(Site<'_>, u32)> = locs.iter().map(|l| (at(l, &no_labels), 1)).collect();
+        plan(Some(setting), true, at(&here, &no_labels), &sites)
     }
 
     /// How 1,000 requests split over the classes, their random numbers evenly spread.
@@ -541,11 +529,7 @@ mod tests {
         let here = loc("r/z1/");
         let other = loc("r/z2/");
         let labels = BTreeMap::new();
-        let site = |l| Site {
-            locality: l,
-            node: None,
-            labels: &labels,
-        };
+        let site = |l| at(l, &labels);
         let eps = [(site(&here), 1), (site(&other), 1)];
         assert!(plan(None, true, site(&here), &eps).is_some());
         assert!(plan(None, false, site(&here), &eps).is_none());
@@ -565,11 +549,7 @@ mod tests {
         let mine: BTreeMap<String, String> = [("version".to_string(), "v1".to_string())].into();
         let v1 = mine.clone();
         let v2: BTreeMap<String, String> = [("version".to_string(), "v2".to_string())].into();
-        let site = |locality, labels| Site {
-            locality,
-            node: None,
-            labels,
-        };
+        let site = at;
         let eps = [
             (site(&here_loc, &v1), 1),  // version and zone match: 0
             (site(&there_loc, &v1), 1), // zone differs (2nd label): 1
@@ -608,11 +588,7 @@ mod tests {
         let rule = rule.unwrap();
         let here = loc("r1/z1/s1");
         let labels = BTreeMap::new();
-        let site = |l| Site {
-            locality: l,
-            node: None,
-            labels: &labels,
-        };
+        let site = |l| at(l, &labels);
         let eps: Vec<Locality> = ["r1/z1/s2", "r1/z2/s1", "r2/z1/s1", "r1/z1/s1"]
             .iter()
             .map(|l| loc(l))
@@ -672,11 +648,7 @@ mod tests {
         let here = loc("r/z9/");
         let labels = BTreeMap::new();
         let a = loc("r/z1/a");
-        let site = |l| Site {
-            locality: l,
-            node: None,
-            labels: &labels,
-        };
+        let site = |l| at(l, &labels);
         assert!(plan(Some(&setting), false, site(&here), &[(site(&a), 1)]).is_none());
     }
 
@@ -691,11 +663,7 @@ mod tests {
         };
         let (a, b) = (loc("r/a/"), loc("r/b/"));
         let labels = BTreeMap::new();
-        let site = |l| Site {
-            locality: l,
-            node: None,
-            labels: &labels,
-        };
+        let site = |l| at(l, &labels);
         // Locality a has weight 3 (three endpoints), b weight 1: 75 and 25.
         let eps = [(site(&a), 1), (site(&a), 1), (site(&a), 1), (site(&b), 1)];
         let p = plan(Some(&setting), false, site(&a), &eps).unwrap();
