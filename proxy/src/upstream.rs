@@ -535,6 +535,7 @@ impl Upstreams {
                 port: Some(key.port),
             },
             policy.connection_pool.as_ref(),
+            policy.retry_budget.as_ref(),
         );
         let outlier = policy.outlier_detection.as_ref().map(|od| {
             let reuse = old.as_ref().and_then(|o| o.outlier.clone()).filter(|_| {

@@ -278,6 +278,88 @@ async fn failing_endpoint_is_ejected_and_returns_after_the_ejection_time() {
     assert!(bad.hits() > 3, "endpoint did not come back");
 }
 
+/// `splitExternalLocalOriginErrors`: an endpoint nobody listens on is ejected after
+/// `consecutiveLocalOriginFailures` refused connections, not after `consecutive5xxErrors`
+/// (which then counts responses only). Without the split, the first refusal counts as a 503.
+#[tokio::test]
+async fn split_local_origin_failures_eject_on_their_own_count() {
+    async fn failures(split: Option<u32>) -> usize {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let good = backend("good").await;
+        let r = HttpRoute {
+            retry: Some(Retry::disabled()),
+            ..route("od", to_v("v1"))
+        };
+        let mut svc = serviceb(
+            vec![endpoint(good.addr, "v1"), endpoint(dead_addr, "v1")],
+            vec![r],
+        );
+        svc.policy = Some(TrafficPolicy {
+            load_balancer: Some(LoadBalancer::RoundRobin),
+            outlier_detection: Some(OutlierDetection {
+                consecutive_local_origin_failures: split,
+                ..ejecting(1, 30_000)
+            }),
+            ..Default::default()
+        });
+        let proxy = start(&config(vec![svc])).await;
+        let counts = tally(&client(), proxy.outbound, 20, 1).await;
+        let failed = 20 - counts.get("good").copied().unwrap_or(0);
+        assert_eq!(counts.get("503"), Some(&failed), "{counts:?}");
+        failed
+    }
+    assert_eq!(failures(None).await, 1);
+    assert_eq!(failures(Some(3)).await, 3);
+}
+
+/// `retryBudget`: with no share of the load (percent 0) the floor, two retries in flight,
+/// is all there is, and it replaces `maxRetries` (1). Twenty requests all fail at once; each
+/// may be retried once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_budget_caps_retries_in_flight() {
+    async fn hits(budget: Option<RetryBudget>) -> usize {
+        let failing = backend_with(
+            "failing",
+            Arc::new(|_, _| (503, Duration::from_millis(300))),
+        )
+        .await;
+        let r = HttpRoute {
+            retry: Some(Retry {
+                attempts: 1,
+                per_try_timeout_ms: None,
+                retry_on: vec!["5xx".into()],
+                retriable_status_codes: vec![],
+                backoff_ms: Some(1),
+                retry_remote_localities: false,
+            }),
+            ..route("budget", to_v("v1"))
+        };
+        let mut svc = serviceb(vec![endpoint(failing.addr, "v1")], vec![r]);
+        svc.policy = Some(TrafficPolicy {
+            connection_pool: Some(ConnectionPool {
+                max_retries: Some(1),
+                ..Default::default()
+            }),
+            retry_budget: budget,
+            ..Default::default()
+        });
+        let proxy = start(&config(vec![svc])).await;
+        let c = client();
+        let replies =
+            futures::future::join_all((0..20).map(|_| get(&c, proxy.outbound, "/"))).await;
+        assert!(replies.iter().all(|r| r.status == 503));
+        failing.hits()
+    }
+    let floor = RetryBudget {
+        percent: 0.0,
+        min_retry_concurrency: 2,
+    };
+    assert_eq!(hits(None).await, 21, "maxRetries 1");
+    assert_eq!(hits(Some(floor)).await, 22, "the budget's floor of 2");
+}
+
 /// Fault injection comes before mirroring, as in Envoy: a request the fault aborts never goes
 /// upstream, so no copy of it goes to the mirror either.
 #[tokio::test]

@@ -755,11 +755,20 @@ impl Validate for TrafficPolicy {
             if let Some(p) = b.percent {
                 c.field("percent", |c| check_percent_f64(c, p));
             }
-            c.warn(
-                Code::NotSupported,
-                "Mizzen limits concurrent retries with connectionPool.http.maxRetries only; retryBudget has no effect",
-            );
         });
+        let max_retries = self.connection_pool.as_ref().and_then(|p| p.http.as_ref());
+        if self.retry_budget.is_some() && max_retries.is_some_and(|h| h.max_retries.is_some()) {
+            c.field("connectionPool", |c| {
+                c.field("http", |c| {
+                    c.field("maxRetries", |c| {
+                        c.warn(
+                            Code::ConflictingFields,
+                            "maxRetries is ignored because retryBudget is set (as in Envoy, the budget replaces it)",
+                        )
+                    })
+                })
+            });
+        }
     }
 }
 
@@ -1260,24 +1269,10 @@ impl Validate for OutlierDetection {
                 c.warn(Code::Deprecated, msg);
             });
         }
-        if self.split_external_local_origin_errors == Some(true) {
-            c.not_supported(
-                "splitExternalLocalOriginErrors",
-                "Mizzen counts connect failures and timeouts together with 5xx responses; splitExternalLocalOriginErrors has no effect",
-            );
-            c.opt(
-                "consecutiveLocalOriginFailures",
-                self.consecutive_local_origin_failures.as_ref(),
-                |c, _| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen does not count local-origin failures separately; consecutiveLocalOriginFailures has no effect",
-                    )
-                },
-            );
-        } else if self
-            .consecutive_local_origin_failures
-            .is_some_and(|n| n > 0)
+        if self.split_external_local_origin_errors != Some(true)
+            && self
+                .consecutive_local_origin_failures
+                .is_some_and(|n| n > 0)
         {
             c.field("consecutiveLocalOriginFailures", |c| {
                 c.error(
@@ -1701,10 +1696,18 @@ subsets:
         );
         let back: DestinationRuleSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
-        // Every problem is a field Mizzen does not implement (see `unsupported_fields_are_reported`).
+        // Every problem is a field Mizzen does not implement (see `unsupported_fields_are_reported`),
+        // except maxRetries, which the retryBudget set beside it replaces.
         let p = validate_spec(&s);
         assert!(!p.is_empty());
-        assert!(p.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
+        let (conflicts, rest): (Vec<_>, Vec<_>) =
+            p.iter().partition(|p| p.code == Code::ConflictingFields);
+        assert!(rest.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
+        let conflicts: Vec<_> = conflicts.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            conflicts,
+            ["spec.trafficPolicy.connectionPool.http.maxRetries"]
+        );
     }
 
     #[test]
@@ -1809,7 +1812,10 @@ subsets:
                     "spec.trafficPolicy.retryBudget.percent",
                     Code::InvalidPercentage
                 ),
-                ("spec.trafficPolicy.retryBudget", Code::NotSupported),
+                (
+                    "spec.trafficPolicy.connectionPool.http.maxRetries",
+                    Code::ConflictingFields
+                ),
             ]
         );
         assert_eq!(p[1].message, "must be between 0 and 100 (got 110)");
@@ -2202,11 +2208,8 @@ subsets:
             ("loadBalancer.warmup", Warn),
             ("connectionPool.http.useClientProtocol", Warn),
             ("connectionPool.http.maxConcurrentStreams", Warn),
-            ("outlierDetection.splitExternalLocalOriginErrors", Warn),
-            ("outlierDetection.consecutiveLocalOriginFailures", Warn),
             ("tls.caCrl", Error),
             ("tunnel", Warn),
-            ("retryBudget", Warn),
         ]
         .into_iter()
         .map(|(path, severity)| (format!("{tp}.{path}"), severity, Code::NotSupported))
@@ -2233,17 +2236,13 @@ subsets:
             .map(|p| (p.path.clone(), p.severity, p.code))
             .collect();
         assert_eq!(got, expected);
-        assert!(p[5].message.contains("revoked"), "{}", p[5].message);
-        assert!(
-            p[8].message.contains("neither has an effect"),
-            "{}",
-            p[8].message
-        );
-        assert!(
-            p[10].message.contains("applies to no workload"),
-            "{}",
-            p[10].message
-        );
+        let message = |path: &str| {
+            let found = p.iter().find(|p| p.path.ends_with(path));
+            found.map_or("", |p| p.message.as_str())
+        };
+        assert!(message("tls.caCrl").contains("revoked"));
+        assert!(message("warmupDurationSecs").contains("neither has an effect"));
+        assert!(message("workloadSelector").contains("applies to no workload"));
 
         // The same policy without those fields (and with the defaults they would restore) is
         // clean.

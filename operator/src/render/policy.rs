@@ -139,8 +139,30 @@ fn outlier_detection(o: &dr::OutlierDetection) -> pc::OutlierDetection {
             .min_health_percent
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(d.min_health_percent),
+        // Istio sets Envoy's threshold only when it is above 0; Envoy's default is 5.
+        consecutive_local_origin_failures: (o.split_external_local_origin_errors == Some(true))
+            .then(|| {
+                o.consecutive_local_origin_failures
+                    .filter(|n| *n > 0)
+                    .unwrap_or(LOCAL_ORIGIN_FAILURES)
+            }),
     }
 }
+
+/// `retryBudget` with Istio's documented defaults (20%, at least 3) for what it leaves unset.
+fn retry_budget(b: &dr::RetryBudget) -> pc::RetryBudget {
+    let d = pc::RetryBudget::default();
+    pc::RetryBudget {
+        percent: b.percent.unwrap_or(d.percent),
+        min_retry_concurrency: b
+            .min_retry_concurrency
+            .filter(|n| *n > 0)
+            .unwrap_or(d.min_retry_concurrency),
+    }
+}
+
+/// Envoy's `consecutive_local_origin_failure` when Istio leaves it unset.
+const LOCAL_ORIGIN_FAILURES: u32 = 5;
 
 fn tls(t: &dr::ClientTlsSettings) -> pc::ClientTls {
     pc::ClientTls {
@@ -168,6 +190,7 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
         connection_pool: p.connection_pool.as_ref().map(connection_pool),
         outlier_detection: p.outlier_detection.as_ref().map(outlier_detection),
         tls: p.tls.as_ref().map(tls),
+        retry_budget: p.retry_budget.as_ref().map(retry_budget),
         ports: p
             .port_level_settings
             .iter()
@@ -205,6 +228,9 @@ pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) ->
     if subset.tls.is_some() {
         out.tls = subset.tls.clone();
     }
+    if subset.retry_budget.is_some() {
+        out.retry_budget = subset.retry_budget;
+    }
     for p in &subset.ports {
         match out.ports.iter_mut().find(|q| q.port == p.port) {
             Some(q) => *q = p.clone(),
@@ -229,6 +255,57 @@ mod tests {
         });
         assert_eq!(o.consecutive_5xx_errors, None);
         assert_eq!(o.consecutive_gateway_errors, Some(3));
+        assert_eq!(o.consecutive_local_origin_failures, None);
+    }
+
+    #[test]
+    fn a_retry_budget_takes_istio_defaults_and_a_subset_keeps_the_rules() {
+        let p: dr::TrafficPolicy = serde_json::from_value(serde_json::json!({
+            "retryBudget": {"percent": 12.5},
+            "connectionPool": {"http": {"maxRetries": 4}}
+        }))
+        .unwrap();
+        let rule = traffic_policy(&p);
+        let budget = pc::RetryBudget {
+            percent: 12.5,
+            min_retry_concurrency: 3,
+        };
+        assert_eq!(rule.retry_budget, Some(budget));
+        let sub = traffic_policy(
+            &serde_json::from_value(serde_json::json!({
+                "connectionPool": {"http": {"maxRetries": 1}}
+            }))
+            .unwrap(),
+        );
+        assert_eq!(merge(Some(&rule), &sub).retry_budget, Some(budget));
+        let own = traffic_policy(
+            &serde_json::from_value(serde_json::json!({"retryBudget": {"minRetryConcurrency": 7}}))
+                .unwrap(),
+        );
+        assert_eq!(
+            merge(Some(&rule), &own).retry_budget,
+            Some(pc::RetryBudget {
+                percent: 20.0,
+                min_retry_concurrency: 7
+            })
+        );
+    }
+
+    #[test]
+    fn local_origin_failures_are_split_only_when_asked() {
+        let split = |split, n| {
+            outlier_detection(&dr::OutlierDetection {
+                split_external_local_origin_errors: split,
+                consecutive_local_origin_failures: n,
+                ..Default::default()
+            })
+            .consecutive_local_origin_failures
+        };
+        assert_eq!(split(Some(true), Some(2)), Some(2));
+        assert_eq!(split(Some(true), None), Some(5), "Envoy's default");
+        assert_eq!(split(Some(true), Some(0)), Some(5), "Istio passes only > 0");
+        assert_eq!(split(Some(false), Some(2)), None);
+        assert_eq!(split(None, None), None);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTls>,
+    /// `retryBudget`: retries in flight are capped relative to the requests in flight, in
+    /// place of `connectionPool`'s `maxRetries`. Not per port, as in Istio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortPolicy>,
 }
@@ -210,6 +214,25 @@ pub struct ConnectionPool {
     pub max_connection_duration_ms: Option<u64>,
 }
 
+/// Envoy's retry budget: at most `max(min_retry_concurrency, percent% of the requests in
+/// flight and waiting)` retries in flight to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryBudget {
+    /// Istio's documented defaults for what a `retryBudget` leaves unset.
+    fn default() -> Self {
+        Self {
+            percent: 20.0,
+            min_retry_concurrency: 3,
+        }
+    }
+}
+
 /// SO_KEEPALIVE on, with the probes' timing where set (the system's defaults elsewhere).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -240,6 +263,12 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
     /// Below this share of healthy endpoints, nothing is ejected.
     pub min_health_percent: u32,
+    /// Set (`splitExternalLocalOriginErrors`): the proxy's own failures to reach an endpoint
+    /// (connect failure, reset, timeout) are counted apart from the endpoint's responses, and
+    /// this many in a row eject it (`0`: they never do); the 5xx and gateway-error counters
+    /// then count responses only. Unset: such failures count as 503 (504 for a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<u32>,
 }
 
 impl Default for OutlierDetection {
@@ -252,6 +281,7 @@ impl Default for OutlierDetection {
             base_ejection_time_ms: 30_000,
             max_ejection_percent: 10,
             min_health_percent: 0,
+            consecutive_local_origin_failures: None,
         }
     }
 }

@@ -9,7 +9,9 @@
 //!   is shed at once, so nothing queues without bound once it is set.
 //! - `maxConnections`: connections open to the upstream; the client pool takes a
 //!   [`ConnectionPermit`] per connection it opens (or uses [`ClusterLimits::connection_semaphore`]).
-//! - `maxRetries`: retries in flight, as a [`RetryBudget`] for the retry layer.
+//! - `maxRetries`: retries in flight, as a [`RetryBudget`] for the retry layer; or, when the
+//!   DestinationRule sets a `retryBudget`, a share of the requests in flight and pending with
+//!   a floor (Envoy's retry budget, which then replaces `maxRetries`).
 //!
 //! A shed request gets Envoy's 503 `upstream connect error or disconnect/reset before headers.
 //! reset reason: overflow`, header `x-envoy-overloaded: true` and flag UO. A request counts as
@@ -31,7 +33,7 @@ use std::{
 
 use futures::future::{Either, Ready, ready};
 use http::{HeaderValue, Response, StatusCode};
-use mizzen_proxy_config::{ConnectionPool, Destination};
+use mizzen_proxy_config::{ConnectionPool, Destination, RetryBudget as RetryShare};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -73,20 +75,24 @@ impl CircuitBreakers {
         Self::default()
     }
 
-    /// The limits of `cluster`, made on first use. When the config's `pool` changed, new
-    /// limits replace the old ones; requests holding permits of the old ones finish on them.
+    /// The limits of `cluster`, made on first use. When the config's `pool` or retry budget
+    /// changed, new limits replace the old ones; requests holding permits of the old ones
+    /// finish on them.
     pub fn limits(
         &self,
         cluster: &Destination,
         pool: Option<&ConnectionPool>,
+        retry_budget: Option<&RetryShare>,
     ) -> Arc<ClusterLimits> {
         let default = ConnectionPool::default();
         let pool = pool.unwrap_or(&default);
         let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
         match clusters.get(cluster) {
-            Some(limits) if limits.pool == *pool => limits.clone(),
+            Some(limits) if limits.pool == *pool && limits.share.as_ref() == retry_budget => {
+                limits.clone()
+            }
             _ => {
-                let limits = Arc::new(ClusterLimits::new(pool));
+                let limits = Arc::new(ClusterLimits::with_retry_budget(pool, retry_budget));
                 clusters.insert(cluster.clone(), limits.clone());
                 limits
             }
@@ -104,12 +110,27 @@ impl CircuitBreakers {
 #[derive(Debug)]
 pub struct ClusterLimits {
     pool: ConnectionPool,
+    share: Option<RetryShare>,
     max_requests: u32,
-    requests: AtomicU32,
     max_pending: u32,
-    pending: AtomicU32,
+    load: Arc<Load>,
     connections: Option<Arc<Semaphore>>,
     retries: RetryBudget,
+}
+
+/// The requests in flight and waiting towards one upstream.
+#[derive(Debug, Default)]
+pub struct Load {
+    requests: AtomicU32,
+    pending: AtomicU32,
+}
+
+impl Load {
+    /// Requests in flight plus waiting: what a retry budget's share is taken of.
+    pub fn active(&self) -> u32 {
+        let requests = self.requests.load(Ordering::Acquire);
+        requests.saturating_add(self.pending.load(Ordering::Acquire))
+    }
 }
 
 /// Istio reads 0 as "not set", which is unlimited.
@@ -119,14 +140,24 @@ fn limit(value: Option<u32>) -> Option<u32> {
 
 impl ClusterLimits {
     pub fn new(pool: &ConnectionPool) -> Self {
+        Self::with_retry_budget(pool, None)
+    }
+
+    /// Limits from `pool`, with retries capped by `share` instead of `maxRetries` when set.
+    pub fn with_retry_budget(pool: &ConnectionPool, share: Option<&RetryShare>) -> Self {
+        let load = Arc::new(Load::default());
+        let retries = match share {
+            Some(s) => RetryBudget::share(s.percent, s.min_retry_concurrency, load.clone()),
+            None => RetryBudget::new(limit(pool.max_retries)),
+        };
         Self {
             pool: pool.clone(),
+            share: share.copied(),
             max_requests: limit(pool.http2_max_requests).unwrap_or(u32::MAX),
-            requests: AtomicU32::new(0),
             max_pending: limit(pool.http1_max_pending_requests).unwrap_or(u32::MAX),
-            pending: AtomicU32::new(0),
+            load,
             connections: limit(pool.max_connections).map(|n| Arc::new(Semaphore::new(n as usize))),
-            retries: RetryBudget::new(limit(pool.max_retries)),
+            retries,
         }
     }
 
@@ -145,11 +176,11 @@ impl ClusterLimits {
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.requests.load(Ordering::Acquire)
+        self.load.requests.load(Ordering::Acquire)
     }
 
     pub fn pending(&self) -> u32 {
-        self.pending.load(Ordering::Acquire)
+        self.load.pending.load(Ordering::Acquire)
     }
 
     /// The `maxConnections` semaphore, `None` when unlimited.
@@ -173,13 +204,13 @@ impl ClusterLimits {
 
     /// Counts one request in flight, or refuses at once.
     pub fn try_request(self: &Arc<Self>) -> Result<RequestPermit, Overflow> {
-        Self::take(&self.requests, self.max_requests)?;
+        Self::take(&self.load.requests, self.max_requests)?;
         Ok(RequestPermit(self.clone()))
     }
 
     /// Counts one request waiting, or refuses at once.
     pub fn try_pending(self: &Arc<Self>) -> Result<PendingPermit, Overflow> {
-        Self::take(&self.pending, self.max_pending)?;
+        Self::take(&self.load.pending, self.max_pending)?;
         Ok(PendingPermit(self.clone()))
     }
 
@@ -227,7 +258,7 @@ pub struct RequestPermit(Arc<ClusterLimits>);
 
 impl Drop for RequestPermit {
     fn drop(&mut self) {
-        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+        self.0.load.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -237,7 +268,7 @@ pub struct PendingPermit(Arc<ClusterLimits>);
 
 impl Drop for PendingPermit {
     fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.load.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -524,20 +555,20 @@ mod tests {
             ..v1.clone()
         };
         let p = pool(Some(1), None);
-        let a = breakers.limits(&v1, Some(&p));
-        let b = breakers.clone().limits(&v1, Some(&p));
+        let a = breakers.limits(&v1, Some(&p), None);
+        let b = breakers.clone().limits(&v1, Some(&p), None);
         assert!(Arc::ptr_eq(&a, &b));
         let _held = a.try_request().unwrap();
         assert_eq!(b.try_request().unwrap_err(), Overflow);
         // Another subset has its own counters.
-        let other = breakers.limits(&v2, Some(&p));
+        let other = breakers.limits(&v2, Some(&p), None);
         assert!(other.try_request().is_ok());
         // A changed pool replaces the limits.
-        let changed = breakers.limits(&v1, Some(&pool(Some(5), None)));
+        let changed = breakers.limits(&v1, Some(&pool(Some(5), None)), None);
         assert!(!Arc::ptr_eq(&a, &changed));
         assert_eq!(changed.in_flight(), 0);
         breakers.retain(|d| d.subset.as_deref() == Some("v2"));
-        let fresh = breakers.limits(&v1, Some(&pool(Some(5), None)));
+        let fresh = breakers.limits(&v1, Some(&pool(Some(5), None)), None);
         assert!(!Arc::ptr_eq(&changed, &fresh));
     }
 
@@ -550,5 +581,49 @@ mod tests {
         let budget = limits.retry_budget();
         let _one = budget.try_acquire().unwrap();
         assert!(limits.retry_budget().try_acquire().is_none());
+    }
+
+    #[test]
+    fn a_retry_budget_follows_the_load_with_a_floor_and_replaces_max_retries() {
+        let share = RetryShare {
+            percent: 25.0,
+            min_retry_concurrency: 2,
+        };
+        let pool = ConnectionPool {
+            max_retries: Some(1),
+            ..ConnectionPool::default()
+        };
+        let limits = Arc::new(ClusterLimits::with_retry_budget(&pool, Some(&share)));
+        let budget = limits.retry_budget();
+        // Idle upstream: the floor, not maxRetries.
+        let held: Vec<_> = (0..2).map(|_| budget.try_acquire().unwrap()).collect();
+        assert!(budget.try_acquire().is_none());
+        // 19 requests in flight and 1 waiting: 25% of 20 is 5.
+        let mut requests: Vec<_> = (0..19).map(|_| limits.try_request().unwrap()).collect();
+        let waiting = limits.try_pending().unwrap();
+        let more: Vec<_> = (0..3).map(|_| budget.try_acquire().unwrap()).collect();
+        assert_eq!(budget.active(), 5);
+        assert!(budget.try_acquire().is_none());
+        // 25% of 18 is 4.5: truncated to 4, like Envoy.
+        requests.truncate(17);
+        drop(more);
+        let _again: Vec<_> = (0..2).map(|_| budget.try_acquire().unwrap()).collect();
+        assert!(budget.try_acquire().is_none());
+        drop((requests, waiting, held));
+        assert!(
+            budget.try_acquire().is_none(),
+            "no load, 2 in flight: the floor"
+        );
+    }
+
+    #[test]
+    fn the_registry_remakes_limits_when_the_retry_budget_changes() {
+        let breakers = CircuitBreakers::new();
+        let d = Destination::default();
+        let a = breakers.limits(&d, None, None);
+        let share = RetryShare::default();
+        let b = breakers.limits(&d, None, Some(&share));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&b, &breakers.limits(&d, None, Some(&share))));
     }
 }

@@ -47,7 +47,7 @@
 //! let route = HttpRoute::default();
 //! let upstream = Destination { host: "reviews.default.svc.cluster.local".into(), ..Default::default() };
 //! let breakers = CircuitBreakers::new(); // one per proxy
-//! let limits = breakers.limits(&upstream, Some(&ConnectionPool::default()));
+//! let limits = breakers.limits(&upstream, Some(&ConnectionPool::default()), None);
 //!
 //! // Stands in for balancer + client.
 //! let client = tower::service_fn(|_req: Request<ReplayBody<Full<Bytes>>>| async {

@@ -6,8 +6,10 @@
 //! - every answer of an endpoint is [`record`](OutlierDetector::record)ed. A 5xx adds to its
 //!   consecutive-5xx count, a 502/503/504 also to its consecutive-gateway-error count, a 500
 //!   (or 501, 505...) resets the gateway count, anything below 500 resets both. Failures of
-//!   the proxy's own call count as statuses: connect failure and reset as 503, timeout as 504
-//!   (local-origin errors are not split out).
+//!   the proxy's own call count as statuses: connect failure and reset as 503, timeout as 504.
+//! - with `splitExternalLocalOriginErrors` ([`OutlierDetection::consecutive_local_origin_failures`]
+//!   set), those failures of the proxy's own call count on a counter of their own instead,
+//!   which any response resets; the 5xx and gateway-error counters then count responses only.
 //! - an endpoint whose count reaches `consecutive5xxErrors` or `consecutiveGatewayErrors`
 //!   (unset or 0: off) is ejected for `baseEjectionTime × n`, `n` being how many times it has
 //!   been ejected, capped at 300 s (or the base, if longer). `n` goes down by one for every
@@ -78,6 +80,7 @@ impl Outcome {
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local_origin: u32,
     /// How many times it was ejected, less the decay for healthy intervals.
     ejections: u32,
     /// While ejected: until when. Afterwards: when it came back (for the decay).
@@ -89,6 +92,32 @@ impl Host {
     fn is_ejected(&self, now: Instant) -> bool {
         self.ejected && self.until.is_some_and(|u| now < u)
     }
+
+    /// Counts a response status on the 5xx and gateway-error counters.
+    fn count_status(&mut self, status: u16) {
+        if (500..600).contains(&status) {
+            self.consecutive_5xx += 1;
+            if matches!(status, 502..=504) {
+                self.consecutive_gateway += 1;
+            } else {
+                self.consecutive_gateway = 0;
+            }
+        } else {
+            self.consecutive_5xx = 0;
+            self.consecutive_gateway = 0;
+        }
+    }
+
+    fn reset_counts(&mut self) {
+        self.consecutive_5xx = 0;
+        self.consecutive_gateway = 0;
+        self.consecutive_local_origin = 0;
+    }
+}
+
+/// A counter's threshold, `None` when it is off (unset or 0).
+fn threshold(n: Option<u32>) -> Option<u32> {
+    n.filter(|n| *n > 0)
 }
 
 /// The outlier state of one upstream's endpoints. See the module docs.
@@ -124,26 +153,24 @@ impl<E: Eq + Hash + Clone> OutlierDetector<E> {
     /// Records one answer of `endpoint` (added if unknown). Returns how long it is now
     /// ejected for, when this answer ejected it.
     pub fn record(&mut self, endpoint: &E, outcome: Outcome, now: Instant) -> Option<Duration> {
-        let max_5xx = self.config.consecutive_5xx_errors.filter(|n| *n > 0);
-        let max_gateway = self.config.consecutive_gateway_errors.filter(|n| *n > 0);
+        let config = &self.config;
         let host = self.hosts.entry(endpoint.clone()).or_default();
         if host.is_ejected(now) {
             return None;
         }
-        let status = outcome.status();
-        if (500..600).contains(&status) {
-            host.consecutive_5xx += 1;
-            if matches!(status, 502..=504) {
-                host.consecutive_gateway += 1;
-            } else {
-                host.consecutive_gateway = 0;
+        let split = config.consecutive_local_origin_failures;
+        match (outcome, split) {
+            (Outcome::Error(_), Some(_)) => host.consecutive_local_origin += 1,
+            (Outcome::Status(status), Some(_)) => {
+                host.consecutive_local_origin = 0;
+                host.count_status(status);
             }
-        } else {
-            host.consecutive_5xx = 0;
-            host.consecutive_gateway = 0;
+            (outcome, None) => host.count_status(outcome.status()),
         }
-        let tripped = max_5xx.is_some_and(|n| host.consecutive_5xx >= n)
-            || max_gateway.is_some_and(|n| host.consecutive_gateway >= n);
+        let reached = |max: Option<u32>, count: u32| threshold(max).is_some_and(|n| count >= n);
+        let tripped = reached(config.consecutive_5xx_errors, host.consecutive_5xx)
+            || reached(config.consecutive_gateway_errors, host.consecutive_gateway)
+            || reached(split, host.consecutive_local_origin);
         if tripped && self.may_eject(now) {
             Some(self.eject(endpoint, now))
         } else {
@@ -177,8 +204,7 @@ impl<E: Eq + Hash + Clone> OutlierDetector<E> {
             .min(MAX_EJECTION_TIME.max(base));
         host.until = Some(now + duration);
         host.ejected = true;
-        host.consecutive_5xx = 0;
-        host.consecutive_gateway = 0;
+        host.reset_counts();
         duration
     }
 
@@ -196,8 +222,7 @@ impl<E: Eq + Hash + Clone> OutlierDetector<E> {
         for (e, host) in &mut self.hosts {
             if host.ejected && !host.is_ejected(now) {
                 host.ejected = false;
-                host.consecutive_5xx = 0;
-                host.consecutive_gateway = 0;
+                host.reset_counts();
                 back.push(e.clone());
             }
         }
@@ -367,6 +392,7 @@ mod tests {
             base_ejection_time_ms: 30_000,
             max_ejection_percent: 100,
             min_health_percent: 0,
+            consecutive_local_origin_failures: None,
         }
     }
 
@@ -462,6 +488,41 @@ mod tests {
             five.record(&"a", Outcome::Error(UpstreamErrorKind::ConnectFailure), t0)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn split_local_origin_failures_count_apart_and_responses_reset_them() {
+        use UpstreamErrorKind::{ConnectFailure, Reset, Timeout};
+        let t0 = Instant::now();
+        let mut cfg = config(Some(2), Some(2));
+        cfg.consecutive_local_origin_failures = Some(3);
+        let mut d = OutlierDetector::new(cfg.clone());
+        // Local failures no longer reach the 5xx or gateway counters (2 would eject)...
+        for kind in [ConnectFailure, Timeout] {
+            assert_eq!(d.record(&"a", Outcome::Error(kind), t0), None);
+        }
+        // ...and any response, even a 5xx, resets their own counter.
+        assert_eq!(d.record(&"a", Outcome::Status(503), t0), None);
+        for kind in [Reset, ConnectFailure] {
+            assert_eq!(d.record(&"a", Outcome::Error(kind), t0), None);
+        }
+        assert_eq!(
+            d.record(&"a", Outcome::Error(Timeout), t0),
+            Some(ms(30_000)),
+            "three local failures in a row"
+        );
+        // The response counters still count responses: 503 above and one more.
+        let mut d = OutlierDetector::new(cfg.clone());
+        d.record(&"b", Outcome::Status(503), t0);
+        d.record(&"b", Outcome::Error(Reset), t0);
+        assert!(d.record(&"b", Outcome::Status(502), t0).is_some());
+
+        // 0: local failures never eject, and still do not count as 5xx.
+        cfg.consecutive_local_origin_failures = Some(0);
+        let mut d = OutlierDetector::new(cfg);
+        for _ in 0..100 {
+            assert_eq!(d.record(&"a", Outcome::Error(ConnectFailure), t0), None);
+        }
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn stack(
 ) -> impl tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future: Send> + Clone
 {
     let breakers = CircuitBreakers::new();
-    let limits = breakers.limits(&Destination::default(), Some(&pool));
+    let limits = breakers.limits(&Destination::default(), Some(&pool), None);
     let up = upstream;
     ServiceBuilder::new()
         .layer(FaultLayer::new(fault).with_draw(SharedDraw::new(RandomDraw::seeded(1))))

@@ -195,6 +195,7 @@ pub fn ejecting(errors: u32, base_ms: u64) -> OutlierDetection {
         base_ejection_time_ms: base_ms,
         max_ejection_percent: 100,
         min_health_percent: 0,
+        consecutive_local_origin_failures: None,
     }
 }
 

@@ -1,5 +1,7 @@
-//! How many retries may be in flight at once towards one upstream (`maxRetries` of the
-//! DestinationRule's connection pool; unlimited when unset, as in Istio).
+//! How many retries may be in flight at once towards one upstream: `maxRetries` of the
+//! DestinationRule's connection pool (unlimited when unset, as in Istio), or, when the rule
+//! sets a `retryBudget`, a share of the requests in flight and waiting with a floor (Envoy's
+//! `retry_budget`, which then replaces `maxRetries`).
 //!
 //! A retry takes a [`RetryPermit`] before its backoff and holds it until the retried try
 //! has its answer. When none is left the layer does not retry and returns the answer it has.
@@ -10,17 +12,56 @@ use std::sync::{
     atomic::{AtomicU32, Ordering},
 };
 
+use crate::circuit::Load;
+
 #[derive(Clone, Debug, Default)]
 pub struct RetryBudget {
-    max: Option<u32>,
+    cap: Cap,
     active: Arc<AtomicU32>,
+}
+
+/// How many retries may be in flight.
+#[derive(Clone, Debug, Default)]
+enum Cap {
+    #[default]
+    Unlimited,
+    Fixed(u32),
+    /// `percent` of the upstream's `load`, never below `min`.
+    Share {
+        percent: f64,
+        min: u32,
+        load: Arc<Load>,
+    },
+}
+
+impl Cap {
+    fn max(&self) -> u32 {
+        match self {
+            Cap::Unlimited => u32::MAX,
+            Cap::Fixed(max) => *max,
+            Cap::Share { percent, min, load } => {
+                // Envoy truncates the share and takes the floor over it.
+                let share = (percent / 100.0 * f64::from(load.active())) as u32;
+                share.max(*min)
+            }
+        }
+    }
 }
 
 impl RetryBudget {
     /// At most `max` retries in flight; `None` for no limit.
     pub fn new(max: Option<u32>) -> Self {
+        Self::with_cap(max.map_or(Cap::Unlimited, Cap::Fixed))
+    }
+
+    /// At most `percent`% of the requests `load` counts, and at least `min`, in flight.
+    pub fn share(percent: f64, min: u32, load: Arc<Load>) -> Self {
+        Self::with_cap(Cap::Share { percent, min, load })
+    }
+
+    fn with_cap(cap: Cap) -> Self {
         Self {
-            max,
+            cap,
             active: Arc::new(AtomicU32::new(0)),
         }
     }
@@ -35,7 +76,7 @@ impl RetryBudget {
     }
 
     pub fn try_acquire(&self) -> Option<RetryPermit> {
-        let max = self.max.unwrap_or(u32::MAX);
+        let max = self.cap.max();
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
