@@ -29,11 +29,13 @@ use mizzen_resilience::{
     outlier::{Outcome, SharedOutlier},
     retry::TriedLevels,
 };
+use tokio::time::Instant;
 
 use crate::{
     balance::{
         self, Balancer,
         locality::{self, Locality, Plan, Site},
+        warmup::Ramp,
     },
     config::Snapshot,
     endpoints::{Endpoint, EndpointSource},
@@ -70,6 +72,8 @@ pub struct EndpointState {
     pub peer: PeerLabels,
     /// The server identities a mesh mTLS hop to it accepts (secure naming).
     pub expected: ExpectedPeer,
+    /// When this upstream first had it (for `warmup`); kept across updates.
+    pub joined: Instant,
 }
 
 /// The identities the server of `endpoint` may present over mesh mTLS, as Istio's secure
@@ -135,6 +139,8 @@ pub struct Upstream {
     pub balancer: Balancer,
     /// How locality narrows the balancer's choice (`None`: it does not).
     locality: Option<Plan>,
+    /// `warmup`'s ramp, and when the last endpoint to join finishes it.
+    warmup: Option<(Ramp, Instant)>,
     pub policy: TrafficPolicy,
     pub protocol: Protocol,
     /// Circuit-breaking limits (`connectionPool`), shared by every route to this upstream.
@@ -180,13 +186,22 @@ impl Upstream {
             }
             (plan, choice)
         });
-        self.balancer.pick(
-            self.endpoints.len(),
-            hash,
-            rand::random::<u32>,
-            |i| self.endpoints[i].active.load(Ordering::Relaxed),
-            |i| healthy(i) && near.is_none_or(|(plan, choice)| plan.admits(choice, i)),
-        )
+        let n = self.endpoints.len();
+        let active = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+        let admit = |i| healthy(i) && near.is_none_or(|(plan, choice)| plan.admits(choice, i));
+        if let Some((ramp, until)) = &self.warmup {
+            let now = Instant::now();
+            if now < *until {
+                let age = |i: usize| now.saturating_duration_since(self.endpoints[i].joined);
+                let scale = |i| ramp.factor(age(i));
+                let random = rand::random::<u32>;
+                return self
+                    .balancer
+                    .pick_scaled(n, hash, random, active, admit, scale);
+            }
+        }
+        self.balancer
+            .pick(n, hash, rand::random::<u32>, active, admit)
     }
 
     /// Tells outlier detection, when it is on, what a call to `ep` came to.
@@ -455,10 +470,15 @@ impl Upstreams {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
         };
+        let now = Instant::now();
         let states: Vec<Arc<EndpointState>> = endpoints
             .into_iter()
             .map(|endpoint| {
                 let name = endpoint.authority();
+                let joined = old
+                    .as_ref()
+                    .and_then(|o| o.endpoints.iter().find(|e| e.name == name))
+                    .map_or(now, |e| e.joined);
                 // An endpoint's state holds its expected identities, which `tls` decides too.
                 old.as_ref()
                     .filter(|o| o.policy.tls == policy.tls)
@@ -472,6 +492,7 @@ impl Upstreams {
                             endpoint,
                             name,
                             active: AtomicUsize::new(0),
+                            joined,
                         })
                     })
             })
@@ -545,6 +566,12 @@ impl Upstreams {
             detector.set_endpoints(names.iter().cloned());
             detector
         });
+        // A ramp only while some endpoint is in it: no clock read per request afterwards.
+        let warmup = policy.warmup.as_ref().and_then(Ramp::new).and_then(|ramp| {
+            let last = states.iter().map(|s| s.joined).max()?;
+            let until = last + ramp.window();
+            (until > now).then_some((ramp, until))
+        });
         let cluster = format!(
             "outbound|{}|{}|{}",
             key.port,
@@ -558,6 +585,7 @@ impl Upstreams {
             endpoints: states,
             balancer,
             locality,
+            warmup,
             policy,
             protocol,
             limits,

@@ -214,6 +214,55 @@ async fn endpoint_weights_give_their_share_of_requests() {
     assert_eq!(counts.get("light"), Some(&100), "{counts:?}");
 }
 
+/// `warmup`: an endpoint added while the proxy runs starts with a fraction of its share (half
+/// its weight in its first second of a 2 s window) and has a full one after the window. The
+/// endpoints the proxy started with ramp together (even shares), so they are left to warm up
+/// first.
+#[tokio::test]
+async fn a_new_endpoint_warms_up_to_its_full_share() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let old = backend("old").await;
+    let new = backend("new").await;
+    let policy = TrafficPolicy {
+        load_balancer: Some(LoadBalancer::RoundRobin),
+        warmup: Some(Warmup {
+            duration_ms: WINDOW.as_millis() as u64,
+            minimum_percent: 10.0,
+            aggression: 1.0,
+        }),
+        ..Default::default()
+    };
+    let with = |endpoints| {
+        let mut svc = serviceb(endpoints, vec![]);
+        svc.policy = Some(policy.clone());
+        config(vec![svc])
+    };
+    let proxy = start(&with(vec![endpoint(old.addr, "v1")])).await;
+    let c = client();
+    assert_eq!(tally(&c, proxy.outbound, 10, 1).await.get("old"), Some(&10));
+    tokio::time::sleep(WINDOW).await;
+    proxy.write_config(
+        with(vec![endpoint(old.addr, "v1"), endpoint(new.addr, "v1")])
+            .to_json()
+            .as_bytes(),
+    );
+    let first = wait_for(async || {
+        get(&c, proxy.outbound, "/").await;
+        new.hits() > 0
+    });
+    assert!(first.await, "the new endpoint got no request");
+    let joined = std::time::Instant::now();
+    let warming = tally(&c, proxy.outbound, 300, 1).await;
+    let young = joined.elapsed();
+    // Half a weight against 1: a third of the requests (100); round robin would give 150.
+    let share = warming.get("new").copied().unwrap_or(0);
+    assert!((60..=125).contains(&share), "{warming:?} in {young:?}");
+    tokio::time::sleep((WINDOW + Duration::from_millis(100)).saturating_sub(joined.elapsed()))
+        .await;
+    let warm = tally(&c, proxy.outbound, 300, 1).await;
+    assert_eq!(warm.get("new"), Some(&150), "{warm:?}");
+}
+
 #[tokio::test]
 async fn round_robin_spreads_evenly_and_consistent_hash_sticks() {
     let a = backend("a").await;

@@ -877,17 +877,13 @@ impl Validate for LoadBalancerSettings {
                 let msg = if self.warmup.is_some() {
                     "warmupDurationSecs is deprecated and ignored because warmup is set: use warmup.duration"
                 } else {
-                    "warmupDurationSecs is deprecated: use warmup.duration (Mizzen does not ramp traffic up to new endpoints, so neither has an effect)"
+                    "warmupDurationSecs is deprecated: use warmup.duration"
                 };
                 c.warn(Code::Deprecated, msg);
             });
         }
         check_duration_ms(c, "warmupDurationSecs", self.warmup_duration_secs.as_ref());
         c.opt("warmup", self.warmup.as_ref(), |c, w| {
-            c.warn(
-                Code::NotSupported,
-                "Mizzen's load balancer does not ramp traffic up to new endpoints; they get a full share at once, so warmup has no effect",
-            );
             check_duration_ms(c, "duration", Some(&w.duration));
             if let Some(p) = w.minimum_percent {
                 c.field("minimumPercent", |c| check_percent_f64(c, p));
@@ -1892,10 +1888,9 @@ subsets:
             ]
         );
         assert!(p.iter().all(|p| !p.is_error()));
-        assert!(
-            p[1].message.contains("neither has an effect"),
-            "{}",
-            p[1].message
+        assert_eq!(
+            p[1].message,
+            "warmupDurationSecs is deprecated: use warmup.duration"
         );
         assert!(p[2].message.contains("ringHash.minimumRingSize"));
         s.normalize();
@@ -1913,10 +1908,7 @@ subsets:
             .unwrap();
         assert_eq!(ch.minimum_ring_size, None);
         assert_eq!(ch.ring_hash.unwrap().minimum_ring_size, Some(4096));
-        assert_eq!(
-            codes(&validate_spec(&s)),
-            [("spec.trafficPolicy.loadBalancer.warmup", Code::NotSupported)]
-        );
+        assert_eq!(codes(&validate_spec(&s)), []);
     }
 
     #[test]
@@ -2205,7 +2197,6 @@ subsets:
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
-            ("loadBalancer.warmup", Warn),
             ("connectionPool.http.useClientProtocol", Warn),
             ("connectionPool.http.maxConcurrentStreams", Warn),
             ("tls.caCrl", Error),
@@ -2241,7 +2232,7 @@ subsets:
             found.map_or("", |p| p.message.as_str())
         };
         assert!(message("tls.caCrl").contains("revoked"));
-        assert!(message("warmupDurationSecs").contains("neither has an effect"));
+        assert!(message("warmupDurationSecs").ends_with("use warmup.duration"));
         assert!(message("workloadSelector").contains("applies to no workload"));
 
         // The same policy without those fields (and with the defaults they would restore) is

@@ -88,6 +88,17 @@ fn locality_lb(lb: &dr::LoadBalancerSettings) -> Option<pc::LocalityLb> {
     })
 }
 
+/// `warmup` (or the deprecated `warmupDurationSecs`, which parsing moves into it) with
+/// Istio's defaults: 10% at first, a linear ramp.
+fn warmup(lb: &dr::LoadBalancerSettings) -> Option<pc::Warmup> {
+    let w = lb.warmup.as_ref()?;
+    Some(pc::Warmup {
+        duration_ms: ms(&w.duration),
+        minimum_percent: w.minimum_percent.unwrap_or(10.0),
+        aggression: w.aggression.unwrap_or(1.0),
+    })
+}
+
 fn connection_pool(p: &dr::ConnectionPoolSettings) -> pc::ConnectionPool {
     let tcp = p.tcp.clone().unwrap_or_default();
     let http = p.http.clone().unwrap_or_default();
@@ -187,6 +198,7 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
     pc::TrafficPolicy {
         load_balancer: p.load_balancer.as_ref().and_then(load_balancer),
         locality_lb: p.load_balancer.as_ref().and_then(locality_lb),
+        warmup: p.load_balancer.as_ref().and_then(warmup),
         connection_pool: p.connection_pool.as_ref().map(connection_pool),
         outlier_detection: p.outlier_detection.as_ref().map(outlier_detection),
         tls: p.tls.as_ref().map(tls),
@@ -199,6 +211,7 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
                     port: u16::try_from(s.port?.number).ok()?,
                     load_balancer: s.load_balancer.as_ref().and_then(load_balancer),
                     locality_lb: s.load_balancer.as_ref().and_then(locality_lb),
+                    warmup: s.load_balancer.as_ref().and_then(warmup),
                     connection_pool: s.connection_pool.as_ref().map(connection_pool),
                     outlier_detection: s.outlier_detection.as_ref().map(outlier_detection),
                     tls: s.tls.as_ref().map(tls),
@@ -215,9 +228,10 @@ pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) ->
         return subset.clone();
     };
     let mut out = base.clone();
-    if subset.load_balancer.is_some() || subset.locality_lb.is_some() {
+    if subset.load_balancer.is_some() || subset.locality_lb.is_some() || subset.warmup.is_some() {
         out.load_balancer = subset.load_balancer.clone();
         out.locality_lb = subset.locality_lb.clone();
+        out.warmup = subset.warmup;
     }
     if subset.connection_pool.is_some() {
         out.connection_pool = subset.connection_pool.clone();

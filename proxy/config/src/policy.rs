@@ -15,6 +15,10 @@ pub struct TrafficPolicy {
     /// either replaces both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb: Option<LocalityLb>,
+    /// `loadBalancer.warmup`: new endpoints' share ramps up (ROUND_ROBIN and LEAST_REQUEST).
+    /// Replaced with `load_balancer`, as `locality_lb` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,9 +41,10 @@ impl TrafficPolicy {
             ..self.clone()
         };
         if let Some(p) = self.ports.iter().find(|p| p.port == port) {
-            if p.load_balancer.is_some() || p.locality_lb.is_some() {
+            if p.sets_load_balancer() {
                 out.load_balancer = p.load_balancer.clone();
                 out.locality_lb = p.locality_lb.clone();
+                out.warmup = p.warmup;
             }
             if p.connection_pool.is_some() {
                 out.connection_pool = p.connection_pool.clone();
@@ -64,11 +69,31 @@ pub struct PortPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb: Option<LocalityLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClientTls>,
+}
+
+impl PortPolicy {
+    /// Whether it sets any part of a `loadBalancer`, which then replaces the whole one.
+    pub fn sets_load_balancer(&self) -> bool {
+        self.load_balancer.is_some() || self.locality_lb.is_some() || self.warmup.is_some()
+    }
+}
+
+/// Slow start (Envoy's `slow_start_config`): for `duration_ms` after the proxy first sees an
+/// endpoint, its weight is scaled by `max(minimum_percent / 100, t^(1 / aggression))`, `t`
+/// being the time since (at least 1 s) over the duration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Warmup {
+    pub duration_ms: u64,
+    pub minimum_percent: f64,
+    pub aggression: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

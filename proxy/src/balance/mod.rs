@@ -7,6 +7,7 @@ pub mod hash;
 pub mod locality;
 mod maglev;
 mod ring;
+pub mod warmup;
 mod weights;
 
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +126,58 @@ impl Balancer {
         }
     }
 
+    /// [`Self::pick`] while endpoints warm up ([`warmup`]): each endpoint's weight (1 when
+    /// they all weigh the same) times `scale(i)`. Round robin and random draw by the scaled
+    /// weights; least request draws its two candidates so and keeps the one with fewer
+    /// requests in flight per unit of scaled weight. Consistent hashes are not scaled: Envoy's
+    /// slow start applies to round robin and least request only.
+    pub fn pick_scaled(
+        &self,
+        n: usize,
+        hash: Option<u64>,
+        mut random: impl FnMut() -> u32,
+        active: impl Fn(usize) -> usize,
+        eligible: impl Fn(usize) -> bool,
+        scale: impl Fn(usize) -> f64,
+    ) -> Option<usize> {
+        if matches!(self.kind, Kind::Ring(..) | Kind::Maglev(..)) {
+            return self.pick(n, hash, random, active, eligible);
+        }
+        let eligible = |i: usize| i < n && eligible(i);
+        let weight = |i: usize| f64::from(self.weights.as_ref().map_or(1, |w| w.of(i))) * scale(i);
+        // An eligible endpoint other than `except`, drawn by scaled weight.
+        let draw = |random: u32, except: Option<usize>| {
+            let candidates = || (0..n).filter(move |&i| eligible(i) && Some(i) != except);
+            let total: f64 = candidates().map(weight).sum();
+            if total.is_nan() || total <= 0.0 {
+                return None;
+            }
+            // The low 24 bits as a fraction: any source of uniform bits will do.
+            let unit = f64::from(random & 0x00ff_ffff) / f64::from(0x0100_0000);
+            let mut r = unit * total;
+            // The last candidate takes what rounding leaves over.
+            candidates()
+                .find(|&i| {
+                    let w = weight(i);
+                    r -= w;
+                    r < 0.0
+                })
+                .or_else(|| candidates().last())
+        };
+        match &self.kind {
+            Kind::LeastRequest => {
+                let a = draw(random(), None)?;
+                let Some(b) = draw(random(), Some(a)) else {
+                    return Some(a);
+                };
+                // active(b) / w(b) < active(a) / w(a), without division.
+                let fewer = (active(b) as f64) * weight(a) < (active(a) as f64) * weight(b);
+                Some(if fewer { b } else { a })
+            }
+            _ => draw(random(), None),
+        }
+    }
+
     /// [`Self::pick`] when the endpoints' weights differ: round robin by the weighted
     /// schedule; random draws by weight; least request's two candidates drawn by weight, and
     /// the one with fewer requests in flight per unit of weight wins (Envoy weighs active
@@ -238,6 +291,45 @@ mod tests {
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn warming_endpoints_get_their_scaled_share_and_ejected_ones_none() {
+        // Endpoint 2 weighs 2 (a ServiceEntry weight) and is at a quarter of its ramp; 3 is
+        // ejected: shares 1 : 1 : 0.5 of 2.5.
+        let weights = [1, 1, 2, 1];
+        let scale = |i: usize| if i == 2 { 0.25 } else { 1.0 };
+        for lb in [LoadBalancer::RoundRobin, LoadBalancer::Random] {
+            let b = Balancer::new(Some(&lb), &names(4), &weights);
+            let mut counts = [0usize; 4];
+            let mut rnd = lcg(11);
+            for _ in 0..50_000 {
+                let i = b
+                    .pick_scaled(4, None, &mut rnd, |_| 0, |i| i != 3, scale)
+                    .unwrap();
+                counts[i] += 1;
+            }
+            assert_eq!(counts[3], 0);
+            for (i, want) in [(0, 20_000), (1, 20_000), (2, 10_000)] {
+                assert!(counts[i].abs_diff(want) < 1_000, "{lb:?} {counts:?}");
+            }
+        }
+        // Least request: two endpoints equally busy, one at 10% of its ramp. Per unit of
+        // weight it carries ten times the load, so it always loses.
+        let b = Balancer::new(None, &names(2), &[1, 1]);
+        let mut rnd = lcg(5);
+        let warm = (0..1_000)
+            .filter(|_| {
+                let scale = |i: usize| if i == 1 { 0.1 } else { 1.0 };
+                b.pick_scaled(2, None, &mut rnd, |_| 1, |_| true, scale) == Some(1)
+            })
+            .count();
+        assert_eq!(warm, 0);
+        // Nothing eligible: no pick.
+        assert_eq!(
+            b.pick_scaled(2, None, lcg(1), |_| 0, |_| false, |_| 1.0),
+            None
+        );
     }
 
     #[test]
