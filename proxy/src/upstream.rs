@@ -156,9 +156,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Whether to speak HTTP/2 upstream: declared HTTP2/gRPC ports and `h2UpgradePolicy`
-    /// always; undeclared ports the way the caller spoke.
+    /// Whether to speak HTTP/2 upstream: the way the caller spoke with `useClientProtocol`;
+    /// else declared HTTP2/gRPC ports and `h2UpgradePolicy` always, undeclared ports the way
+    /// the caller spoke.
     pub fn speaks_h2(&self, downstream: Version) -> bool {
+        let pool = self.policy.connection_pool.as_ref();
+        if pool.is_some_and(|p| p.use_client_protocol) {
+            return downstream == Version::HTTP_2;
+        }
         match self.protocol {
             Protocol::Http2 | Protocol::Grpc => true,
             Protocol::Http => self.pool.settings().h2,

@@ -375,10 +375,23 @@ async fn h2c_clients_and_h2_upstreams() {
     assert_eq!((r.status, r.header("x-echo-version")), (200, "HTTP/1.1"));
     // Declared HTTP2: HTTP/2 upstream even for an HTTP/1.1 caller.
     svc.ports[0].protocol = Protocol::Http2;
-    let proxy = start(&config(vec![svc])).await;
+    let proxy = start(&config(vec![svc.clone()])).await;
     let r = get(&client(), proxy.outbound, "/").await;
     assert_eq!((r.status, r.header("x-echo-version")), (200, "HTTP/2.0"));
     assert_eq!(r.header("x-echo-host"), "serviceb:8080");
+    // `useClientProtocol`: the caller's version, even on the declared HTTP2 port.
+    svc.policy = Some(TrafficPolicy {
+        connection_pool: Some(ConnectionPool {
+            use_client_protocol: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let proxy = start(&config(vec![svc])).await;
+    for (c, version) in [(client(), "HTTP/1.1"), (h2_client(), "HTTP/2.0")] {
+        let r = get(&c, proxy.outbound, "/").await;
+        assert_eq!((r.status, r.header("x-echo-version")), (200, version));
+    }
 }
 
 #[tokio::test]

@@ -1175,12 +1175,6 @@ impl ConnectionPoolSettings {
     /// Not part of `validate`: a Sidecar's inbound pools are reported as a whole instead.
     fn report_unsupported_upstream(&self, c: &mut Checker) {
         c.opt("http", self.http.as_ref(), |c, h| {
-            if h.use_client_protocol == Some(true) {
-                c.not_supported(
-                    "useClientProtocol",
-                    "Mizzen picks the upstream protocol from the port's declared protocol and h2UpgradePolicy (following the client only on ports without one); useClientProtocol has no effect",
-                );
-            }
             c.opt(
                 "maxConcurrentStreams",
                 h.max_concurrent_streams.as_ref(),
@@ -2034,10 +2028,6 @@ subsets:
                     Code::ConflictingFields
                 ),
                 (
-                    "spec.trafficPolicy.connectionPool.http.useClientProtocol",
-                    Code::NotSupported
-                ),
-                (
                     "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
                     Code::ConflictingFields
                 ),
@@ -2197,7 +2187,6 @@ subsets:
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
         let expected: Vec<(String, Severity, Code)> = [
-            ("connectionPool.http.useClientProtocol", Warn),
             ("connectionPool.http.maxConcurrentStreams", Warn),
             ("tls.caCrl", Error),
             ("tunnel", Warn),
