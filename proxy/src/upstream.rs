@@ -474,6 +474,7 @@ impl Upstreams {
                 .max_connection_duration_ms
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
+            max_streams: pool.max_concurrent_streams.filter(|n| *n > 0),
         };
         let now = Instant::now();
         let states: Vec<Arc<EndpointState>> = endpoints
@@ -798,8 +799,7 @@ fn send(
             Ok((r, _)) => Outcome::of_response(r),
             Err(e) => Outcome::of_error(e.as_ref()),
         });
-        let (resp, principal) = result?;
-        let mut resp = resp.map(body::boxed);
+        let (mut resp, principal) = result?;
         // The upstream's hop-by-hop headers (`Connection: keep-alive`, `Keep-Alive`, ...)
         // describe its connection to this proxy, not the caller's (Envoy drops them too);
         // a protocol switch keeps its `Connection: upgrade`.
@@ -878,8 +878,12 @@ mod tests {
             connect_timeout_ms: Some(250),
             tcp_keepalive: Some(keepalive),
             max_connection_duration_ms: Some(60_000),
+            max_concurrent_streams: Some(100),
+            use_client_protocol: true,
             ..Default::default()
         });
+        assert_eq!(up.pool.settings().max_streams, Some(100));
+        assert!(up.speaks_h2(Version::HTTP_2) && !up.speaks_h2(Version::HTTP_11));
         assert_eq!(
             up.dial(),
             Dial {
@@ -892,6 +896,7 @@ mod tests {
         let up = build(mizzen_proxy_config::ConnectionPool::default());
         assert_eq!(up.dial(), Dial::new(Duration::from_secs(10)));
         assert_eq!(up.pool.settings().max_age, None);
+        assert_eq!(up.pool.settings().max_streams, None);
     }
 
     #[tokio::test]

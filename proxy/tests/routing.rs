@@ -742,6 +742,7 @@ fn pool_settings(h2: bool, idle_timeout: Duration, max_age: Option<Duration>) ->
         h2,
         max_requests: None,
         max_age,
+        max_streams: None,
     }
 }
 
@@ -808,4 +809,65 @@ async fn upstream_connections_are_retired_at_their_maximum_age() {
         round_trip(&pool, &endpoint, h2).await;
         replaced_once(&backend, &format!("h2={h2}, maximum age")).await;
     }
+}
+
+/// `maxConcurrentStreams`: an HTTP/2 connection carries that many responses at a time (a
+/// stream counts until its body is read or dropped), more open another connection, and freed
+/// streams are used again. Uncapped, one connection carries them all.
+#[tokio::test]
+async fn capped_http2_connections_open_more_for_more_streams() {
+    for (max_streams, connections) in [(Some(2), 3), (None, 1)] {
+        let backend = counting_backend().await;
+        let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
+        let pool = Pool::new(PoolSettings {
+            max_streams,
+            ..pool_settings(true, Duration::from_secs(60), None)
+        });
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let req = http::Request::builder()
+                .uri("/")
+                .body(mizzen_proxy::http::body::empty())
+                .unwrap();
+            let (resp, _) = pool.send(&endpoint, true, None, req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            held.push(resp);
+        }
+        let accepted = || backend.accepted.load(Ordering::SeqCst);
+        assert_eq!(accepted(), connections, "{max_streams:?}");
+        drop(held);
+        for _ in 0..4 {
+            round_trip(&pool, &endpoint, true).await;
+        }
+        assert_eq!(
+            accepted(),
+            connections,
+            "{max_streams:?}: streams freed and reused"
+        );
+    }
+    // Capped connections left idle past the idle timeout (opened by a burst) are closed.
+    let backend = counting_backend().await;
+    let endpoint: http::uri::Authority = backend.addr.to_string().parse().unwrap();
+    let pool = Pool::new(PoolSettings {
+        max_streams: Some(1),
+        ..pool_settings(true, Duration::from_millis(200), None)
+    });
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let req = http::Request::builder()
+            .uri("/")
+            .body(mizzen_proxy::http::body::empty())
+            .unwrap();
+        held.push(pool.send(&endpoint, true, None, req).await.unwrap());
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    round_trip(&pool, &endpoint, true).await;
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        backend.closed.load(Ordering::SeqCst),
+        2,
+        "the idle ones closed"
+    );
 }

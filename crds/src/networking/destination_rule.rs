@@ -808,10 +808,7 @@ fn validate_policy_parts(
     tls: Option<&ClientTlsSettings>,
 ) {
     c.opt("loadBalancer", lb, |c, lb| lb.validate(c));
-    c.opt("connectionPool", pool, |c, p| {
-        p.validate(c);
-        p.report_unsupported_upstream(c);
-    });
+    c.opt("connectionPool", pool, |c, p| p.validate(c));
     c.opt("outlierDetection", outlier, |c, o| o.validate(c));
     c.opt("tls", tls, |c, t| t.validate(c));
 }
@@ -1167,25 +1164,6 @@ impl Validate for ConnectionPoolSettings {
         }
         c.opt("tcp", self.tcp.as_ref(), |c, t| t.validate(c));
         c.opt("http", self.http.as_ref(), |c, h| h.validate(c));
-    }
-}
-
-impl ConnectionPoolSettings {
-    /// Reports the fields of an upstream (DestinationRule) pool that the proxy does not apply.
-    /// Not part of `validate`: a Sidecar's inbound pools are reported as a whole instead.
-    fn report_unsupported_upstream(&self, c: &mut Checker) {
-        c.opt("http", self.http.as_ref(), |c, h| {
-            c.opt(
-                "maxConcurrentStreams",
-                h.max_concurrent_streams.as_ref(),
-                |c, _| {
-                    c.warn(
-                        Code::NotSupported,
-                        "Mizzen's proxy does not cap the streams of an upstream HTTP/2 connection; the setting has no effect",
-                    )
-                },
-            );
-        });
     }
 }
 
@@ -2186,31 +2164,27 @@ subsets:
         );
         use Severity::{Error, Warn};
         let tp = "spec.trafficPolicy";
-        let expected: Vec<(String, Severity, Code)> = [
-            ("connectionPool.http.maxConcurrentStreams", Warn),
-            ("tls.caCrl", Error),
-            ("tunnel", Warn),
-        ]
-        .into_iter()
-        .map(|(path, severity)| (format!("{tp}.{path}"), severity, Code::NotSupported))
-        .chain([
-            (
-                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
-                Warn,
-                Code::Deprecated,
-            ),
-            (
-                "spec.subsets[0].trafficPolicy.proxyProtocol".to_string(),
-                Warn,
-                Code::NotSupported,
-            ),
-            (
-                "spec.workloadSelector".to_string(),
-                Warn,
-                Code::NotSupported,
-            ),
-        ])
-        .collect();
+        let expected: Vec<(String, Severity, Code)> = [("tls.caCrl", Error), ("tunnel", Warn)]
+            .into_iter()
+            .map(|(path, severity)| (format!("{tp}.{path}"), severity, Code::NotSupported))
+            .chain([
+                (
+                    "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
+                    Warn,
+                    Code::Deprecated,
+                ),
+                (
+                    "spec.subsets[0].trafficPolicy.proxyProtocol".to_string(),
+                    Warn,
+                    Code::NotSupported,
+                ),
+                (
+                    "spec.workloadSelector".to_string(),
+                    Warn,
+                    Code::NotSupported,
+                ),
+            ])
+            .collect();
         let got: Vec<(String, Severity, Code)> = p
             .iter()
             .map(|p| (p.path.clone(), p.severity, p.code))

@@ -116,6 +116,7 @@ fn connection_pool(p: &dr::ConnectionPoolSettings) -> pc::ConnectionPool {
             .map(ms),
         h2_upgrade: http.h2_upgrade_policy == Some(dr::H2UpgradePolicy::Upgrade),
         use_client_protocol: http.use_client_protocol == Some(true),
+        max_concurrent_streams: positive(http.max_concurrent_streams),
         tcp_keepalive: tcp.tcp_keepalive.as_ref().map(|k| pc::TcpKeepalive {
             probes: k.probes,
             time_ms: k.time.as_ref().map(ms),

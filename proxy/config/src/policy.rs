@@ -230,6 +230,10 @@ pub struct ConnectionPool {
     /// Speak HTTP/2 to the upstream even when the caller spoke HTTP/1.1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2_upgrade: bool,
+    /// `maxConcurrentStreams`: streams one HTTP/2 connection to an endpoint carries at a
+    /// time; more open another connection. Unset: one connection per endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
     /// `useClientProtocol`: speak to the upstream the HTTP version the caller spoke, whatever
     /// the port declares or `h2_upgrade` says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

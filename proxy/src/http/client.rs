@@ -1,6 +1,8 @@
 //! Connections to upstream endpoints, pooled per endpoint: an HTTP/1.1 connection carries one
 //! request at a time and is reused once its response has ended; one HTTP/2 connection carries
-//! every request to its endpoint.
+//! every request to its endpoint, or, with `maxConcurrentStreams`, that many at a time each,
+//! more connections opening as needed (a stream counts until its response body ends or is
+//! dropped).
 //!
 //! The proxy keeps its own pool (over hyper's connection API) rather than a generic client's:
 //! per request it costs a lock and a scan of a short list, the endpoint to connect to is given
@@ -12,7 +14,12 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -28,7 +35,7 @@ use mizzen_proxy_config::TcpKeepalive;
 use mizzen_resilience::UpstreamError;
 use tokio::net::TcpStream;
 
-use super::body::{Body, BoxError};
+use super::body::{self, Body, BoxError};
 use crate::{
     mtls::{Alpn, MeshTls, origination::Originator},
     stream::Stream,
@@ -46,6 +53,9 @@ pub struct PoolSettings {
     /// `maxConnectionDuration`: a connection is retired this long after it was opened (it
     /// takes no new request; one in flight finishes). `None`: no limit.
     pub max_age: Option<Duration>,
+    /// `maxConcurrentStreams`: streams one HTTP/2 connection carries at a time; beyond them
+    /// another connection is opened. `None`: one connection takes them all.
+    pub max_streams: Option<u32>,
 }
 
 impl PoolSettings {
@@ -158,7 +168,74 @@ pub enum Hop<'a> {
 pub struct Pool {
     settings: PoolSettings,
     h1: ByEndpoint<H1Conns>,
-    h2: ByEndpoint<(http2::SendRequest<Body>, Peer, Age)>,
+    h2: ByEndpoint<Vec<H2Conn>>,
+}
+
+/// An HTTP/2 connection in the pool, with its streams open when they are capped.
+struct H2Conn {
+    tx: http2::SendRequest<Body>,
+    peer: Peer,
+    age: Age,
+    streams: Arc<AtomicU32>,
+    last_used: Instant,
+}
+
+impl H2Conn {
+    /// Capped connections are closed when they have carried nothing for the idle timeout
+    /// (a burst may have opened more than the steady load needs). An uncapped connection's
+    /// streams are not counted, so it is kept.
+    fn idle_expired(&self, settings: &PoolSettings, now: Instant) -> bool {
+        settings.max_streams.is_some()
+            && self.streams.load(Ordering::Acquire) == 0
+            && now.duration_since(self.last_used) > settings.idle_timeout
+    }
+}
+
+/// One stream of a capped HTTP/2 connection; its place is free again on drop.
+struct StreamSlot(Arc<AtomicU32>);
+
+impl StreamSlot {
+    /// A place among `max` on the connection counting `streams`, if one is free.
+    fn take(streams: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(streams.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body holding its stream's slot until it ends or is dropped.
+struct Streaming {
+    body: Incoming,
+    _slot: StreamSlot,
+}
+
+impl hyper::body::Body for Streaming {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The SPIFFE id (URI) the server of a mesh connection presented; `None` for plaintext.
@@ -210,7 +287,7 @@ impl Pool {
         h2: bool,
         hop: Option<Hop<'a>>,
         req: Request<Body>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
+    ) -> impl Future<Output = Result<(Response<Body>, Peer), BoxError>> + Send + 'a {
         let key = Key {
             endpoint: endpoint.clone(),
             tls: hop.is_some(),
@@ -218,7 +295,11 @@ impl Pool {
         if h2 {
             Either::Left(self.send_h2(key, hop, req))
         } else {
-            Either::Right(self.send_h1(key, hop, origin_form(req, endpoint)))
+            let sent = self.send_h1(key, hop, origin_form(req, endpoint));
+            Either::Right(async move {
+                let (resp, peer) = sent.await?;
+                Ok((resp.map(body::boxed), peer))
+            })
         }
     }
 
@@ -279,21 +360,26 @@ impl Pool {
         key: Key,
         hop: Option<Hop<'a>>,
         req: Request<Body>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
+    ) -> impl Future<Output = Result<(Response<Body>, Peer), BoxError>> + Send + 'a {
         async move {
             let target = Target { key: &key, hop };
             let open = self.checkout_h2(target.key);
-            let ((mut tx, peer), fresh) = match open {
+            let ((mut tx, peer, slot), fresh) = match open {
                 Some(conn) => (conn, false),
                 // Boxed as in `send_h1`: the rare path kept out of every request's future.
                 None => (Box::pin(self.connect_h2(target)).await?, true),
             };
+            let body = |resp: Response<Incoming>, slot: Option<StreamSlot>| match slot {
+                Some(_slot) => resp.map(|body| body::boxed(Streaming { body, _slot })),
+                None => resp.map(body::boxed),
+            };
             match tx.try_send_request(req).await {
-                Ok(resp) => Ok((resp, peer)),
+                Ok(resp) => Ok((body(resp, slot), peer)),
                 Err(e) => match unsent(e) {
                     Ok(req) if !fresh => {
-                        let (mut tx, peer) = Box::pin(self.connect_h2(target)).await?;
-                        Ok((tx.send_request(req).await?, peer))
+                        drop(slot);
+                        let (mut tx, peer, slot) = Box::pin(self.connect_h2(target)).await?;
+                        Ok((body(tx.send_request(req).await?, slot), peer))
                     }
                     Ok(_) => Err(UpstreamError::reset(
                         "connection closed before the request was sent",
@@ -334,26 +420,50 @@ impl Pool {
         None
     }
 
-    /// The open HTTP/2 connection to `key`, counting the request it will carry; one that
-    /// reaches `maxRequestsPerConnection` is retired (its streams in flight finish).
-    fn checkout_h2(&self, key: &Key) -> Option<(http2::SendRequest<Body>, Peer)> {
+    /// An open HTTP/2 connection to `key` with room for a stream (the stream's slot when
+    /// streams are capped), counting the request it will carry. One closed or past its age is
+    /// dropped on the way; one that reaches `maxRequestsPerConnection` is retired. Retired
+    /// connections' streams in flight finish; new ones go to another connection.
+    fn checkout_h2(
+        &self,
+        key: &Key,
+    ) -> Option<(http2::SendRequest<Body>, Peer, Option<StreamSlot>)> {
         let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        let (tx, peer, age) = map.get_mut(key).filter(|(tx, _, _)| !tx.is_closed())?;
-        if self.settings.too_old(age.born, Instant::now()) {
-            // Retired: its streams in flight finish, new ones go to a new connection.
-            map.remove(key);
-            return None;
+        let conns = map.get_mut(key)?;
+        let now = Instant::now();
+        let mut i = 0;
+        while i < conns.len() {
+            let c = &mut conns[i];
+            if c.tx.is_closed()
+                || self.settings.too_old(c.age.born, now)
+                || c.idle_expired(&self.settings, now)
+            {
+                conns.swap_remove(i);
+                continue;
+            }
+            let slot = match self.settings.max_streams {
+                None => None,
+                Some(max) => match StreamSlot::take(&c.streams, max) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        i += 1;
+                        continue;
+                    }
+                },
+            };
+            c.age.served += 1;
+            c.last_used = now;
+            let conn = (c.tx.clone(), c.peer.clone(), slot);
+            if self
+                .settings
+                .max_requests
+                .is_some_and(|max| c.age.served >= max)
+            {
+                conns.swap_remove(i);
+            }
+            return Some(conn);
         }
-        age.served += 1;
-        let conn = (tx.clone(), peer.clone());
-        if self
-            .settings
-            .max_requests
-            .is_some_and(|max| age.served >= max)
-        {
-            map.remove(key);
-        }
-        Some(conn)
+        None
     }
 
     /// Back in the pool right after sending: busy until the response ends, then ready.
@@ -407,7 +517,7 @@ impl Pool {
     async fn connect_h2(
         &self,
         target: Target<'_>,
-    ) -> Result<(http2::SendRequest<Body>, Peer), BoxError> {
+    ) -> Result<(http2::SendRequest<Body>, Peer, Option<StreamSlot>), BoxError> {
         let (io, peer) = self.open(target, Alpn::H2).await?;
         let born = Instant::now();
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
@@ -423,13 +533,29 @@ impl Pool {
             }
         });
         // This connection carries the request being sent: share it only if it may carry more.
+        let streams = Arc::new(AtomicU32::new(0));
+        let slot = self
+            .settings
+            .max_streams
+            .map(|max| StreamSlot::take(&streams, max.max(1)).expect("a new connection has room"));
         if self.settings.max_requests.is_none_or(|max| max > 1) {
-            self.h2.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                target.key.clone(),
-                (tx.clone(), peer.clone(), Age { served: 1, born }),
-            );
+            let conn = H2Conn {
+                tx: tx.clone(),
+                peer: peer.clone(),
+                age: Age { served: 1, born },
+                streams,
+                last_used: born,
+            };
+            let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            let conns = map.entry(target.key.clone()).or_default();
+            if self.settings.max_streams.is_none() {
+                // Uncapped, one connection takes every stream: it replaces the one it found
+                // closed or retired.
+                conns.clear();
+            }
+            conns.push(conn);
         }
-        Ok((tx, peer))
+        Ok((tx, peer, slot))
     }
 
     async fn open(
