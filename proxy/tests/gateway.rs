@@ -1,7 +1,7 @@
 //! Gateway mode with real sockets on loopback: the bookinfo Gateway and its cookie-matching
 //! VirtualService (fixture `gateway-and-cookie-match.yaml`), selectors, httpsRedirect, TLS at
-//! the edge (SIMPLE, MUTUAL, PASSTHROUGH), a certificate rotated under load, and the gateway's
-//! metrics.
+//! the edge (SIMPLE, MUTUAL, PASSTHROUGH, cipherSuites, an RSA and an ECDSA credential), a
+//! certificate rotated under load, and the gateway's metrics.
 
 mod support;
 
@@ -277,9 +277,23 @@ fn ca(name: &str) -> Ca {
     rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
-/// A leaf for `names` signed by `ca`: (certificate PEM, key PEM, certificate DER).
+/// An ECDSA P-256 leaf for `names` signed by `ca`: (certificate PEM, key PEM, certificate DER).
 fn leaf(ca: &Ca, names: &[&str]) -> (String, String, CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate().unwrap();
+    leaf_of(rcgen::KeyPair::generate().unwrap(), ca, names)
+}
+
+/// An RSA leaf (ring cannot generate RSA keys: the key the JWT tests sign with).
+fn rsa_leaf(ca: &Ca, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::from_pem(include_str!("../policy/testdata/rsa.pem")).unwrap();
+    leaf_of(key, ca, names)
+}
+
+/// A leaf of `key` for `names` signed by `ca`.
+fn leaf_of(
+    key: rcgen::KeyPair,
+    ca: &Ca,
+    names: &[&str],
+) -> (String, String, CertificateDer<'static>) {
     let params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
@@ -298,14 +312,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client trusting `ca`, presenting `client` (certificate PEM, key PEM) if given.
-fn connector(ca: &Ca, client: Option<(&str, &str)>, alpn: &[&[u8]]) -> TlsConnector {
+fn roots(ca: &Ca) -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
+    Arc::new(roots)
+}
+
+/// A client trusting `ca`, presenting `client` (certificate PEM, key PEM) if given.
+fn connector(ca: &Ca, client: Option<(&str, &str)>, alpn: &[&[u8]]) -> TlsConnector {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots);
+        .with_root_certificates(roots(ca));
     let mut config = match client {
         Some((cert, key)) => {
             let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
@@ -319,6 +337,129 @@ fn connector(ca: &Ca, client: Option<(&str, &str)>, alpn: &[&[u8]]) -> TlsConnec
 }
 
 use rustls::pki_types::pem::PemObject;
+
+/// A client trusting `ca` that speaks only `version` with only `suites`, and offers only the
+/// signature schemes `schemes` keeps (so only certificates with those key types are usable).
+fn narrow_connector(
+    ca: &Ca,
+    version: &'static rustls::SupportedProtocolVersion,
+    suites: &[rustls::SupportedCipherSuite],
+    schemes: fn(rustls::SignatureScheme) -> bool,
+) -> TlsConnector {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !suites.is_empty() {
+        provider.cipher_suites = suites.to_vec();
+    }
+    let provider = Arc::new(provider);
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OnlySchemes { inner, schemes }))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// WebPKI verification that advertises only some signature schemes.
+#[derive(Debug)]
+struct OnlySchemes {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    schemes: fn(rustls::SignatureScheme) -> bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OnlySchemes {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        let mut schemes = self.inner.supported_verify_schemes();
+        schemes.retain(|s| (self.schemes)(*s));
+        schemes
+    }
+}
+
+fn ecdsa_schemes(s: rustls::SignatureScheme) -> bool {
+    use rustls::SignatureScheme::*;
+    matches!(
+        s,
+        ECDSA_NISTP256_SHA256 | ECDSA_NISTP384_SHA384 | ECDSA_NISTP521_SHA512
+    )
+}
+
+fn rsa_schemes(s: rustls::SignatureScheme) -> bool {
+    use rustls::SignatureScheme::*;
+    matches!(
+        s,
+        RSA_PKCS1_SHA256
+            | RSA_PKCS1_SHA384
+            | RSA_PKCS1_SHA512
+            | RSA_PSS_SHA256
+            | RSA_PSS_SHA384
+            | RSA_PSS_SHA512
+    )
+}
+
+fn any_scheme(_: rustls::SignatureScheme) -> bool {
+    true
+}
+
+/// A handshake alone: (version, cipher suite, the server's certificate).
+async fn handshake(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> Result<
+    (
+        rustls::ProtocolVersion,
+        rustls::CipherSuite,
+        CertificateDer<'static>,
+    ),
+    String,
+> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tls.get_ref().1;
+    Ok((
+        conn.protocol_version().unwrap(),
+        conn.negotiated_cipher_suite().unwrap().suite(),
+        conn.peer_certificates().unwrap()[0].clone(),
+    ))
+}
 
 /// One HTTPS GET on a new connection: (status, x-backend, the server's certificate).
 async fn https_get(
@@ -785,6 +926,116 @@ async fn a_certificate_swapped_mid_run_serves_new_handshakes_without_a_failed_re
         ok.load(Ordering::SeqCst) > 0,
         "the open connection made no request"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cipher_suites_restrict_the_tls12_suites_and_leave_tls13_alone() {
+    use rustls::crypto::ring::cipher_suite as suite;
+    let backend = backend("productpage").await;
+    let root = ca("edge-ca");
+    let (cert, key, _) = leaf(&root, &["shop.example.com"]);
+    let mut server = tls_server(
+        443,
+        &["shop.example.com"],
+        ServerTlsMode::Simple,
+        "shop-cert",
+    );
+    server.tls.as_mut().unwrap().cipher_suites = vec![CipherSuite::EcdheEcdsaAes256GcmSha384];
+    let cfg = gateway_config(
+        vec![server],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |d| write_credential(d, "shop-cert", &cert, &key)).await;
+    let at = gw.addr(443);
+    let tls12 = |suites: &[rustls::SupportedCipherSuite]| {
+        narrow_connector(&root, &rustls::version::TLS12, suites, any_scheme)
+    };
+
+    // A TLS 1.2 client offering only a suite outside the list: no handshake.
+    let outside = tls12(&[suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]);
+    let refused = handshake(&outside, at, "shop.example.com").await;
+    assert!(refused.is_err(), "{refused:?}");
+    // One offering the listed suite, or several with it: that suite, and the request is served.
+    let inside = tls12(&[suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]);
+    let several = tls12(&[
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ]);
+    for c in [&inside, &several] {
+        let (version, negotiated, _) = handshake(c, at, "shop.example.com").await.unwrap();
+        assert_eq!(
+            (version, negotiated),
+            (
+                rustls::ProtocolVersion::TLSv1_2,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            )
+        );
+    }
+    let (status, from, _) = https_get(&inside, at, "shop.example.com").await.unwrap();
+    assert_eq!((status, from.as_str()), (200, "productpage"));
+    // TLS 1.3 is not restricted: a suite the list does not name is negotiated.
+    let tls13 = narrow_connector(
+        &root,
+        &rustls::version::TLS13,
+        &[suite::TLS13_CHACHA20_POLY1305_SHA256],
+        any_scheme,
+    );
+    let (version, negotiated, _) = handshake(&tls13, at, "shop.example.com").await.unwrap();
+    assert_eq!(
+        (version, negotiated),
+        (
+            rustls::ProtocolVersion::TLSv1_3,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_names_serve_each_client_the_key_type_it_verifies_and_rotate() {
+    let backend = backend("productpage").await;
+    let root = ca("edge-ca");
+    let (rsa_cert, rsa_key, rsa_der) = rsa_leaf(&root, &["shop.example.com"]);
+    let (ec_cert, ec_key, ec_der) = leaf(&root, &["shop.example.com"]);
+    let mut server = tls_server(443, &["shop.example.com"], ServerTlsMode::Simple, "unused");
+    let tls = server.tls.as_mut().unwrap();
+    tls.credential_name = None;
+    tls.credential_names = vec!["shop-rsa".into(), "shop-ecdsa".into()];
+    let cfg = gateway_config(
+        vec![server],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "shop-rsa", &rsa_cert, &rsa_key);
+        write_credential(d, "shop-ecdsa", &ec_cert, &ec_key);
+    })
+    .await;
+    let at = gw.addr(443);
+    let served = async |schemes: fn(rustls::SignatureScheme) -> bool,
+                        version: &'static rustls::SupportedProtocolVersion| {
+        let c = narrow_connector(&root, version, &[], schemes);
+        handshake(&c, at, "shop.example.com").await.unwrap().2
+    };
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        assert_eq!(served(ecdsa_schemes, version).await, ec_der);
+        assert_eq!(served(rsa_schemes, version).await, rsa_der);
+        // Both fit: ECDSA.
+        assert_eq!(served(any_scheme, version).await, ec_der);
+    }
+    let rsa_only = narrow_connector(&root, &rustls::version::TLS13, &[], rsa_schemes);
+    let (status, from, _) = https_get(&rsa_only, at, "shop.example.com").await.unwrap();
+    assert_eq!((status, from.as_str()), (200, "productpage"));
+
+    // The ECDSA Secret is rotated: new handshakes get the new certificate, the RSA one stays.
+    let (ec_cert2, ec_key2, ec_der2) = leaf(&root, &["shop.example.com"]);
+    let d = gw.credentials.path().join("shop-ecdsa");
+    std::fs::write(d.join("tls.crt"), &ec_cert2).unwrap();
+    std::fs::write(d.join("tls.key"), &ec_key2).unwrap();
+    assert!(
+        wait_for(async || served(ecdsa_schemes, &rustls::version::TLS13).await == ec_der2).await,
+        "the rotated ECDSA certificate was never served"
+    );
+    assert_eq!(served(rsa_schemes, &rustls::version::TLS13).await, rsa_der);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod cipher_suites;
+
 use crate::{
     Normalize,
     selector::is_dns_label,
@@ -478,12 +480,6 @@ impl ServerTlsSettings {
                     }
                 });
             }
-            if self.credential_names.len() > 1 {
-                c.not_supported(
-                    "credentialNames",
-                    "Mizzen's gateway serves only the first Secret of credentialNames; the others are not used",
-                );
-            }
         }
         let verifies_clients = matches!(
             mode,
@@ -520,12 +516,7 @@ impl ServerTlsSettings {
                 }
             }
         }
-        if !self.cipher_suites.is_empty() {
-            c.not_supported(
-                "cipherSuites",
-                "Mizzen's gateway offers rustls's default cipher suites; cipherSuites has no effect",
-            );
-        }
+        self.check_cipher_suites(mode, c);
         for (version, name) in [
             (self.min_protocol_version, "minProtocolVersion"),
             (self.max_protocol_version, "maxProtocolVersion"),
@@ -540,6 +531,93 @@ impl ServerTlsSettings {
                 );
             }
         }
+    }
+}
+
+impl ServerTlsSettings {
+    /// `cipherSuites` of a server that terminates TLS: each name the gateway cannot offer is
+    /// reported (see [`cipher_suites`]), and a list of real suites none of which it can offer
+    /// is refused while TLS 1.2 is allowed: applying it would leave TLS 1.2 clients without a
+    /// suite, and ignoring it would offer suites the list excludes. A list of unknown names
+    /// only is ignored, as Istio drops such names before Envoy sees them.
+    fn check_cipher_suites(&self, mode: ServerTlsMode, c: &mut Checker) {
+        if self.cipher_suites.is_empty() {
+            return;
+        }
+        c.field("cipherSuites", |c| {
+            if mode == ServerTlsMode::IstioMutual {
+                c.warn(
+                    Code::InvalidValue,
+                    "ISTIO_MUTUAL terminates with the mesh's own TLS settings, so cipherSuites is ignored here (as in Istio); it applies to SIMPLE, MUTUAL and OPTIONAL_MUTUAL",
+                );
+                return;
+            }
+            let mut real = false;
+            let mut seen = BTreeSet::new();
+            for (i, entry) in self.cipher_suites.iter().enumerate() {
+                if entry.trim().is_empty() || !seen.insert(entry.as_str()) {
+                    continue; // reported by `validate`
+                }
+                c.index(i, |c| {
+                    for name in cipher_suites::names(entry) {
+                        let suite = cipher_suites::classify(name);
+                        real |= suite.is_real();
+                        report_suite(suite, c);
+                    }
+                });
+            }
+            let offered = cipher_suites::offered_suites(&self.cipher_suites);
+            if self.min_protocol_version == Some(TlsProtocolVersion::TlsV1_3) {
+                c.warn(
+                    Code::InvalidValue,
+                    "minProtocolVersion TLSV1_3 leaves no TLS 1.2 handshake, and cipherSuites restricts TLS 1.2 only, so it has no effect",
+                );
+            } else if offered.is_empty() && real {
+                c.error(
+                    Code::NotSupported,
+                    format!(
+                        "none of these cipher suites can be offered by Mizzen's gateway, so TLS 1.2 clients could not connect; list at least one of {}, or set minProtocolVersion: TLSV1_3",
+                        cipher_suites::all_offered().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            } else if offered.is_empty() {
+                c.warn(
+                    Code::InvalidValue,
+                    "no entry names a TLS 1.2 cipher suite, so the list is ignored and the gateway offers its default suites (Istio drops unknown names the same way)",
+                );
+            }
+        });
+    }
+}
+
+/// The problem, if any, with one name of `cipherSuites`.
+fn report_suite(suite: cipher_suites::Suite<'_>, c: &mut Checker) {
+    use cipher_suites::Suite;
+    match suite {
+        Suite::Offered(_) => {}
+        Suite::NotOffered { name, why } => c.warn(
+            Code::NotSupported,
+            format!(
+                "{name} is not offered: Mizzen's gateway (rustls) implements TLS 1.2 only with ECDHE key exchange and AES-GCM or ChaCha20-Poly1305, and this suite uses {why}"
+            ),
+        ),
+        Suite::Tls13(name) => c.warn(
+            Code::InvalidValue,
+            format!(
+                "{name} is a TLS 1.3 suite; cipherSuites restricts TLS 1.2 only, and every TLS 1.3 suite stays offered"
+            ),
+        ),
+        Suite::Unknown { name, openssl } => c.warn(
+            Code::InvalidValue,
+            match openssl {
+                Some(o) => format!(
+                    "{name:?} is the IANA name of a suite; cipherSuites takes OpenSSL names ({o}), so it is ignored"
+                ),
+                None => format!(
+                    "{name:?} is not an OpenSSL cipher suite name (nor an equal-preference group [A|B] of them), so it is ignored, as Istio ignores it"
+                ),
+            },
+        ),
     }
 }
 
@@ -684,7 +762,7 @@ impl Validate for ServerTlsSettings {
                 c.error(
                     Code::InvalidValue,
                     format!(
-                        "at most 2 credential names may be given (got {})",
+                        "at most 2 Secrets may be given, one certificate per key type such as RSA and ECDSA (got {})",
                         self.credential_names.len()
                     ),
                 )
@@ -867,8 +945,8 @@ servers:
     #[test]
     fn full_example_reports_only_the_settings_mizzen_ignores() {
         use Severity::{Error, Warn};
+        // servers[1]'s cipherSuites and servers[5]'s two credentialNames are served as written.
         let expected = [
-            ("servers[1].tls.cipherSuites", Warn),
             ("servers[3].tls.serverCertificate", Error),
             ("servers[3].tls.privateKey", Error),
             ("servers[3].tls.caCertificates", Error),
@@ -876,7 +954,6 @@ servers:
             ("servers[3].tls.verifyCertificateSpki", Error),
             ("servers[3].tls.verifyCertificateHash", Error),
             ("servers[4].tls.mode", Warn),
-            ("servers[5].tls.credentialNames", Warn),
             ("servers[6].tls.tlsCertificates", Error),
             ("servers[8].bind", Warn),
             ("servers[9].bind", Warn),
@@ -896,7 +973,7 @@ servers:
         use Severity::{Error, Warn};
         // Certificates from files alone: the server could not terminate TLS.
         let p = problems(&server(
-            "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem, verifyCertificateHash: ['ab:cd'], cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256], minProtocolVersion: TLSV1_0, maxProtocolVersion: TLSV1_1",
+            "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem, verifyCertificateHash: ['ab:cd'], minProtocolVersion: TLSV1_0, maxProtocolVersion: TLSV1_1",
         ));
         let tls = "spec.servers[0].tls";
         let expected = [
@@ -905,7 +982,6 @@ servers:
             ("caCertificates", Error),
             ("caCrl", Error),
             ("verifyCertificateHash", Error),
-            ("cipherSuites", Warn),
             ("minProtocolVersion", Warn),
             ("maxProtocolVersion", Warn),
         ]
@@ -913,7 +989,7 @@ servers:
         assert_eq!(verdicts(p.clone()), expected);
         assert!(p[0].message.contains("credentialName"), "{}", p[0].message);
 
-        // Beside a Secret, a CA file is only ignored; extra Secrets are unused.
+        // Beside Secrets, a CA file is only ignored; both Secrets are served.
         let p = problems(&server(
             "mode: OPTIONAL_MUTUAL, credentialNames: [rsa, ecdsa], caCertificates: /ca.pem, verifyCertificateSpki: [AAAA]",
         ));
@@ -921,7 +997,6 @@ servers:
             verdicts(p),
             [
                 (format!("{tls}.caCertificates"), Warn, Code::NotSupported),
-                (format!("{tls}.credentialNames"), Warn, Code::NotSupported),
                 (
                     format!("{tls}.verifyCertificateSpki"),
                     Error,
@@ -947,7 +1022,7 @@ servers:
         // What Mizzen does implement is quiet.
         assert_eq!(
             problems(&server(
-                "mode: MUTUAL, credentialNames: [only], subjectAltNames: [spiffe://td/ns/a/sa/b], minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3"
+                "mode: MUTUAL, credentialNames: [rsa, ecdsa], subjectAltNames: [spiffe://td/ns/a/sa/b], minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3, cipherSuites: ['[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]', ECDHE-RSA-AES256-GCM-SHA384, ALL]"
             )),
             vec![]
         );
@@ -957,6 +1032,87 @@ servers:
             Code::NotSupported,
             "spec.servers[0].tls.mode",
         );
+    }
+
+    #[test]
+    fn cipher_suites_are_checked_against_what_the_gateway_can_offer() {
+        use Severity::{Error, Warn};
+        let server = |tls: &str| {
+            problems(&format!(
+                "servers: [{{port: {{number: 443, name: https, protocol: HTTPS}}, hosts: ['*'], tls: {{mode: SIMPLE, credentialName: s, {tls}}}}}]"
+            ))
+        };
+        let at = |field: &str| format!("spec.servers[0].tls.cipherSuites{field}");
+        // Real suites rustls cannot offer, a TLS 1.3 suite, an IANA spelling and a typo are
+        // each named; the offered one is served. A duplicate is reported as one (first).
+        let p = server(
+            "cipherSuites: [ECDHE-RSA-AES128-SHA, '[AES128-GCM-SHA256|ECDHE-RSA-AES128-GCM-SHA256]', TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, ECDHE-RSA-AES128-SHA, nonsense]",
+        );
+        assert_eq!(
+            verdicts(p.clone()),
+            [
+                (at("[4]"), Warn, Code::InvalidValue),
+                (at("[0]"), Warn, Code::NotSupported),
+                (at("[1]"), Warn, Code::NotSupported),
+                (at("[2]"), Warn, Code::InvalidValue),
+                (at("[3]"), Warn, Code::InvalidValue),
+                (at("[5]"), Warn, Code::InvalidValue),
+            ]
+        );
+        let says = |i: usize, words: &[&str]| {
+            let m = &p
+                .iter()
+                .find(|p| p.path == at(&format!("[{i}]")))
+                .unwrap()
+                .message;
+            assert!(words.iter().all(|w| m.contains(w)), "{m}");
+        };
+        says(0, &["ECDHE-RSA-AES128-SHA is not offered", "CBC"]);
+        says(1, &["AES128-GCM-SHA256 is not offered", "RSA key exchange"]);
+        says(2, &["TLS 1.3"]);
+        says(3, &["IANA", "ECDHE-RSA-AES256-GCM-SHA384"]);
+        says(4, &["more than once"]);
+        says(5, &["\"nonsense\" is not an OpenSSL cipher suite"]);
+
+        // Only suites rustls cannot offer, with TLS 1.2 allowed: TLS 1.2 clients would have no
+        // suite, so the server is refused, naming what would work.
+        let p = server("cipherSuites: [AES128-SHA, DES-CBC3-SHA]");
+        assert_eq!(
+            verdicts(p.clone()),
+            [
+                (at("[0]"), Warn, Code::NotSupported),
+                (at("[1]"), Warn, Code::NotSupported),
+                (at(""), Error, Code::NotSupported),
+            ]
+        );
+        assert!(
+            p[2].message.contains("ECDHE-ECDSA-AES128-GCM-SHA256"),
+            "{}",
+            p[2].message
+        );
+        // ... unless only TLS 1.3 is allowed, where the list has no effect.
+        assert_eq!(
+            verdicts(server(
+                "cipherSuites: [AES128-SHA], minProtocolVersion: TLSV1_3"
+            )),
+            [
+                (at("[0]"), Warn, Code::NotSupported),
+                (at(""), Warn, Code::InvalidValue),
+            ]
+        );
+        // Names that are no suites at all are dropped, as Istio drops them: the defaults stay.
+        assert_eq!(
+            verdicts(server("cipherSuites: [TLS_AES_256_GCM_SHA384]")),
+            [
+                (at("[0]"), Warn, Code::InvalidValue),
+                (at(""), Warn, Code::InvalidValue)
+            ]
+        );
+        // ISTIO_MUTUAL uses the mesh's TLS settings.
+        let p = problems(
+            "servers: [{port: {number: 443, name: tls, protocol: TLS}, hosts: ['*'], tls: {mode: ISTIO_MUTUAL, cipherSuites: [AES128-SHA]}}]",
+        );
+        assert_eq!(verdicts(p), [(at(""), Warn, Code::InvalidValue)]);
     }
 
     #[test]
@@ -1234,14 +1390,27 @@ servers:
             ]
         );
         assert!(p[0].message.contains("credentialName"), "{}", p[0].message);
+        // Two Secrets are served (one per key type); a third is refused, as Istio's schema does.
         assert_eq!(
-            codes(&problems(&https(
-                "mode: SIMPLE, credentialNames: [a, b, c]"
-            ))),
-            [
-                at("credentialNames", Code::InvalidValue),
-                at("credentialNames", Code::NotSupported),
-            ]
+            problems(&https("mode: SIMPLE, credentialNames: [rsa, ecdsa]")),
+            vec![]
+        );
+        let p = problems(&https("mode: SIMPLE, credentialNames: [a, b, c]"));
+        assert_eq!(codes(&p), [at("credentialNames", Code::InvalidValue)]);
+        assert!(
+            p[0].message.contains("at most 2") && p[0].message.contains("got 3"),
+            "{}",
+            p[0].message
+        );
+        // Either credentialName or credentialNames, as in Istio.
+        let p = problems(&https(
+            "mode: SIMPLE, credentialName: a, credentialNames: [b]",
+        ));
+        assert_eq!(codes(&p), [(tls.to_string(), Code::ConflictingFields)]);
+        assert!(
+            p[0].message.contains("credentialName and credentialNames"),
+            "{}",
+            p[0].message
         );
         assert_eq!(
             codes(&problems(&https(

@@ -406,6 +406,39 @@ fn tls_version(v: Option<TlsProtocolVersion>) -> Option<pc::TlsVersion> {
     }
 }
 
+/// The Secrets of a server as the proxy reads them: one as `credentialName` (what proxies that
+/// predate `credentialNames` read), two (one per key type) as `credentialNames`.
+fn credentials(t: &gw::ServerTlsSettings) -> (Option<String>, Vec<String>) {
+    let mut names: Vec<String> = t
+        .credential_name
+        .iter()
+        .chain(&t.credential_names)
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    if names.len() == 1 {
+        (names.pop(), Vec::new())
+    } else {
+        (None, names)
+    }
+}
+
+/// The TLS 1.2 suites a terminating server offers (Istio's OpenSSL names that the gateway
+/// implements, groups opened, in order); empty for the gateway's defaults, and for modes that
+/// do not take the list (`ISTIO_MUTUAL` uses the mesh's settings, passthrough terminates
+/// nothing). Validation has reported the names left out.
+fn cipher_suites(t: &gw::ServerTlsSettings) -> Vec<pc::CipherSuite> {
+    match t.mode.unwrap_or_default() {
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
+            gw::cipher_suites::offered_suites(&t.cipher_suites)
+                .into_iter()
+                .filter_map(pc::CipherSuite::from_name)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// A server of a Gateway as the proxy serves it (no routes yet); `None` for a server the
 /// proxy cannot listen for (a Unix socket `bind`).
 fn entry(stored: &Stored, spec: &gw::GatewaySpec, s: &gw::Server) -> Option<Entry> {
@@ -415,28 +448,29 @@ fn entry(stored: &Stored, spec: &gw::GatewaySpec, s: &gw::Server) -> Option<Entr
     let gateway_ns = stored.namespace().to_string();
     let mode = s.tls.as_ref().map(|t| t.mode.unwrap_or_default());
     let (tls, https_redirect) = match (&s.tls, protocol) {
-        (Some(t), pc::ServerProtocol::Https | pc::ServerProtocol::Tls) => (
-            Some(pc::ServerTls {
-                mode: match t.mode.unwrap_or_default() {
-                    ServerTlsMode::Simple => pc::ServerTlsMode::Simple,
-                    ServerTlsMode::Mutual => pc::ServerTlsMode::Mutual,
-                    ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
-                        pc::ServerTlsMode::Passthrough
-                    }
-                    ServerTlsMode::IstioMutual => pc::ServerTlsMode::IstioMutual,
-                    ServerTlsMode::OptionalMutual => pc::ServerTlsMode::OptionalMutual,
-                },
-                credential_name: t
-                    .credential_name
-                    .clone()
-                    .or_else(|| t.credential_names.first().cloned())
-                    .filter(|c| !c.is_empty()),
-                subject_alt_names: t.subject_alt_names.clone(),
-                min_protocol_version: tls_version(t.min_protocol_version),
-                max_protocol_version: tls_version(t.max_protocol_version),
-            }),
-            false,
-        ),
+        (Some(t), pc::ServerProtocol::Https | pc::ServerProtocol::Tls) => {
+            let (credential_name, credential_names) = credentials(t);
+            (
+                Some(pc::ServerTls {
+                    mode: match t.mode.unwrap_or_default() {
+                        ServerTlsMode::Simple => pc::ServerTlsMode::Simple,
+                        ServerTlsMode::Mutual => pc::ServerTlsMode::Mutual,
+                        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => {
+                            pc::ServerTlsMode::Passthrough
+                        }
+                        ServerTlsMode::IstioMutual => pc::ServerTlsMode::IstioMutual,
+                        ServerTlsMode::OptionalMutual => pc::ServerTlsMode::OptionalMutual,
+                    },
+                    credential_name,
+                    credential_names,
+                    subject_alt_names: t.subject_alt_names.clone(),
+                    min_protocol_version: tls_version(t.min_protocol_version),
+                    max_protocol_version: tls_version(t.max_protocol_version),
+                    cipher_suites: cipher_suites(t),
+                }),
+                false,
+            )
+        }
         (Some(t), _) => (
             None,
             t.https_redirect.unwrap_or(false) && protocol.is_http(),
@@ -583,6 +617,43 @@ mod tests {
         assert!(own.admits("edge") && !own.admits("shop"));
         let named = ServerHost::parse("shop/a.com", "edge");
         assert!(named.admits("shop") && !named.admits("edge"));
+    }
+
+    /// The validation's list of suites the gateway offers and the config's closed set of
+    /// suites are two views of one fact (rustls' TLS 1.2 suites): they must name the same ones.
+    #[test]
+    fn the_suites_validation_accepts_are_the_ones_the_config_carries() {
+        let validated: Vec<&str> = gw::cipher_suites::all_offered().collect();
+        let carried: Vec<&str> = pc::CipherSuite::ALL.iter().map(|(_, n)| *n).collect();
+        assert_eq!(validated, carried);
+    }
+
+    #[test]
+    fn one_secret_renders_as_credential_name_two_as_credential_names() {
+        let tls = |yaml: &str| -> gw::ServerTlsSettings { serde_saphyr::from_str(yaml).unwrap() };
+        assert_eq!(
+            credentials(&tls("{mode: SIMPLE, credentialNames: [only]}")),
+            (Some("only".to_string()), vec![])
+        );
+        assert_eq!(
+            credentials(&tls("{mode: SIMPLE, credentialName: one}")),
+            (Some("one".to_string()), vec![])
+        );
+        assert_eq!(
+            credentials(&tls("{mode: SIMPLE, credentialNames: [rsa, ecdsa]}")),
+            (None, vec!["rsa".to_string(), "ecdsa".to_string()])
+        );
+        let suites = cipher_suites(&tls(
+            "{mode: SIMPLE, credentialName: s, cipherSuites: [AES128-SHA, '[ECDHE-RSA-CHACHA20-POLY1305|ECDHE-RSA-AES128-GCM-SHA256]']}",
+        ));
+        assert_eq!(
+            suites,
+            [
+                pc::CipherSuite::EcdheRsaChacha20Poly1305,
+                pc::CipherSuite::EcdheRsaAes128GcmSha256
+            ]
+        );
+        assert!(cipher_suites(&tls("{mode: ISTIO_MUTUAL, cipherSuites: [ALL]}")).is_empty());
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub struct ServerTls {
     /// for `MUTUAL`, `ca.crt` (or a separate Secret `<name>-cacert` with `ca.crt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
+    /// Instead of `credential_name`: two Secrets whose certificates have different key types
+    /// (typically RSA and ECDSA); each handshake gets the one the client can verify. The
+    /// first one's `ca.crt` verifies clients under `MUTUAL`, as in Istio.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_names: Vec<String>,
     /// `MUTUAL`: client certificates must carry one of these SANs (empty: any, if trusted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
@@ -101,6 +106,21 @@ pub struct ServerTls {
     pub min_protocol_version: Option<TlsVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_protocol_version: Option<TlsVersion>,
+    /// The TLS 1.2 suites offered, in order; empty: every one the gateway implements. TLS 1.3
+    /// suites are not restricted (as with Envoy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<CipherSuite>,
+}
+
+impl ServerTls {
+    /// The Secrets whose certificates this server serves, in order.
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        self.credential_name
+            .iter()
+            .chain(&self.credential_names)
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +146,73 @@ pub enum TlsVersion {
     V1_2,
     #[serde(rename = "TLSV1_3")]
     V1_3,
+}
+
+/// A TLS 1.2 cipher suite a gateway server can offer, written with its OpenSSL name (the
+/// spelling of Istio's `cipherSuites`): ECDHE key exchange with an AEAD cipher, the TLS 1.2
+/// suites rustls implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum CipherSuite {
+    EcdheEcdsaAes128GcmSha256,
+    EcdheRsaAes128GcmSha256,
+    EcdheEcdsaAes256GcmSha384,
+    EcdheRsaAes256GcmSha384,
+    EcdheEcdsaChacha20Poly1305,
+    EcdheRsaChacha20Poly1305,
+}
+
+impl CipherSuite {
+    /// Every suite with its OpenSSL name.
+    pub const ALL: [(Self, &'static str); 6] = [
+        (
+            Self::EcdheEcdsaAes128GcmSha256,
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (Self::EcdheRsaAes128GcmSha256, "ECDHE-RSA-AES128-GCM-SHA256"),
+        (
+            Self::EcdheEcdsaAes256GcmSha384,
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+        ),
+        (Self::EcdheRsaAes256GcmSha384, "ECDHE-RSA-AES256-GCM-SHA384"),
+        (
+            Self::EcdheEcdsaChacha20Poly1305,
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ),
+        (
+            Self::EcdheRsaChacha20Poly1305,
+            "ECDHE-RSA-CHACHA20-POLY1305",
+        ),
+    ];
+
+    /// The OpenSSL name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map(|(_, n)| *n)
+            .expect("every suite is in ALL")
+    }
+
+    /// The suite with this OpenSSL name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    }
+}
+
+impl From<CipherSuite> for &'static str {
+    fn from(s: CipherSuite) -> Self {
+        s.name()
+    }
+}
+
+impl TryFrom<String> for CipherSuite {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::from_name(&name)
+            .ok_or_else(|| format!("{name:?} is not a TLS 1.2 cipher suite the gateway offers"))
+    }
 }
 
 /// The rules of one VirtualService for the hosts it shares with a server.

@@ -143,3 +143,48 @@ fn variant_fields_are_camel_case_and_defaults_are_left_out() {
         "{svc}"
     );
 }
+
+#[test]
+fn server_tls_carries_credentials_and_cipher_suites_by_openssl_name() {
+    let tls = ServerTls {
+        credential_names: vec!["rsa".into(), "ecdsa".into()],
+        cipher_suites: vec![
+            CipherSuite::EcdheEcdsaAes256GcmSha384,
+            CipherSuite::EcdheRsaChacha20Poly1305,
+        ],
+        ..ServerTls::default()
+    };
+    let json = serde_json::to_value(&tls).unwrap();
+    assert_eq!(
+        json["cipherSuites"],
+        serde_json::json!([
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-CHACHA20-POLY1305"
+        ])
+    );
+    assert_eq!(serde_json::from_value::<ServerTls>(json).unwrap(), tls);
+    assert_eq!(tls.credentials().collect::<Vec<_>>(), ["rsa", "ecdsa"]);
+    // Unset lists are left out, so a config without them reads as before.
+    let plain = serde_json::to_string(&ServerTls {
+        credential_name: Some("one".into()),
+        ..ServerTls::default()
+    })
+    .unwrap();
+    assert!(
+        !plain.contains("cipherSuites") && !plain.contains("credentialNames"),
+        "{plain}"
+    );
+    // A suite the gateway cannot offer is not a valid config.
+    let err = serde_json::from_value::<ServerTls>(serde_json::json!({
+        "mode": "SIMPLE",
+        "cipherSuites": ["AES128-SHA"]
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("AES128-SHA"), "{err}");
+    for (suite, name) in CipherSuite::ALL {
+        assert_eq!(
+            (suite.name(), CipherSuite::from_name(name)),
+            (name, Some(suite))
+        );
+    }
+}

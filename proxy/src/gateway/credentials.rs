@@ -1,14 +1,18 @@
 //! TLS at the edge: the rustls server config of each terminating Gateway server, built from
-//! the files its credentials syncer writes from a Kubernetes TLS Secret:
+//! the files its credentials syncer writes from Kubernetes TLS Secrets:
 //! `<dir>/<credentialName>/tls.crt` and `tls.key`, and for `MUTUAL` the client CA `ca.crt`
-//! beside them or in `<dir>/<credentialName>-cacert/ca.crt`.
+//! beside them or in `<dir>/<credentialName>-cacert/ca.crt`. A server with `credentialNames`
+//! holds one certificate per Secret and picks one per handshake ([`super::cert_choice`]); its
+//! client CA is the first Secret's, as in Istio. Its TLS 1.2 suites are its `cipherSuites`
+//! ([`super::cipher_suites`]).
 //!
-//! The config is looked up on every handshake and rebuilt when a file changed (its inode,
-//! size or modification time; a Secret volume swaps a symlink, a test rewrites in place), so a
-//! rotated certificate serves the next handshake and open connections keep theirs. A file
-//! that is missing or does not parse — or a key that does not fit the certificate, as happens
-//! between the writes of the two files — keeps the last good config; the error is logged once
-//! per change of the files, naming the file, never showing key material.
+//! The config is looked up on every handshake and rebuilt when a file of any of its Secrets
+//! changed (its inode, size or modification time; a Secret volume swaps a symlink, a test
+//! rewrites in place), so a rotated certificate serves the next handshake and open connections
+//! keep theirs. A file that is missing or does not parse — or a key that does not fit the
+//! certificate, as happens between the writes of the two files — keeps the last good config;
+//! the error is logged once per change of the files, naming the file, never showing key
+//! material.
 
 use std::{
     collections::HashMap,
@@ -17,7 +21,7 @@ use std::{
     time::SystemTime,
 };
 
-use mizzen_proxy_config::{ServerTls, ServerTlsMode, TlsVersion};
+use mizzen_proxy_config::{CipherSuite, ServerTls, ServerTlsMode, TlsVersion};
 use rustls::{
     DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
@@ -27,12 +31,15 @@ use rustls::{
         ParsedCertificate, WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
     },
+    sign::CertifiedKey,
 };
+
+use super::{cert_choice::ByKeyType, cipher_suites};
 
 /// Why a server's TLS config could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("tls.mode {0:?} has no credentialName")]
+    #[error("tls.mode {0:?} has no credentialName or credentialNames")]
     NoCredentialName(ServerTlsMode),
     #[error("reading {path}: {source}")]
     Read {
@@ -53,7 +60,7 @@ pub enum CredentialError {
     Config(String),
 }
 
-/// The files of one credential.
+/// The files of one credential (Secret).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Files {
     cert: PathBuf,
@@ -94,32 +101,42 @@ impl Files {
 
 type FileStamp = Option<(u64, u64, Option<SystemTime>)>;
 
+/// The stamps of one credential's files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp([FileStamp; 4]);
 
-/// What a server config depends on besides the files.
+/// What a server config is built from: its credentials' files, in order, and its settings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
-    files: Files,
+    /// At least one; the first holds the client CA.
+    credentials: Vec<Files>,
     mode: ServerTlsMode,
     subject_alt_names: Vec<String>,
     versions: (Option<TlsVersion>, Option<TlsVersion>),
+    cipher_suites: Vec<CipherSuite>,
     alpn: Vec<Vec<u8>>,
+}
+
+impl Key {
+    fn stamps(&self) -> Vec<Stamp> {
+        self.credentials.iter().map(Files::stamp).collect()
+    }
 }
 
 struct Entry {
     /// The files the config was built from.
-    built: Stamp,
+    built: Vec<Stamp>,
     /// The last good config.
     config: Option<Arc<ServerConfig>>,
     /// The files last refused, so each bad state is logged once.
-    refused: Option<Stamp>,
+    refused: Option<Vec<Stamp>>,
 }
 
 /// The terminating servers' TLS configs, rebuilt when their files change.
 pub struct Credentials {
     dir: PathBuf,
-    provider: Arc<CryptoProvider>,
+    /// The provider every server's is derived from (its `cipherSuites` restrict it).
+    provider: CryptoProvider,
     entries: Mutex<HashMap<Key, Entry>>,
 }
 
@@ -135,7 +152,7 @@ impl Credentials {
     pub fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: rustls::crypto::ring::default_provider(),
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -143,19 +160,22 @@ impl Credentials {
     /// The server config for `tls` offering `alpn`, current with the files on disk. `None`
     /// when there has never been a good one (the error is logged).
     pub fn server_config(&self, tls: &ServerTls, alpn: &[&[u8]]) -> Option<Arc<ServerConfig>> {
-        let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) else {
+        let names: Vec<&str> = tls.credentials().collect();
+        if names.is_empty() {
             let error = CredentialError::NoCredentialName(tls.mode);
             tracing::warn!(%error, "cannot terminate TLS");
             return None;
-        };
+        }
+        let name = names.join(",");
         let key = Key {
-            files: Files::new(&self.dir, name),
+            credentials: names.iter().map(|n| Files::new(&self.dir, n)).collect(),
             mode: tls.mode,
             subject_alt_names: tls.subject_alt_names.clone(),
             versions: (tls.min_protocol_version, tls.max_protocol_version),
+            cipher_suites: tls.cipher_suites.clone(),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
         };
-        let stamp = key.files.stamp();
+        let stamp = key.stamps();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entries.get(&key)
             && (e.built == stamp || e.refused.as_ref() == Some(&stamp))
@@ -171,7 +191,7 @@ impl Credentials {
         match built {
             Ok(config) => {
                 if entry.config.is_some() {
-                    tracing::info!(credential = name, "TLS credential reloaded");
+                    tracing::info!(credential = %name, "TLS credential reloaded");
                 }
                 *entry = Entry {
                     built: stamp,
@@ -181,7 +201,7 @@ impl Credentials {
             }
             Err(error) => {
                 let kept_previous = entry.config.is_some();
-                tracing::error!(credential = name, %error, kept_previous, "TLS credential refused");
+                tracing::error!(credential = %name, %error, kept_previous, "TLS credential refused");
                 entry.refused = Some(stamp);
             }
         }
@@ -210,8 +230,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
     Ok(certs)
 }
 
-fn build(key: &Key, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, CredentialError> {
-    let files = &key.files;
+/// One credential's certificate chain with its private key, checked to fit each other.
+fn certified_key(
+    files: &Files,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, CredentialError> {
     let chain = certs(&files.cert)?;
     // The error names the file only: a parser's message could quote key bytes.
     let private = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|_| {
@@ -220,6 +243,22 @@ fn build(key: &Key, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, Cred
             message: "no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file".into(),
         }
     })?;
+    CertifiedKey::from_der(chain, private, provider)
+        .map(Arc::new)
+        .map_err(|e| CredentialError::Pair {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            message: e.to_string(),
+        })
+}
+
+fn build(key: &Key, base: &CryptoProvider) -> Result<ServerConfig, CredentialError> {
+    let provider = Arc::new(cipher_suites::restricted(base, &key.cipher_suites));
+    let certified = key
+        .credentials
+        .iter()
+        .map(|files| certified_key(files, &provider))
+        .collect::<Result<Vec<_>, _>>()?;
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::V1_2, &rustls::version::TLS12),
         (TlsVersion::V1_3, &rustls::version::TLS13),
@@ -234,9 +273,12 @@ fn build(key: &Key, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, Cred
         .map_err(|e| CredentialError::Config(e.to_string()))?;
     let builder = match key.mode {
         ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
-            let ca = files.cas.iter().find(|p| p.exists()).ok_or_else(|| {
-                CredentialError::NoClientCa(files.cas[0].clone(), files.cas[1].clone())
-            })?;
+            // The first Secret's CA verifies clients, as Istio does with credentialNames.
+            let cas = &key.credentials[0].cas;
+            let ca = cas
+                .iter()
+                .find(|p| p.exists())
+                .ok_or_else(|| CredentialError::NoClientCa(cas[0].clone(), cas[1].clone()))?;
             let mut roots = RootCertStore::empty();
             for c in certs(ca)? {
                 roots.add(c).map_err(|e| CredentialError::Invalid {
@@ -264,14 +306,7 @@ fn build(key: &Key, provider: &Arc<CryptoProvider>) -> Result<ServerConfig, Cred
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder
-            .with_single_cert(chain, private)
-            .map_err(|e| CredentialError::Pair {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                message: e.to_string(),
-            })?;
+    let mut config = builder.with_cert_resolver(Arc::new(ByKeyType::new(certified)));
     config.alpn_protocols = key.alpn.clone();
     Ok(config)
 }
@@ -414,6 +449,65 @@ mod tests {
     }
 
     #[test]
+    fn two_credentials_rebuild_when_either_changes_and_mutual_reads_the_first_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path(), "rsa", "a.example.com");
+        write_pair(dir.path(), "ecdsa", "a.example.com");
+        let creds = Credentials::new(dir.path().to_path_buf());
+        let both = ServerTls {
+            mode: ServerTlsMode::Simple,
+            credential_names: vec!["rsa".into(), "ecdsa".into()],
+            ..Default::default()
+        };
+        let first = creds.server_config(&both, &[]).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &creds.server_config(&both, &[]).unwrap()
+        ));
+        // The second Secret rotated: a new config.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        write_pair(dir.path(), "ecdsa", "b.example.com");
+        let second = creds.server_config(&both, &[]).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // Half of a rotation of the second: the last good config.
+        std::fs::write(dir.path().join("ecdsa/tls.crt"), "garbage").unwrap();
+        assert!(Arc::ptr_eq(
+            &second,
+            &creds.server_config(&both, &[]).unwrap()
+        ));
+
+        // MUTUAL: the CA is the first Secret's; the second's is not looked at.
+        let key = |names: &[&str]| Key {
+            credentials: names.iter().map(|n| Files::new(dir.path(), n)).collect(),
+            mode: ServerTlsMode::Mutual,
+            subject_alt_names: vec![],
+            versions: (None, None),
+            cipher_suites: vec![],
+            alpn: vec![],
+        };
+        write_pair(dir.path(), "ecdsa", "a.example.com");
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            {
+                let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                p
+            },
+            rcgen::KeyPair::generate().unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ecdsa/ca.crt"), ca.pem()).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        let err = build(&key(&["rsa", "ecdsa"]), &provider)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rsa/ca.crt") && err.contains("rsa-cacert/ca.crt"),
+            "{err}"
+        );
+        assert!(build(&key(&["ecdsa", "rsa"]), &provider).is_ok());
+    }
+
+    #[test]
     fn errors_name_the_file_and_never_the_key() {
         let dir = tempfile::tempdir().unwrap();
         write_pair(dir.path(), "web", "a.example.com");
@@ -423,13 +517,14 @@ mod tests {
         )
         .unwrap();
         let key = Key {
-            files: Files::new(dir.path(), "web"),
+            credentials: vec![Files::new(dir.path(), "web")],
             mode: ServerTlsMode::Simple,
             subject_alt_names: vec![],
             versions: (None, None),
+            cipher_suites: vec![],
             alpn: vec![],
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = rustls::crypto::ring::default_provider();
         let err = build(&key, &provider).unwrap_err().to_string();
         assert!(err.contains("tls.key") || err.contains("tls.crt"), "{err}");
         assert!(!err.contains("c2VjcmV0"), "{err}");

@@ -7,11 +7,15 @@
 //! - [`plan`]: the servers of this gateway compiled per config version (pure);
 //! - [`sni`]: the SNI of a ClientHello, peeked without consuming it;
 //! - [`credentials`]: the terminating servers' TLS configs, re-read when their files change;
+//! - [`cert_choice`]: which of a server's certificates (one per key type) a handshake gets;
+//! - [`cipher_suites`]: a server's TLS 1.2 suites, as its `cipherSuites` restrict them;
 //! - [`ports`]: one listener per server port, following the config;
 //! - [`conn`]: a connection's way from accept to TLS (terminated or passed through), HTTP or
 //!   TCP;
 //! - [`request`]: one HTTP request from Host to virtual host to the shared outbound path.
 
+pub mod cert_choice;
+pub mod cipher_suites;
 pub mod conn;
 pub mod credentials;
 pub mod plan;
