@@ -40,10 +40,16 @@ fn ca(name: &str) -> Ca {
 
 /// A leaf for `names` signed by `ca`: (certificate PEM, key PEM).
 fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    numbered_leaf(ca, names, None)
+}
+
+/// [`leaf`] with the serial number given (random when `None`).
+fn numbered_leaf(ca: &Ca, names: &[&str], serial: Option<u64>) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     let cert = params.signed_by(&key, ca).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -55,7 +61,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A TLS server config for `HOST` with a certificate from `server_ca`; with `client_ca` it
 /// requires a client certificate from that CA.
 fn acceptor(server_ca: &Ca, client_ca: Option<&Ca>) -> TlsAcceptor {
-    let (cert, key) = leaf(server_ca, &[HOST]);
+    serving(leaf(server_ca, &[HOST]), client_ca)
+}
+
+/// A TLS server config presenting `(cert, key)` (PEM); see [`acceptor`].
+fn serving((cert, key): (String, String), client_ca: Option<&Ca>) -> TlsAcceptor {
     let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -86,7 +96,14 @@ where
     F: Fn(TlsStream<TcpStream>, bool) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let acceptor = acceptor(server_ca, client_ca);
+    tls_server_with(acceptor(server_ca, client_ca), serve).await
+}
+
+async fn tls_server_with<F, Fut>(acceptor: TlsAcceptor, serve: F) -> SocketAddr
+where
+    F: Fn(TlsStream<TcpStream>, bool) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -105,7 +122,11 @@ where
 
 /// An HTTPS backend that answers with whether the client presented a certificate.
 async fn https_backend(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
-    tls_server(server_ca, client_ca, |tls, client_cert| async move {
+    https_backend_with(acceptor(server_ca, client_ca)).await
+}
+
+async fn https_backend_with(acceptor: TlsAcceptor) -> SocketAddr {
+    tls_server_with(acceptor, |tls, client_cert| async move {
         let service = service_fn(move |_req| async move {
             let body = format!("tls backend; client certificate: {client_cert}");
             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
@@ -205,6 +226,52 @@ async fn simple_verifies_the_server_against_the_ca_file() {
     };
     let r = get(&client(), proxy_to(backend, skip).await.outbound, "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A CRL from `ca` revoking `serials`, next updated in `next_year`.
+fn crl(ca: &Ca, serials: &[u64], next_year: i32) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(next_year, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(ca).unwrap().pem().unwrap()
+}
+
+/// `caCrl`: the server's chain is checked against the lists, as Envoy checks it. A revoked
+/// certificate, an issuer without a list, or a list past its next update fail the handshake
+/// (503 UF); a current list that does not name the certificate lets it through.
+#[tokio::test]
+async fn ca_crl_refuses_a_revoked_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca("backend-ca");
+    let backend =
+        https_backend_with(serving(numbered_leaf(&server_ca, &[HOST], Some(7)), None)).await;
+    let ca_file = write(dir.path(), "ca.pem", &server_ca.pem());
+    let with_crl = |name: &str, pem: String| ClientTls {
+        ca_crl: Some(write(dir.path(), name, &pem).display().to_string()),
+        ..simple(&ca_file)
+    };
+    let good = with_crl("good.pem", crl(&server_ca, &[3, 9], 2099));
+    let r = get(&client(), proxy_to(backend, good).await.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let revoked = crl(&server_ca, &[3, 7], 2099);
+    assert_uf(&proxy_to(backend, with_crl("revoked.pem", revoked)).await).await;
+    let elsewhere = crl(&ca("other-ca"), &[], 2099);
+    assert_uf(&proxy_to(backend, with_crl("elsewhere.pem", elsewhere)).await).await;
+    let stale = crl(&server_ca, &[], 2026);
+    assert_uf(&proxy_to(backend, with_crl("stale.pem", stale)).await).await;
 }
 
 #[tokio::test]

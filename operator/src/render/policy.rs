@@ -188,6 +188,7 @@ fn tls(t: &dr::ClientTlsSettings) -> pc::ClientTls {
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         ca_certificates: t.ca_certificates.clone(),
+        ca_crl: t.ca_crl.clone(),
         client_certificate: t.client_certificate.clone(),
         private_key: t.private_key.clone(),
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),

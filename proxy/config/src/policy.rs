@@ -332,6 +332,9 @@ pub struct ClientTls {
     /// Files (as mounted in the proxy) for SIMPLE and MUTUAL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
+    /// PEM certificate revocation lists the server's chain is checked against (`caCrl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,8 +4,11 @@
 //!
 //! The server is verified against `caCertificates` (a PEM file in the proxy's filesystem) or,
 //! without one, the web PKI roots; its name against `subjectAltNames` when set (DNS names, IPs or
-//! SPIFFE URIs), else against the SNI. `insecureSkipVerify` accepts any certificate (the
-//! handshake still proves the server holds its key). The SNI is `tls.sni`, else the host.
+//! SPIFFE URIs), else against the SNI. With `caCrl` (a PEM file of one or more CRLs) every
+//! certificate of the chain is checked against them, as Envoy does: one revoked, one whose
+//! issuer has no CRL there, or a CRL past its next update fails the handshake.
+//! `insecureSkipVerify` accepts any certificate (the handshake still proves the server holds its
+//! key). The SNI is `tls.sni`, else the host.
 //!
 //! The files are read when the first connection needs them and again whenever one of their
 //! modification times changes (checked per new connection, not per request: connections are
@@ -29,7 +32,7 @@ use rustls::{
     client::danger::{ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{
-        CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
         pem::{self, PemObject},
     },
     server::ParsedCertificate,
@@ -89,6 +92,7 @@ struct Settings {
     sni: Option<String>,
     subject_alt_names: Vec<String>,
     ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
     /// (certificate chain, private key), for MUTUAL.
     client: Option<(PathBuf, PathBuf)>,
     insecure_skip_verify: bool,
@@ -98,6 +102,7 @@ impl Settings {
     fn files(&self) -> impl Iterator<Item = &Path> {
         self.ca
             .iter()
+            .chain(&self.crl)
             .chain(self.client.iter().flat_map(|(c, k)| [c, k]))
             .map(PathBuf::as_path)
     }
@@ -133,6 +138,7 @@ impl Originator {
                 sni: tls.sni.clone(),
                 subject_alt_names: tls.subject_alt_names.clone(),
                 ca: tls.ca_certificates.as_ref().map(PathBuf::from),
+                crl: tls.ca_crl.as_ref().map(PathBuf::from),
                 client,
                 insecure_skip_verify: tls.insecure_skip_verify,
             },
@@ -221,6 +227,29 @@ fn certs(
     Ok(certs)
 }
 
+/// The CRLs of a `caCrl` file: at least one, each parsed.
+fn crls(path: &Path) -> Result<Vec<webpki::CertRevocationList<'static>>, OriginationError> {
+    let bad = |message: String| OriginationError::Pem {
+        field: "tls.caCrl",
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = read("tls.caCrl", path)?;
+    let ders = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if ders.is_empty() {
+        return Err(bad("no X509 CRL block".into()));
+    }
+    ders.iter()
+        .map(|der| {
+            webpki::OwnedCertRevocationList::from_der(der)
+                .map(webpki::CertRevocationList::from)
+                .map_err(|e| bad(format!("not a CRL: {e}")))
+        })
+        .collect()
+}
+
 fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, OriginationError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match &settings.ca {
@@ -239,8 +268,13 @@ fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, 
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
     };
+    let crls = match &settings.crl {
+        Some(path) => crls(path)?,
+        None => Vec::new(),
+    };
     let verifier = Arc::new(Verifier {
         roots,
+        crls,
         subject_alt_names: settings.subject_alt_names.clone(),
         insecure_skip_verify: settings.insecure_skip_verify,
         provider: provider.clone(),
@@ -285,12 +319,43 @@ fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, 
 #[derive(Debug)]
 struct Verifier {
     roots: RootCertStore,
+    /// `caCrl`'s lists; none: revocation is not checked.
+    crls: Vec<webpki::CertRevocationList<'static>>,
     subject_alt_names: Vec<String>,
     insecure_skip_verify: bool,
     provider: Arc<CryptoProvider>,
 }
 
 impl Verifier {
+    /// The chain up to a root, every certificate in it checked against the CRLs (Envoy's
+    /// default: the whole chain, an issuer without a CRL fails, so does an expired CRL).
+    fn verify_chain_not_revoked(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls)
+            .expect("checked only with CRLs")
+            .with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+            .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+            .build();
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            Some(revocation),
+            None,
+        )
+        .map(|_| ())
+        .map_err(pki_error)
+    }
+
     /// Whether the leaf carries one of the accepted names: a DNS name or IP through webpki's
     /// matching, a SPIFFE URI through its URI SAN.
     fn names_match(&self, leaf: &CertificateDer<'_>, parsed: &ParsedCertificate<'_>) -> bool {
@@ -320,13 +385,17 @@ impl ServerCertVerifier for Verifier {
             return Ok(ServerCertVerified::assertion());
         }
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if self.crls.is_empty() {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &self.roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        } else {
+            self.verify_chain_not_revoked(end_entity, intermediates, now)?;
+        }
         if self.subject_alt_names.is_empty() {
             rustls::client::verify_server_name(&parsed, server_name)?;
         } else if !self.names_match(end_entity, &parsed) {
@@ -336,6 +405,22 @@ impl ServerCertVerifier for Verifier {
     }
 
     mizzen_identity::handshake_signatures!();
+}
+
+/// A webpki verdict as a rustls certificate error: revocation by name, the rest as they read.
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as E;
+    let error = match e {
+        E::CertRevoked => CertificateError::Revoked,
+        E::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        E::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
+        E::CertExpired { .. } => CertificateError::Expired,
+        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::UnknownIssuer => CertificateError::UnknownIssuer,
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    error.into()
 }
 
 #[cfg(test)]
@@ -398,5 +483,23 @@ mod tests {
         );
         let o = Originator::new(&tls(ClientTlsMode::Simple)).unwrap();
         assert!(o.current().is_ok());
+    }
+
+    #[test]
+    fn a_crl_file_without_a_crl_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crl.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["a".to_string()]).unwrap();
+        std::fs::write(&path, cert.cert.pem()).unwrap();
+        let o = Originator::new(&ClientTls {
+            ca_crl: Some(path.display().to_string()),
+            ..tls(ClientTlsMode::Simple)
+        })
+        .unwrap();
+        let err = o.current().err().expect("no CRL in the file");
+        assert_eq!(
+            err.to_string(),
+            format!("tls.caCrl {}: no X509 CRL block", path.display())
+        );
     }
 }
