@@ -294,9 +294,20 @@ fn leaf_of(
     ca: &Ca,
     names: &[&str],
 ) -> (String, String, CertificateDer<'static>) {
-    let params =
+    numbered_leaf_of(key, ca, names, None)
+}
+
+/// [`leaf_of`] with the serial number given (random when `None`).
+fn numbered_leaf_of(
+    key: rcgen::KeyPair,
+    ca: &Ca,
+    names: &[&str],
+    serial: Option<u64>,
+) -> (String, String, CertificateDer<'static>) {
+    let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
+    params.serial_number = serial.map(rcgen::SerialNumber::from);
     let cert = params.signed_by(&key, ca).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().clone())
 }
@@ -722,6 +733,47 @@ async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
         got.headers["x-echo-x-forwarded-client-cert"],
         format!("Hash={hash};Subject=\"CN=rcgen self signed cert\";URI=;DNS=client.example.com")
     );
+}
+
+/// MUTUAL with Istio's `ca.crl` in the Secret: a client certificate the list revokes is
+/// refused, another of the same CA served, and a new list is read without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_client_certificates_the_secrets_crl_revokes() {
+    let backend = backend("productpage").await;
+    let server_ca = ca("edge-ca");
+    let client_ca = ca("client-ca");
+    let (cert, key, _) = leaf(&server_ca, &["mtls.example.com"]);
+    let cfg = gateway_config(
+        vec![tls_server(
+            443,
+            &["mtls.example.com"],
+            ServerTlsMode::Mutual,
+            "mtls-cert",
+        )],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let (client_ca_pem, revoking) = (client_ca.pem(), crl(&client_ca, &[7], 2099));
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "mtls-cert", &cert, &key);
+        std::fs::write(d.join("mtls-cert/ca.crt"), &client_ca_pem).unwrap();
+        std::fs::write(d.join("mtls-cert/ca.crl"), &revoking).unwrap();
+    })
+    .await;
+    let at = gw.addr(443);
+    let client = |serial| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let (c, k, _) = numbered_leaf_of(key, &client_ca, &["client.example.com"], Some(serial));
+        connector(&server_ca, Some((&c, &k)), &[])
+    };
+    let (revoked, kept) = (client(7), client(8));
+    assert!(https_get(&revoked, at, "mtls.example.com").await.is_err());
+    let (status, _, _) = https_get(&kept, at, "mtls.example.com").await.unwrap();
+    assert_eq!(status, 200);
+    // The list no longer names 7: the next handshake takes it.
+    let unrevoked = crl(&client_ca, &[], 2099);
+    std::fs::write(gw.credentials.path().join("mtls-cert/ca.crl"), unrevoked).unwrap();
+    let (status, _, _) = https_get(&revoked, at, "mtls.example.com").await.unwrap();
+    assert_eq!(status, 200);
 }
 
 /// A TLS echo server: terminates with its own certificate and echoes what it reads.

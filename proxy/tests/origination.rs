@@ -228,27 +228,6 @@ async fn simple_verifies_the_server_against_the_ca_file() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// A CRL from `ca` revoking `serials`, next updated in `next_year`.
-fn crl(ca: &Ca, serials: &[u64], next_year: i32) -> String {
-    let params = rcgen::CertificateRevocationListParams {
-        this_update: rcgen::date_time_ymd(2025, 1, 1),
-        next_update: rcgen::date_time_ymd(next_year, 1, 1),
-        crl_number: rcgen::SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: serials
-            .iter()
-            .map(|s| rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from(*s),
-                revocation_time: rcgen::date_time_ymd(2025, 6, 1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    };
-    params.signed_by(ca).unwrap().pem().unwrap()
-}
-
 /// `caCrl`: the server's chain is checked against the lists, as Envoy checks it. A revoked
 /// certificate, an issuer without a list, or a list past its next update fail the handshake
 /// (503 UF); a current list that does not name the certificate lets it through.

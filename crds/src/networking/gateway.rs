@@ -490,7 +490,7 @@ impl ServerTlsSettings {
                 c.field("caCrl", |c| {
                     c.error(
                         Code::NotSupported,
-                        "Mizzen's gateway does not check certificate revocation lists, so it would accept revoked client certificates; caCrl cannot be honoured",
+                        "Mizzen's gateway reads revocation lists from the credential Secret's `ca.crl` key (as Istio requires with credentialName), not from a file path; caCrl cannot be honoured, and without the lists it would accept revoked client certificates",
                     )
                 });
             }

@@ -7,6 +7,7 @@
 //! <dir>/<secret-name>/tls.crt   server certificate chain
 //! <dir>/<secret-name>/tls.key   its private key (mode 0600)
 //! <dir>/<secret-name>/ca.crt    CA bundle for client certificates (MUTUAL)
+//! <dir>/<secret-name>/ca.crl    revocation lists for them (MUTUAL)
 //! ```
 //!
 //! Which Secrets, and what their keys become, is the pure [`bundle_of`]. [`CredentialDir`]
@@ -29,11 +30,12 @@ use kube::{
 };
 
 /// The files the gateway reads, and the Secret keys each comes from: Kubernetes' TLS Secret
-/// keys first, then Istio's generic-Secret spellings (`cert`, `key`, `cacert`).
-const FILES: [(&str, [&str; 2]); 3] = [
+/// keys first, then Istio's generic-Secret spellings (`cert`, `key`, `cacert`, `crl`).
+const FILES: [(&str, [&str; 2]); 4] = [
     ("tls.crt", ["tls.crt", "cert"]),
     ("tls.key", ["tls.key", "key"]),
     ("ca.crt", ["ca.crt", "cacert"]),
+    ("ca.crl", ["ca.crl", "crl"]),
 ];
 
 /// The Secret types that can hold gateway credentials (`None`/empty is `Opaque`).
@@ -366,13 +368,14 @@ mod tests {
         let generic = secret(
             "web-mtls",
             None,
-            &[("cert", "C"), ("key", "K"), ("cacert", "A")],
+            &[("cert", "C"), ("key", "K"), ("cacert", "A"), ("crl", "R")],
         );
         let b = bundle_of(&generic).unwrap();
         assert_eq!(
             b.files.keys().copied().collect::<Vec<_>>(),
-            ["ca.crt", "tls.crt", "tls.key"]
+            ["ca.crl", "ca.crt", "tls.crt", "tls.key"]
         );
+        assert_eq!(b.files["ca.crl"], b"R");
         // `<name>-cacert` Secrets carry the CA alone.
         let ca = secret("web-cacert", Some("Opaque"), &[("ca.crt", "A")]);
         assert_eq!(bundle_of(&ca).unwrap().files.len(), 1);

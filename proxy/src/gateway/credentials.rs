@@ -1,7 +1,10 @@
 //! TLS at the edge: the rustls server config of each terminating Gateway server, built from
 //! the files its credentials syncer writes from Kubernetes TLS Secrets:
 //! `<dir>/<credentialName>/tls.crt` and `tls.key`, and for `MUTUAL` the client CA `ca.crt`
-//! beside them or in `<dir>/<credentialName>-cacert/ca.crt`. A server with `credentialNames`
+//! beside them or in `<dir>/<credentialName>-cacert/ca.crt`, with the revocation lists
+//! `ca.crl` beside that `ca.crt` when the Secret has them (Istio's `ca.crl` key): then every
+//! certificate of a client's chain is checked against them, as Envoy does (revoked, an issuer
+//! without a list, or a list past its next update refuse the handshake). A server with `credentialNames`
 //! holds one certificate per Secret and picks one per handshake ([`super::cert_choice`]); its
 //! client CA is the first Secret's, as in Istio. Its TLS 1.2 suites are its `cipherSuites`
 //! ([`super::cipher_suites`]).
@@ -26,7 +29,10 @@ use rustls::{
     DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+        pem::PemObject,
+    },
     server::{
         ParsedCertificate, WebPkiClientVerifier,
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -95,6 +101,8 @@ impl Files {
             one(&self.key),
             one(&self.cas[0]),
             one(&self.cas[1]),
+            one(&crl_beside(&self.cas[0])),
+            one(&crl_beside(&self.cas[1])),
         ])
     }
 }
@@ -103,7 +111,12 @@ type FileStamp = Option<(u64, u64, Option<SystemTime>)>;
 
 /// The stamps of one credential's files.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp([FileStamp; 4]);
+struct Stamp([FileStamp; 6]);
+
+/// The revocation lists that go with a client CA file: `ca.crl` in its directory.
+fn crl_beside(ca: &Path) -> PathBuf {
+    ca.with_file_name("ca.crl")
+}
 
 /// What a server config is built from: its credentials' files, in order, and its settings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -230,6 +243,21 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
     Ok(certs)
 }
 
+/// The revocation lists of a `ca.crl` file: at least one.
+fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, CredentialError> {
+    let invalid = |message: String| CredentialError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let crls = CertificateRevocationListDer::pem_slice_iter(&read(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("not PEM revocation lists: {e}")))?;
+    if crls.is_empty() {
+        return Err(invalid("no X509 CRL in the file".into()));
+    }
+    Ok(crls)
+}
+
 /// One credential's certificate chain with its private key, checked to fit each other.
 fn certified_key(
     files: &Files,
@@ -288,6 +316,13 @@ fn build(key: &Key, base: &CryptoProvider) -> Result<ServerConfig, CredentialErr
             }
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let crl = crl_beside(ca);
+            if crl.exists() {
+                // rustls checks the whole chain and refuses an unknown status by default.
+                verifier = verifier
+                    .with_crls(crls(&crl)?)
+                    .enforce_revocation_expiration();
+            }
             if key.mode == ServerTlsMode::OptionalMutual {
                 verifier = verifier.allow_unauthenticated();
             }

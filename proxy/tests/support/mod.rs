@@ -587,3 +587,29 @@ pub async fn tcp_echoed(
         .flatten();
     (s, ok.map(|_| buf))
 }
+
+/// A PEM CRL from `ca` revoking the certificates numbered `serials`, next updated on the first
+/// of January of `next_year` (a past year makes it stale).
+pub fn crl(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    serials: &[u64],
+    next_year: i32,
+) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(next_year, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(ca).unwrap().pem().unwrap()
+}
