@@ -77,22 +77,34 @@ pub struct EndpointState {
 }
 
 /// The identities the server of `endpoint` may present over mesh mTLS, as Istio's secure
-/// naming decides: the DestinationRule's `subjectAltNames` when set (only SPIFFE ids can match a
-/// mesh certificate; other names match nothing), else the endpoint's own identity (its pod's
-/// service account, a WorkloadEntry's), else — a ServiceEntry address, an endpoint the agent
-/// knows no account for — any workload of the trust domain.
-pub fn expected_peer(tls: Option<&ClientTls>, endpoint: &Endpoint) -> ExpectedPeer {
-    match tls.map(|t| &t.subject_alt_names).filter(|s| !s.is_empty()) {
-        Some(sans) => {
-            let mut ids: Vec<SpiffeId> = sans
-                .iter()
-                .filter_map(|s| SpiffeId::parse(s).ok())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            ExpectedPeer::OneOf(ids)
+/// naming decides (only SPIFFE ids can match a mesh certificate; other names match nothing):
+/// the DestinationRule's `subjectAltNames` when set; else the endpoint's own identity (its
+/// pod's service account, a WorkloadEntry's) and its ServiceEntry's `subjectAltNames`
+/// (`service_sans`); else — a ServiceEntry address, an endpoint the agent knows no account
+/// for, no names given — any workload of the trust domain.
+pub fn expected_peer(
+    tls: Option<&ClientTls>,
+    service_sans: &[String],
+    endpoint: &Endpoint,
+) -> ExpectedPeer {
+    let spiffe = |sans: &[String]| -> Vec<SpiffeId> {
+        sans.iter()
+            .filter_map(|s| SpiffeId::parse(s).ok())
+            .collect()
+    };
+    let exactly = |mut ids: Vec<SpiffeId>| {
+        ids.sort();
+        ids.dedup();
+        ExpectedPeer::OneOf(ids)
+    };
+    match tls.map(|t| t.subject_alt_names.as_slice()) {
+        Some(sans) if !sans.is_empty() => exactly(spiffe(sans)),
+        _ if service_sans.is_empty() => ExpectedPeer::one_of(endpoint.identity.clone()),
+        _ => {
+            let mut ids = spiffe(service_sans);
+            ids.extend(endpoint.identity.clone());
+            exactly(ids)
         }
-        None => ExpectedPeer::one_of(endpoint.identity.clone()),
     }
 }
 
@@ -141,6 +153,8 @@ pub struct Upstream {
     locality: Option<Plan>,
     /// `warmup`'s ramp, and when the last endpoint to join finishes it.
     warmup: Option<(Ramp, Instant)>,
+    /// The ServiceEntry's `subjectAltNames` the endpoints' expected identities were made with.
+    sans: Vec<String>,
     pub policy: TrafficPolicy,
     pub protocol: Protocol,
     /// Circuit-breaking limits (`connectionPool`), shared by every route to this upstream.
@@ -366,20 +380,25 @@ impl Upstreams {
             .clone()
             .or_else(|| source.locality())
             .unwrap_or_default();
-        let up = Arc::new(self.build(
-            key,
-            endpoints,
-            Settings {
-                policy,
-                protocol,
-                labels,
-                here,
-                node: source.node(),
-                distribution: service.and_then(|s| s.traffic_distribution),
-            },
-            generation,
-            old,
-        ));
+        let up = Arc::new(
+            self.build(
+                key,
+                endpoints,
+                Settings {
+                    policy,
+                    protocol,
+                    labels,
+                    here,
+                    node: source.node(),
+                    distribution: service.and_then(|s| s.traffic_distribution),
+                    sans: service
+                        .map(|s| s.subject_alt_names.clone())
+                        .unwrap_or_default(),
+                },
+                generation,
+                old,
+            ),
+        );
         self.insert(up.clone());
         up
     }
@@ -426,6 +445,7 @@ impl Upstreams {
                 here: Locality::default(),
                 node: None,
                 distribution: None,
+                sans: Vec::new(),
             },
             (0, 0),
             None,
@@ -454,6 +474,7 @@ impl Upstreams {
             here,
             node,
             distribution,
+            sans,
         } = settings;
         let pool = policy.connection_pool.clone().unwrap_or_default();
         let settings = PoolSettings {
@@ -485,15 +506,16 @@ impl Upstreams {
                     .as_ref()
                     .and_then(|o| o.endpoints.iter().find(|e| e.name == name))
                     .map_or(now, |e| e.joined);
-                // An endpoint's state holds its expected identities, which `tls` decides too.
+                // An endpoint's state holds its expected identities, which `tls` and the
+                // service's names decide too.
                 old.as_ref()
-                    .filter(|o| o.policy.tls == policy.tls)
+                    .filter(|o| o.policy.tls == policy.tls && o.sans == sans)
                     .and_then(|o| o.endpoints.iter().find(|e| e.endpoint == endpoint))
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(EndpointState {
                             peer: PeerLabels::of_endpoint(&endpoint.labels, &service.namespace),
-                            expected: expected_peer(policy.tls.as_ref(), &endpoint),
+                            expected: expected_peer(policy.tls.as_ref(), &sans, &endpoint),
                             authority: name.parse().ok(),
                             endpoint,
                             name,
@@ -592,6 +614,7 @@ impl Upstreams {
             balancer,
             locality,
             warmup,
+            sans,
             policy,
             protocol,
             limits,
@@ -650,6 +673,8 @@ struct Settings {
     node: Option<String>,
     /// The Kubernetes Service's `trafficDistribution`.
     distribution: Option<TrafficDistribution>,
+    /// The ServiceEntry's `subjectAltNames`.
+    sans: Vec<String>,
 }
 
 /// Where this proxy runs: its locality (when set here, rather than learnt from the node
@@ -869,6 +894,7 @@ mod tests {
                     here: Locality::default(),
                     node: None,
                     distribution: None,
+                    sans: Vec::new(),
                 },
                 (0, 0),
                 None,
@@ -944,10 +970,10 @@ mod tests {
         const B: &str = "spiffe://cluster.local/ns/shop/sa/b";
         const C: &str = "spiffe://cluster.local/ns/shop/sa/c";
         // Unknown identity, no DestinationRule names: any workload of the trust domain.
-        assert_eq!(expected_peer(None, &endpoint(None)), ExpectedPeer::Any);
+        assert_eq!(expected_peer(None, &[], &endpoint(None)), ExpectedPeer::Any);
         // The endpoint's own identity.
         assert_eq!(
-            expected_peer(None, &endpoint(Some(B))),
+            expected_peer(None, &[], &endpoint(Some(B))),
             ExpectedPeer::OneOf(vec![id(B)])
         );
         // subjectAltNames win; names that are not SPIFFE ids cannot match a mesh certificate.
@@ -957,22 +983,42 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            expected_peer(Some(&tls), &endpoint(Some(B))),
+            expected_peer(Some(&tls), &[], &endpoint(Some(B))),
             ExpectedPeer::OneOf(vec![id(C)])
         );
         let only_dns = ClientTls {
             subject_alt_names: vec!["api.example.com".into()],
-            ..tls
+            ..tls.clone()
         };
         assert_eq!(
-            expected_peer(Some(&only_dns), &endpoint(None)),
+            expected_peer(Some(&only_dns), &[], &endpoint(None)),
             ExpectedPeer::OneOf(Vec::new())
         );
         // An empty list is no list.
         let empty = ClientTls::default();
         assert_eq!(
-            expected_peer(Some(&empty), &endpoint(None)),
+            expected_peer(Some(&empty), &[], &endpoint(None)),
             ExpectedPeer::Any
+        );
+        // A ServiceEntry's names join the endpoint's own, and bound an endpoint of unknown
+        // identity; the DestinationRule's still replace them.
+        let entry = [C.to_string(), "vm.example.com".to_string()];
+        assert_eq!(
+            expected_peer(None, &entry, &endpoint(Some(B))),
+            ExpectedPeer::OneOf(vec![id(B), id(C)])
+        );
+        assert_eq!(
+            expected_peer(Some(&empty), &entry, &endpoint(None)),
+            ExpectedPeer::OneOf(vec![id(C)])
+        );
+        let dns_only = ["vm.example.com".to_string()];
+        assert_eq!(
+            expected_peer(None, &dns_only, &endpoint(None)),
+            ExpectedPeer::OneOf(Vec::new())
+        );
+        assert_eq!(
+            expected_peer(Some(&tls), &entry, &endpoint(None)),
+            ExpectedPeer::OneOf(vec![id(C)])
         );
     }
 }

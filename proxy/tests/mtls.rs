@@ -345,6 +345,30 @@ async fn an_endpoint_of_unknown_identity_accepts_any_workload_of_the_trust_domai
     assert_eq!(any.app.tls.as_ref().unwrap().expected_sets(), 0);
 }
 
+/// A ServiceEntry's `subjectAltNames` bound an endpoint of unknown identity to those names,
+/// and add to an endpoint's own.
+#[tokio::test]
+async fn service_entry_subject_alt_names_bound_the_endpoints_identity() {
+    let p = pair(PeerAuthMode::Strict).await;
+    let with_names = |identity: Option<&str>, sans: &[&str]| {
+        let mut cfg = caller_config(&p, identity, None);
+        cfg.services[0].subject_alt_names = sans.iter().map(|s| s.to_string()).collect();
+        cfg
+    };
+    let start = |cfg: ProxyConfig| {
+        let tls = issue(p.dir.path(), &p.ca, "servicea");
+        async move { start_with(&cfg, |c| c.tls = Some(tls)).await }
+    };
+    let listed = start(with_names(None, &[REVIEWS, SERVICEB])).await;
+    let r = get(&client(), listed.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let joined = start(with_names(Some(REVIEWS), &[SERVICEB])).await;
+    let r = get(&client(), joined.outbound, "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let unlisted = start(with_names(None, &[REVIEWS])).await;
+    assert_refused(&p, &unlisted).await;
+}
+
 #[tokio::test]
 async fn the_server_reports_its_own_principal_on_mtls_requests() {
     let p = pair(PeerAuthMode::Permissive).await;

@@ -231,14 +231,15 @@ impl Validate for ServiceEntrySpec {
                     Code::InvalidValue,
                     "subject alternative name must not be empty",
                 );
+            } else if !san.starts_with("spiffe://") {
+                c.warn(
+                    Code::InvalidValue,
+                    format!(
+                        "`{san}` is not a SPIFFE id: mesh certificates carry SPIFFE ids only, so it matches no endpoint reached over mesh mTLS"
+                    ),
+                );
             }
         });
-        if !self.subject_alt_names.is_empty() {
-            c.not_supported(
-                "subjectAltNames",
-                "Mizzen does not check a ServiceEntry's subjectAltNames; mesh endpoints are accepted by their serviceAccount identity, or any identity of the mesh's trust domain",
-            );
-        }
     }
 }
 
@@ -527,7 +528,6 @@ subjectAltNames:
             [
                 ("spec.endpoints[0].network", Code::NotSupported),
                 ("spec.exportTo", Code::ConflictingFields),
-                ("spec.subjectAltNames", Code::NotSupported),
             ]
         );
         let alone = ServiceEntrySpec {
@@ -713,11 +713,22 @@ subjectAltNames:
                     Severity::Warn,
                     Code::NotSupported
                 ),
-                ("spec.subjectAltNames", Severity::Warn, Code::NotSupported),
             ]
         );
         assert!(p[0].message.contains("UDP"), "{}", p[0].message);
-        assert!(p[2].message.contains("trust domain"), "{}", p[2].message);
+        // A name that is not a SPIFFE id can match no mesh certificate.
+        let named = problems(
+            "hosts: [vm.corp]\nlocation: MESH_INTERNAL\nresolution: STATIC\nports:\n- number: 80\n  name: http\nendpoints:\n- address: 10.0.0.1\nsubjectAltNames: [spiffe://corp/ns/vm/sa/vm, vm.corp]",
+        );
+        assert_eq!(
+            crate::testing::verdicts(&named),
+            [(
+                "spec.subjectAltNames[1]",
+                Severity::Warn,
+                Code::InvalidValue
+            )]
+        );
+        assert!(named[0].message.starts_with("`vm.corp` is not a SPIFFE id"));
         // Without them, nothing is reported.
         assert!(
             problems(

@@ -776,6 +776,7 @@ fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service 
             location: catalog::entry_location(se),
             resolution: catalog::entry_resolution(se),
             endpoints: catalog.entry_endpoints(stored, se),
+            subject_alt_names: se.subject_alt_names.clone(),
             ..pc::Service::default()
         },
     };

@@ -51,6 +51,10 @@ pub struct Service {
     /// where no DestinationRule sets `localityLbSetting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// A ServiceEntry's `subjectAltNames`: identities its endpoints may present over mesh mTLS,
+    /// besides each endpoint's own (a DestinationRule's `subjectAltNames` replace both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 /// How a Kubernetes Service asks for its traffic to stay close (the values Istio honours).
