@@ -295,11 +295,7 @@ impl Pool {
         if h2 {
             Either::Left(self.send_h2(key, hop, req))
         } else {
-            let sent = self.send_h1(key, hop, origin_form(req, endpoint));
-            Either::Right(async move {
-                let (resp, peer) = sent.await?;
-                Ok((resp.map(body::boxed), peer))
-            })
+            Either::Right(self.send_h1(key, hop, origin_form(req, endpoint)))
         }
     }
 
@@ -312,7 +308,7 @@ impl Pool {
         key: Key,
         hop: Option<Hop<'a>>,
         mut req: Request<Body>,
-    ) -> impl Future<Output = Result<(Response<Incoming>, Peer), BoxError>> + Send + 'a {
+    ) -> impl Future<Output = Result<(Response<Body>, Peer), BoxError>> + Send + 'a {
         async move {
             let target = Target { key: &key, hop };
             // A pooled connection the server closed just now may refuse the request before
@@ -335,7 +331,7 @@ impl Pool {
                 let served = age.served + 1;
                 self.checkin_h1(target.key, tx, peer.clone(), Age { served, ..age });
                 match sent.await {
-                    Ok(resp) => return Ok((resp, peer)),
+                    Ok(resp) => return Ok((resp.map(body::boxed), peer)),
                     Err(e) => match unsent(e) {
                         Ok(back) if !fresh => req = back,
                         Ok(_) => {
