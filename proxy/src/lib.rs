@@ -28,4 +28,5 @@ pub mod sni;
 pub mod stream;
 pub mod tcp;
 pub mod telemetry;
+pub mod tunnel;
 pub mod upstream;

@@ -1,5 +1,5 @@
-//! A connection to an upstream endpoint, plaintext or mesh mTLS, as one stream type for the
-//! HTTP client and the TCP forwarder.
+//! A connection to an upstream endpoint, plaintext or (mesh or originated) TLS, or a tunnel
+//! through an HTTP proxy, as one stream type for the HTTP client and the TCP forwarder.
 
 use std::{
     io::{self, IoSlice},
@@ -7,6 +7,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -16,6 +18,8 @@ use tokio_rustls::client::TlsStream;
 pub enum Stream {
     Plain(TcpStream),
     Mtls(Box<TlsStream<TcpStream>>),
+    /// A `CONNECT` tunnel through an HTTP proxy ([`crate::tunnel`]).
+    Tunnel(Box<TokioIo<Upgraded>>),
 }
 
 impl AsyncRead for Stream {
@@ -27,6 +31,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Tunnel(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -40,6 +45,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Tunnel(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -51,6 +57,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tunnel(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -58,6 +65,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Mtls(s) => s.is_write_vectored(),
+            Stream::Tunnel(s) => s.is_write_vectored(),
         }
     }
 
@@ -65,6 +73,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Tunnel(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -72,6 +81,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Tunnel(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::{
     mtls::Alpn,
     stream::Stream,
     telemetry::{Label, LabelParts, ServiceLabels},
+    tunnel,
     upstream::{EndpointState, Upstream},
 };
 
@@ -259,12 +260,21 @@ impl Target {
                     .authority
                     .as_ref()
                     .ok_or_else(|| format!("`{}` is not an address", endpoint.name))?;
-                let opened = client::open(authority, upstream.dial(), hop, Alpn::Tcp).await;
+                let dial = upstream.dial();
+                let opened = match client::open(authority, dial, hop, Alpn::Tcp).await {
+                    Ok((stream, _)) => match &upstream.policy.tunnel {
+                        Some(t) => tunnel::open(stream, t, dial.timeout)
+                            .await
+                            .map(|io| Stream::Tunnel(Box::new(io))),
+                        None => Ok(stream),
+                    },
+                    Err(e) => Err(e),
+                };
                 upstream.record(endpoint, || match &opened {
                     Ok(_) => Outcome::Status(200),
                     Err(e) => Outcome::of_error(e.as_ref()),
                 });
-                Ok(opened?.0)
+                opened
             }
         }
     }

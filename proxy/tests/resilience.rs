@@ -456,3 +456,77 @@ async fn a_tcp_endpoint_that_refuses_connections_is_ejected() {
     assert_eq!(failed, 2, "connections failed");
     assert!(last.iter().all(|ok| *ok), "{last:?}");
 }
+
+/// An HTTP proxy on loopback that answers `CONNECT` with `status`, noting each target, and
+/// echoes what the tunnel carries.
+async fn connect_proxy(status: u16) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use hyper::{Request, Response, body::Incoming, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = targets.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock()
+                            .unwrap()
+                            .push(format!("{} {}", req.method(), req.uri()));
+                        if status == 200 {
+                            tokio::spawn(async move {
+                                let Ok(up) = hyper::upgrade::on(req).await else {
+                                    return;
+                                };
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            });
+                        }
+                        let mut resp = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, targets)
+}
+
+/// `tunnel`: a TCP connection to the service goes to its endpoint, an HTTP proxy, as a
+/// `CONNECT` to the DestinationRule's target; what the tunnel carries reaches the caller. A
+/// proxy that refuses the `CONNECT` fails the connection (UF).
+#[tokio::test]
+async fn tcp_is_tunnelled_through_an_http_proxy_with_connect() {
+    for (status, tunnelled) in [(200, true), (403, false)] {
+        let (proxy_addr, targets) = connect_proxy(status).await;
+        let mut svc = serviceb(vec![endpoint(proxy_addr, "v1")], vec![]);
+        svc.ports[0].protocol = Protocol::Tcp;
+        svc.policy = Some(TrafficPolicy {
+            tunnel: Some(Tunnel {
+                target_host: "api.example.com".into(),
+                target_port: 443,
+            }),
+            ..Default::default()
+        });
+        let proxy = start(&config(vec![svc])).await;
+        let (_conn, echoed) = tcp_echoed(proxy.outbound, b"through the tunnel").await;
+        assert_eq!(echoed.is_some(), tunnelled, "CONNECT answered {status}");
+        assert_eq!(*targets.lock().unwrap(), ["CONNECT api.example.com:443"]);
+        if !tunnelled {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_sample(
+                &metrics(proxy.prometheus).await,
+                "istio_tcp_connections_closed_total",
+                &[("response_flags", "UF")],
+            );
+        }
+    }
+}

@@ -740,10 +740,14 @@ impl Validate for TrafficPolicy {
 
         c.opt("tunnel", self.tunnel.as_ref(), |c, t| {
             t.validate(c);
-            c.warn(
-                Code::NotSupported,
-                "Mizzen's proxy does not tunnel connections over HTTP CONNECT or POST; it connects to the destination directly, so tunnel has no effect",
-            );
+            if t.protocol.as_deref() == Some("POST") {
+                c.field("protocol", |c| {
+                    c.warn(
+                        Code::NotSupported,
+                        "Mizzen's proxy tunnels with CONNECT only; a POST tunnel is not made, and connections go to the destination directly",
+                    )
+                });
+            }
         });
         c.opt("proxyProtocol", self.proxy_protocol.as_ref(), |c, _| {
             c.warn(
@@ -2028,9 +2032,20 @@ subsets:
                 ("spec.trafficPolicy.tunnel.protocol", Code::UnknownEnumValue),
                 ("spec.trafficPolicy.tunnel.targetHost", Code::InvalidHost),
                 ("spec.trafficPolicy.tunnel.targetPort", Code::InvalidPort),
-                ("spec.trafficPolicy.tunnel", Code::NotSupported),
                 ("spec.trafficPolicy.proxyProtocol", Code::NotSupported),
             ]
+        );
+        let post = problems(
+            "host: a
+trafficPolicy:
+  tunnel:
+    protocol: POST
+    targetHost: example.com
+    targetPort: 443",
+        );
+        assert_eq!(
+            codes(&post),
+            [("spec.trafficPolicy.tunnel.protocol", Code::NotSupported)]
         );
     }
 
@@ -2156,28 +2171,20 @@ subsets:
 "#,
         );
         use Severity::Warn;
-        let tp = "spec.trafficPolicy";
-        let expected: Vec<(String, Severity, Code)> = [("tunnel", Warn)]
-            .into_iter()
-            .map(|(path, severity)| (format!("{tp}.{path}"), severity, Code::NotSupported))
-            .chain([
-                (
-                    "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs".to_string(),
-                    Warn,
-                    Code::Deprecated,
-                ),
-                (
-                    "spec.subsets[0].trafficPolicy.proxyProtocol".to_string(),
-                    Warn,
-                    Code::NotSupported,
-                ),
-                (
-                    "spec.workloadSelector".to_string(),
-                    Warn,
-                    Code::NotSupported,
-                ),
-            ])
-            .collect();
+        let expected: Vec<(String, Severity, Code)> = [
+            (
+                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs",
+                Code::Deprecated,
+            ),
+            (
+                "spec.subsets[0].trafficPolicy.proxyProtocol",
+                Code::NotSupported,
+            ),
+            ("spec.workloadSelector", Code::NotSupported),
+        ]
+        .into_iter()
+        .map(|(path, code)| (path.to_string(), Warn, code))
+        .collect();
         let got: Vec<(String, Severity, Code)> = p
             .iter()
             .map(|p| (p.path.clone(), p.severity, p.code))

@@ -162,6 +162,18 @@ fn outlier_detection(o: &dr::OutlierDetection) -> pc::OutlierDetection {
     }
 }
 
+/// A `CONNECT` tunnel (the default protocol); `POST`, which Mizzen does not speak, is not
+/// rendered (validation says so).
+fn tunnel(t: &dr::TunnelSettings) -> Option<pc::Tunnel> {
+    if t.protocol.as_deref().unwrap_or("CONNECT") != "CONNECT" {
+        return None;
+    }
+    Some(pc::Tunnel {
+        target_host: t.target_host.clone(),
+        target_port: u16::try_from(t.target_port).ok()?,
+    })
+}
+
 /// `retryBudget` with Istio's documented defaults (20%, at least 3) for what it leaves unset.
 fn retry_budget(b: &dr::RetryBudget) -> pc::RetryBudget {
     let d = pc::RetryBudget::default();
@@ -206,6 +218,7 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
         outlier_detection: p.outlier_detection.as_ref().map(outlier_detection),
         tls: p.tls.as_ref().map(tls),
         retry_budget: p.retry_budget.as_ref().map(retry_budget),
+        tunnel: p.tunnel.as_ref().and_then(tunnel),
         ports: p
             .port_level_settings
             .iter()
@@ -247,6 +260,9 @@ pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) ->
     }
     if subset.retry_budget.is_some() {
         out.retry_budget = subset.retry_budget;
+    }
+    if subset.tunnel.is_some() {
+        out.tunnel = subset.tunnel.clone();
     }
     for p in &subset.ports {
         match out.ports.iter_mut().find(|q| q.port == p.port) {

@@ -29,6 +29,10 @@ pub struct TrafficPolicy {
     /// place of `connectionPool`'s `maxRetries`. Not per port, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudget>,
+    /// `tunnel`: TCP connections to the destination's endpoints (an HTTP proxy) are tunnelled
+    /// to this target with `CONNECT`. Not per port, as in Istio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortPolicy>,
 }
@@ -245,6 +249,14 @@ pub struct ConnectionPool {
     /// (`tcp.maxConnectionDuration`): they take no new request, and close once their last ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration_ms: Option<u64>,
+}
+
+/// Where a tunnel through an HTTP proxy leads: the `CONNECT` request's authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tunnel {
+    pub target_host: String,
+    pub target_port: u16,
 }
 
 /// Envoy's retry budget: at most `max(min_retry_concurrency, percent% of the requests in
