@@ -24,6 +24,7 @@ pub mod http;
 pub mod init;
 pub mod listener;
 pub mod mtls;
+pub mod proxy_protocol;
 pub mod sni;
 pub mod stream;
 pub mod tcp;

@@ -22,6 +22,7 @@ use crate::{
     http::{body::BoxError, client},
     listener::ConnMeta,
     mtls::Alpn,
+    proxy_protocol::{self, Downstream},
     stream::Stream,
     telemetry::{Label, LabelParts, ServiceLabels},
     tunnel,
@@ -94,7 +95,14 @@ where
     } else {
         Some(Target::Address(meta.orig_dst.to_string()))
     };
-    relay(stream, target, no_route, reporter, parts, &shared).await;
+    let downstream = Downstream {
+        source: meta.peer,
+        destination: meta.orig_dst,
+    };
+    relay(
+        stream, target, downstream, no_route, reporter, parts, &shared,
+    )
+    .await;
 }
 
 /// Forwards a connection into the mesh, as this proxy's outbound side does: to a balanced
@@ -105,7 +113,7 @@ pub async fn forward_to<S>(
     stream: S,
     dest: Option<&Destination>,
     port: u16,
-    peer: std::net::SocketAddr,
+    peer: Downstream,
     shared: &Arc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -115,12 +123,12 @@ pub async fn forward_to<S>(
         Some(dest) => {
             let snap = shared.store.current();
             let port = crate::http::outbound::destination_port(&snap, None, dest, port);
-            pick_target(shared, &snap, dest, port, peer, &mut parts)
+            pick_target(shared, &snap, dest, port, peer.source, &mut parts)
         }
         None => None,
     };
     let no_route = dest.is_none();
-    relay(stream, target, no_route, "source", parts, shared).await;
+    relay(stream, target, peer, no_route, "source", parts, shared).await;
 }
 
 /// The labels of a connection this proxy originates.
@@ -167,6 +175,7 @@ fn pick_target(
 async fn relay<S>(
     stream: S,
     target: Option<Target>,
+    downstream: Downstream,
     no_route: bool,
     reporter: &'static str,
     parts: LabelParts,
@@ -197,7 +206,7 @@ async fn relay<S>(
         );
         return;
     };
-    let upstream = match target.connect().await {
+    let upstream = match target.connect(downstream).await {
         Ok(s) => s,
         Err(e) => {
             let labels = labels(ResponseFlags::UF);
@@ -245,8 +254,9 @@ impl Target {
     }
 
     /// Connects; for an endpoint, the outcome counts towards its outlier detection
-    /// (connection failures and timeouts are errors for a TCP service, as in Istio).
-    async fn connect(&self) -> Result<Stream, BoxError> {
+    /// (connection failures and timeouts are errors for a TCP service, as in Istio), and the
+    /// connection opens with the PROXY protocol header for `downstream` when asked.
+    async fn connect(&self, downstream: Downstream) -> Result<Stream, BoxError> {
         match self {
             Target::Address(addr) => {
                 let authority: Authority = addr.parse()?;
@@ -261,15 +271,20 @@ impl Target {
                     .as_ref()
                     .ok_or_else(|| format!("`{}` is not an address", endpoint.name))?;
                 let dial = upstream.dial();
-                let opened = match client::open(authority, dial, hop, Alpn::Tcp).await {
-                    Ok((stream, _)) => match &upstream.policy.tunnel {
-                        Some(t) => tunnel::open(stream, t, dial.timeout)
-                            .await
-                            .map(|io| Stream::Tunnel(Box::new(io))),
-                        None => Ok(stream),
-                    },
-                    Err(e) => Err(e),
-                };
+                let header = upstream
+                    .policy
+                    .proxy_protocol
+                    .map(|version| proxy_protocol::header(version, Some(downstream)));
+                let opened =
+                    match client::open(authority, dial, header.as_deref(), hop, Alpn::Tcp).await {
+                        Ok((stream, _)) => match &upstream.policy.tunnel {
+                            Some(t) => tunnel::open(stream, t, dial.timeout)
+                                .await
+                                .map(|io| Stream::Tunnel(Box::new(io))),
+                            None => Ok(stream),
+                        },
+                        Err(e) => Err(e),
+                    };
                 upstream.record(endpoint, || match &opened {
                     Ok(_) => Outcome::Status(200),
                     Err(e) => Outcome::of_error(e.as_ref()),

@@ -44,6 +44,7 @@ use crate::{
         client::{Dial, Hop, MeshHop, Peer, Pool, PoolSettings},
     },
     mtls::{MeshTls, origination::Originator},
+    proxy_protocol::{self, Downstream},
     telemetry::{PeerLabels, ServiceLabels},
 };
 
@@ -774,6 +775,11 @@ where
         } else {
             body::boxed(body)
         };
+        // The caller's connection, when the destination takes a PROXY protocol header; a
+        // request that did not come with one (a mirror's copy) is announced as unknown.
+        let proxy_header = up.policy.proxy_protocol.map(|version| {
+            proxy_protocol::header(version, parts.extensions.get::<Downstream>().copied())
+        });
         let req = Request::from_parts(parts, body);
         ep.active.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(ep);
@@ -783,6 +789,7 @@ where
             guard,
             endpoint,
             h2,
+            proxy_header,
             req,
             set_cookie,
         ))
@@ -802,6 +809,7 @@ fn send(
     guard: InFlight,
     endpoint: Authority,
     h2: bool,
+    proxy_header: Option<Arc<[u8]>>,
     req: Request<Body>,
     set_cookie: Option<HeaderValue>,
 ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
@@ -819,7 +827,7 @@ fn send(
             }
         };
         let hop = up.hop(ep)?;
-        let result = up.pool.send(&endpoint, h2, hop, req).await;
+        let result = up.pool.send(&endpoint, h2, hop, proxy_header, req).await;
         up.record(ep, || match &result {
             Ok((r, _)) => Outcome::of_response(r),
             Err(e) => Outcome::of_error(e.as_ref()),

@@ -726,7 +726,7 @@ async fn round_trip(
         .uri("/")
         .body(mizzen_proxy::http::body::empty())
         .unwrap();
-    let (resp, _) = pool.send(endpoint, h2, None, req).await.unwrap();
+    let (resp, _) = pool.send(endpoint, h2, None, None, req).await.unwrap();
     assert_eq!(resp.status(), 200);
     http_body_util::BodyExt::collect(resp.into_body())
         .await
@@ -829,7 +829,7 @@ async fn capped_http2_connections_open_more_for_more_streams() {
                 .uri("/")
                 .body(mizzen_proxy::http::body::empty())
                 .unwrap();
-            let (resp, _) = pool.send(&endpoint, true, None, req).await.unwrap();
+            let (resp, _) = pool.send(&endpoint, true, None, None, req).await.unwrap();
             assert_eq!(resp.status(), 200);
             held.push(resp);
         }
@@ -858,7 +858,7 @@ async fn capped_http2_connections_open_more_for_more_streams() {
             .uri("/")
             .body(mizzen_proxy::http::body::empty())
             .unwrap();
-        held.push(pool.send(&endpoint, true, None, req).await.unwrap());
+        held.push(pool.send(&endpoint, true, None, None, req).await.unwrap());
     }
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;

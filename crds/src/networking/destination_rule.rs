@@ -749,12 +749,6 @@ impl Validate for TrafficPolicy {
                 });
             }
         });
-        c.opt("proxyProtocol", self.proxy_protocol.as_ref(), |c, _| {
-            c.warn(
-                Code::NotSupported,
-                "Mizzen's proxy does not send a PROXY protocol header on upstream connections; the setting has no effect",
-            )
-        });
         c.opt("retryBudget", self.retry_budget.as_ref(), |c, b| {
             if let Some(p) = b.percent {
                 c.field("percent", |c| check_percent_f64(c, p));
@@ -2032,7 +2026,6 @@ subsets:
                 ("spec.trafficPolicy.tunnel.protocol", Code::UnknownEnumValue),
                 ("spec.trafficPolicy.tunnel.targetHost", Code::InvalidHost),
                 ("spec.trafficPolicy.tunnel.targetPort", Code::InvalidPort),
-                ("spec.trafficPolicy.proxyProtocol", Code::NotSupported),
             ]
         );
         let post = problems(
@@ -2175,10 +2168,6 @@ subsets:
             (
                 "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs",
                 Code::Deprecated,
-            ),
-            (
-                "spec.subsets[0].trafficPolicy.proxyProtocol",
-                Code::NotSupported,
             ),
             ("spec.workloadSelector", Code::NotSupported),
         ]

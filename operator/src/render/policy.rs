@@ -219,6 +219,12 @@ pub fn traffic_policy(p: &dr::TrafficPolicy) -> pc::TrafficPolicy {
         tls: p.tls.as_ref().map(tls),
         retry_budget: p.retry_budget.as_ref().map(retry_budget),
         tunnel: p.tunnel.as_ref().and_then(tunnel),
+        proxy_protocol: p
+            .proxy_protocol
+            .map(|pp| match pp.version.unwrap_or_default() {
+                dr::ProxyProtocolVersion::V1 => pc::ProxyProtocol::V1,
+                dr::ProxyProtocolVersion::V2 => pc::ProxyProtocol::V2,
+            }),
         ports: p
             .port_level_settings
             .iter()
@@ -263,6 +269,9 @@ pub fn merge(service: Option<&pc::TrafficPolicy>, subset: &pc::TrafficPolicy) ->
     }
     if subset.tunnel.is_some() {
         out.tunnel = subset.tunnel.clone();
+    }
+    if subset.proxy_protocol.is_some() {
+        out.proxy_protocol = subset.proxy_protocol;
     }
     for p in &subset.ports {
         match out.ports.iter_mut().find(|q| q.port == p.port) {

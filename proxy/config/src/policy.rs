@@ -33,6 +33,10 @@ pub struct TrafficPolicy {
     /// to this target with `CONNECT`. Not per port, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
+    /// `proxyProtocol`: every upstream connection opens with a PROXY protocol header naming
+    /// the caller's connection (its source, and the address it was made to). Not per port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortPolicy>,
 }
@@ -249,6 +253,15 @@ pub struct ConnectionPool {
     /// (`tcp.maxConnectionDuration`): they take no new request, and close once their last ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration_ms: Option<u64>,
+}
+
+/// The PROXY protocol version of [`TrafficPolicy::proxy_protocol`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// Where a tunnel through an HTTP proxy leads: the `CONNECT` request's authority.

@@ -25,6 +25,7 @@ use crate::{
     app::Shared,
     http::{server, xfcc},
     listener,
+    proxy_protocol::Downstream,
     sni::{self, Hello},
     tcp,
 };
@@ -58,6 +59,11 @@ async fn connection(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
+    // The connection as the client made it, for a PROXY protocol header upstream.
+    let peer = Downstream {
+        source: peer,
+        destination: stream.local_addr().unwrap_or(peer),
+    };
     let plan = gateway.plan(&shared.store.current());
     let Some(ports) = plan.ports.get(&port) else {
         tracing::debug!("no server on this port any more; closing");
@@ -94,7 +100,7 @@ async fn connection(
 
 async fn plaintext(
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Downstream,
     port: u16,
     ports: &PortPlan,
     shared: Arc<Shared>,
@@ -112,7 +118,7 @@ async fn plaintext(
 /// A connection to a server that takes TLS: passed through by SNI, or terminated.
 async fn tls(
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Downstream,
     sni: Option<String>,
     site: &TlsSite,
     gateway: &Gateway,
@@ -123,7 +129,7 @@ async fn tls(
     if let Some(table) = &site.passthrough {
         let info = ConnectionInfo {
             destination: None,
-            source: Some(peer.ip()),
+            source: Some(peer.source.ip()),
             port: server.port,
             host: None,
             sni: sni.as_deref(),
@@ -186,7 +192,7 @@ async fn tls(
 /// its routes.
 async fn terminated<S>(
     stream: S,
-    peer: SocketAddr,
+    peer: Downstream,
     client_cert: Option<HeaderValue>,
     site: &TlsSite,
     http_site: bool,
@@ -225,13 +231,13 @@ where
 
 /// A TCP connection by the server's `tcp_routes`: the first whose match takes it (port, the
 /// client's address, the gateway's labels and namespace), as the sidecar's rules are matched.
-async fn tcp_routes<S>(stream: S, peer: SocketAddr, server: &Server, shared: &Arc<Shared>)
+async fn tcp_routes<S>(stream: S, peer: Downstream, server: &Server, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let info = ConnectionInfo {
         destination: None,
-        source: Some(peer.ip()),
+        source: Some(peer.source.ip()),
         host: None,
         port: server.port,
         sni: None,

@@ -5,7 +5,7 @@
 //! `httpsRedirect`: 301 to `https://<host><path>`. As Envoy at the edge, the client's address
 //! is appended to `x-forwarded-for` and its scheme set in `x-forwarded-proto`.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header::Entry};
 use hyper::body::Incoming;
@@ -22,13 +22,15 @@ use crate::{
         report::Exchange,
         xfcc,
     },
+    proxy_protocol::Downstream,
     telemetry::ServiceLabels,
 };
 
 /// What the requests of one connection share.
 #[derive(Debug)]
 pub struct Conn {
-    pub peer: SocketAddr,
+    /// The client's connection: its address, and the gateway's it was made to.
+    pub peer: Downstream,
     /// The site the connection belongs to, found again in the current plan per request.
     pub site: SiteKey,
     /// `http`, or `https` once TLS is terminated.
@@ -40,8 +42,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, site: SiteKey, scheme: &'static str) -> Self {
-        let client = HeaderValue::from_str(&peer.ip().to_string())
+    pub fn new(peer: Downstream, site: SiteKey, scheme: &'static str) -> Self {
+        let client = HeaderValue::from_str(&peer.source.ip().to_string())
             .expect("an IP address is a valid header value");
         Self {
             peer,
@@ -85,7 +87,7 @@ fn handle_inner(
             &mut parts,
             body,
             authority,
-            conn.peer,
+            conn.peer.source,
         );
         let path_and_query = target.as_str();
         forwarded(&mut parts.headers, &conn.client, conn.scheme);

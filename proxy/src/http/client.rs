@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mizzen_identity::ExpectedPeer;
 use mizzen_proxy_config::TcpKeepalive;
 use mizzen_resilience::UpstreamError;
-use tokio::net::TcpStream;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::body::{self, Body, BoxError};
 use crate::{
@@ -119,15 +119,21 @@ struct H1Conns {
 /// The endpoint's authority is compared byte for byte: endpoints come from the config in one
 /// form, and `Authority`'s own comparison, which ignores case, costs a step per byte on every
 /// checkout and checkin.
+///
+/// With a PROXY protocol header (DestinationRule `proxyProtocol`), connections are told apart
+/// by it too: a connection opened for one caller's connection carries only its requests.
 #[derive(Clone, Debug)]
 struct Key {
     endpoint: Authority,
     tls: bool,
+    proxy_header: Option<Arc<[u8]>>,
 }
 
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.tls == other.tls && self.endpoint.as_str() == other.endpoint.as_str()
+        self.tls == other.tls
+            && self.endpoint.as_str() == other.endpoint.as_str()
+            && self.proxy_header == other.proxy_header
     }
 }
 
@@ -137,6 +143,7 @@ impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.endpoint.as_str().hash(state);
         self.tls.hash(state);
+        self.proxy_header.hash(state);
     }
 }
 
@@ -286,11 +293,13 @@ impl Pool {
         endpoint: &Authority,
         h2: bool,
         hop: Option<Hop<'a>>,
+        proxy_header: Option<Arc<[u8]>>,
         req: Request<Body>,
     ) -> impl Future<Output = Result<(Response<Body>, Peer), BoxError>> + Send + 'a {
         let key = Key {
             endpoint: endpoint.clone(),
             tls: hop.is_some(),
+            proxy_header,
         };
         if h2 {
             Either::Left(self.send_h2(key, hop, req))
@@ -559,8 +568,10 @@ impl Pool {
         target: Target<'_>,
         alpn: Alpn,
     ) -> Result<(TokioIo<Stream>, Peer), BoxError> {
+        let key = target.key;
+        let header = key.proxy_header.as_deref();
         let (stream, peer) =
-            open(&target.key.endpoint, self.settings.dial, target.hop, alpn).await?;
+            open(&key.endpoint, self.settings.dial, header, target.hop, alpn).await?;
         Ok((TokioIo::new(stream), peer))
     }
 }
@@ -572,10 +583,17 @@ impl Pool {
 pub async fn open(
     endpoint: &Authority,
     dial: Dial,
+    proxy_header: Option<&[u8]>,
     hop: Option<Hop<'_>>,
     alpn: Alpn,
 ) -> Result<(Stream, Peer), BoxError> {
-    let tcp = connect(endpoint, dial).await?;
+    let mut tcp = connect(endpoint, dial).await?;
+    if let Some(header) = proxy_header {
+        // First on the connection, before any TLS: the PROXY protocol header.
+        tcp.write_all(header)
+            .await
+            .map_err(UpstreamError::connect_failure)?;
+    }
     Ok(match hop {
         None => (Stream::Plain(tcp), None),
         Some(Hop::Mesh(hop)) => {

@@ -1,7 +1,7 @@
 //! The outbound request path: what the app sends out. Route with the config's route table,
 //! then through the route's resilience layers to a balanced endpoint of the chosen upstream.
 
-use std::{borrow::Cow, convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, convert::Infallible, future::Future, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -27,6 +27,7 @@ use crate::{
         upgrade, xfcc,
     },
     listener::ConnMeta,
+    proxy_protocol::Downstream,
     telemetry::ServiceLabels,
     upstream::{ClientAddr, UpstreamService},
 };
@@ -110,7 +111,10 @@ fn handle_inner(
                 let at = Routed {
                     shared: &shared,
                     snap: &snap,
-                    peer: conn.peer,
+                    peer: Downstream {
+                        source: conn.peer,
+                        destination: conn.orig_dst,
+                    },
                     port: conn.port,
                 };
                 respond(at, decision, parts, body, &mut ex).await
@@ -126,8 +130,9 @@ pub struct Routed<'a> {
     pub shared: &'a Arc<Shared>,
     /// The config the upstreams are built from (services, policies, endpoints).
     pub snap: &'a Arc<Snapshot>,
-    /// The caller, for source-IP hashing and the hash cookie made for a request without one.
-    pub peer: SocketAddr,
+    /// The caller's connection: its address for source-IP hashing and the hash cookie made
+    /// for a request without one, both ends for a PROXY protocol header upstream.
+    pub peer: Downstream,
     /// The port the request arrived for: the destination port when the route names none.
     pub port: u16,
 }
@@ -211,7 +216,10 @@ pub fn respond<'a>(
                 ex.destination_service(upstream.service.clone());
                 ex.log(|e| e.upstream_cluster = upstream.cluster.clone());
                 if upstream.balancer.hash_key().is_some() {
-                    parts.extensions.insert(ClientAddr(peer));
+                    parts.extensions.insert(ClientAddr(peer.source));
+                }
+                if upstream.policy.proxy_protocol.is_some() {
+                    parts.extensions.insert(peer);
                 }
                 let req = Request::from_parts(parts, body);
                 let origin = Some(ex.origin());
