@@ -783,17 +783,21 @@ where
         let req = Request::from_parts(parts, body);
         ep.active.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(ep);
-        Box::pin(send(
-            up,
-            self.origin.clone(),
-            guard,
+        let wire = Wire {
             endpoint,
             h2,
             proxy_header,
-            req,
-            set_cookie,
-        ))
+        };
+        Box::pin(send(up, self.origin.clone(), guard, wire, req, set_cookie))
     }
+}
+
+/// How a balanced request goes out: to which endpoint, over which HTTP version, and with which
+/// PROXY protocol header first on a new connection.
+struct Wire {
+    endpoint: Authority,
+    h2: bool,
+    proxy_header: Option<Arc<[u8]>>,
 }
 
 /// Sends a request to the endpoint it was balanced to (in flight under `guard`), feeds the
@@ -807,14 +811,17 @@ fn send(
     up: Arc<Upstream>,
     origin: Option<Arc<Origin>>,
     guard: InFlight,
-    endpoint: Authority,
-    h2: bool,
-    proxy_header: Option<Arc<[u8]>>,
+    wire: Wire,
     req: Request<Body>,
     set_cookie: Option<HeaderValue>,
 ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
     // An `async` block rather than an `async fn`: that would hold its arguments twice.
     async move {
+        let Wire {
+            endpoint,
+            h2,
+            proxy_header,
+        } = wire;
         let ep = &guard.0;
         // HTTP/1.1 carries one request per connection at a time: `maxConnections` bounds them,
         // waiting requests count as pending and overflow is shed with 503 UO.
