@@ -473,6 +473,12 @@ impl Validate for IstioEgressListener {
             check_ip_bind(c, bind);
         }
 
+        if self.port.is_some() {
+            c.not_supported(
+                "port",
+                "Mizzen does not open per-port egress listeners: the hosts of every listener are reachable on every port",
+            );
+        }
         if !bind.is_empty() {
             c.not_supported(
                 "bind",
@@ -674,7 +680,7 @@ spec:
         assert_eq!(back, sc);
         let p = validate_spec(s);
         assert!(p.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
-        assert_eq!(p.len(), 6, "{p:#?}");
+        assert_eq!(p.len(), 8, "{p:#?}");
     }
 
     #[test]
@@ -713,6 +719,8 @@ inboundConnectionPool:
             [
                 warn("spec.workloadSelector"),
                 warn("spec.ingress"),
+                warn("spec.egress[0].port"),
+                warn("spec.egress[1].port"),
                 warn("spec.egress[1].bind"),
                 warn("spec.egress[1].captureMode"),
                 warn("spec.egress[2].bind"),
@@ -725,6 +733,7 @@ inboundConnectionPool:
             "{}",
             p[0].message
         );
+        assert!(p[2].message.contains("every port"), "{}", p[2].message);
 
         // A namespace-wide Sidecar that only scopes egress hosts and the outbound policy is
         // what Mizzen implements, and is clean.

@@ -50,32 +50,6 @@ impl Source<'_> {
             Self::Entry(s, se) => exported(&se.export_to, s.namespace(), client),
         }
     }
-
-    /// The port numbers the host has.
-    fn has_port(&self, number: u16) -> bool {
-        match self {
-            Self::Kube(s) => s.ports.iter().any(|p| p.port == number),
-            Self::Entry(_, se) => se.ports.iter().any(|p| p.number == u32::from(number)),
-        }
-    }
-}
-
-/// The ports of a host that a client's Sidecar egress listeners reach it on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum EgressPorts {
-    /// Every port (no Sidecar, or a listener without a port lists the host).
-    All,
-    /// Only these: the listeners that list the host all name a port.
-    Only(BTreeSet<u16>),
-}
-
-impl EgressPorts {
-    pub fn admits(&self, number: u16) -> bool {
-        match self {
-            Self::All => true,
-            Self::Only(ports) => ports.contains(&number),
-        }
-    }
 }
 
 struct DrEntry<'a> {
@@ -215,17 +189,15 @@ impl<'a> Catalog<'a> {
         })
     }
 
-    /// The ports on which the Sidecar egress listeners of `client` (if any) reach `host` of
-    /// namespace `ns`: `None` when no listener lists it. A listener with a `port` reaches its
-    /// hosts on that port only, as Istio's per-port egress listeners do.
-    fn egress_ports(&self, client: &str, host: &str, ns: &str) -> Option<EgressPorts> {
+    /// Whether the Sidecar egress hosts of `client` (if any) include `host` of namespace `ns`.
+    fn egress_allows(&self, client: &str, host: &str, ns: &str) -> bool {
         let Some((sidecar, _)) = self.sidecar(client) else {
-            return Some(EgressPorts::All);
+            return true;
         };
         if sidecar.egress.is_empty() {
-            return Some(EgressPorts::All);
+            return true;
         }
-        let lists = |h: &String| {
+        sidecar.egress.iter().flat_map(|l| &l.hosts).any(|h| {
             let Some((want_ns, dns)) = h.split_once('/') else {
                 return false;
             };
@@ -236,23 +208,7 @@ impl<'a> Catalog<'a> {
                 n => n == ns,
             };
             ns_ok && (dns == "*" || host_matches(&dns.to_ascii_lowercase(), host) || dns == host)
-        };
-        let mut only = BTreeSet::new();
-        let mut listed = false;
-        for listener in sidecar.egress.iter().filter(|l| l.hosts.iter().any(lists)) {
-            listed = true;
-            match listener
-                .port
-                .as_ref()
-                .and_then(|p| u16::try_from(p.number).ok())
-            {
-                Some(number) if number > 0 => {
-                    only.insert(number);
-                }
-                _ => return Some(EgressPorts::All),
-            }
-        }
-        listed.then_some(EgressPorts::Only(only))
+        })
     }
 
     /// The outbound traffic policy for `client`'s proxies.
@@ -270,22 +226,14 @@ impl<'a> Catalog<'a> {
     }
 
     /// The source of `host` that `client` sees, if any, with its position among the host's
-    /// candidates and the ports its Sidecar reaches it on (at least one of the host's).
-    pub fn visible(&self, client: &str, host: &str) -> Option<(usize, Source<'a>, EgressPorts)> {
+    /// candidates.
+    pub fn visible(&self, client: &str, host: &str) -> Option<(usize, Source<'a>)> {
         self.hosts
             .get(host)?
             .iter()
             .copied()
             .enumerate()
-            .filter(|(_, s)| s.visible_to(client))
-            .find_map(|(i, s)| {
-                let ports = self.egress_ports(client, host, s.namespace())?;
-                let reachable = match &ports {
-                    EgressPorts::All => true,
-                    EgressPorts::Only(only) => only.iter().any(|p| s.has_port(*p)),
-                };
-                reachable.then_some((i, s, ports))
-            })
+            .find(|(_, s)| s.visible_to(client) && self.egress_allows(client, host, s.namespace()))
     }
 
     pub fn source(&self, host: &str, i: usize) -> Source<'a> {

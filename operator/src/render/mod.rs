@@ -38,7 +38,7 @@ use crate::{
     index::{Changes, Index, Stored},
 };
 pub use catalog::exported;
-use catalog::{Catalog, EgressPorts, Source};
+use catalog::{Catalog, Source};
 pub use compress::CHUNK_SERVICES;
 use compress::{Member, MemberCache};
 
@@ -699,19 +699,16 @@ fn entry_protocol(p: Option<&str>) -> Option<pc::Protocol> {
 struct View {
     source: usize,
     own_namespace: bool,
-    /// The ports the client's Sidecar egress listeners reach the host on.
-    ports: EgressPorts,
     rule: Option<(String, Vec<usize>)>,
     virtual_services: Vec<usize>,
 }
 
 fn view(catalog: &Catalog<'_>, client: &str, host: &str) -> Option<View> {
-    let (source, src, ports) = catalog.visible(client, host)?;
+    let (source, src) = catalog.visible(client, host)?;
     let svc_ns = src.namespace();
     Some(View {
         source,
         own_namespace: svc_ns == client,
-        ports,
         rule: catalog.rule_key(client, host, svc_ns),
         virtual_services: catalog.virtual_services(client, host),
     })
@@ -783,8 +780,6 @@ fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service 
             ..pc::Service::default()
         },
     };
-    // Ports no egress listener reaches are not the client's to use.
-    svc.ports.retain(|p| view.ports.admits(p.number));
 
     if let Some((ns, ids)) = &view.rule {
         let rule = catalog.rule(ns, ids);
