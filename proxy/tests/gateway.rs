@@ -687,14 +687,15 @@ async fn simple_tls_terminates_with_the_credential_and_routes_by_host() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
-    let backend = backend("productpage").await;
-    let server_ca = ca("edge-ca");
-    let client_ca = ca("client-ca");
-    let stranger_ca = ca("stranger-ca");
-    let (cert, key, _) = leaf(&server_ca, &["mtls.example.com"]);
-    let client_ca_pem = client_ca.pem();
+/// A gateway serving `mtls.example.com` on 443 with MUTUAL TLS (its certificate from
+/// `server_ca`, Secret `mtls-cert`) in front of `backend`; `client_ca` writes the client CA
+/// files.
+async fn mutual_gateway(
+    backend: SocketAddr,
+    server_ca: &Ca,
+    client_ca: impl FnOnce(&Path),
+) -> Gateway {
+    let (cert, key, _) = leaf(server_ca, &["mtls.example.com"]);
     let cfg = gateway_config(
         vec![tls_server(
             443,
@@ -702,10 +703,23 @@ async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
             ServerTlsMode::Mutual,
             "mtls-cert",
         )],
-        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend)],
     );
-    let gw = start_gateway(&cfg, &[], |d| {
+    start_gateway(&cfg, &[], |d| {
         write_credential(d, "mtls-cert", &cert, &key);
+        client_ca(d);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_of_the_ca() {
+    let backend = backend("productpage").await;
+    let server_ca = ca("edge-ca");
+    let client_ca = ca("client-ca");
+    let stranger_ca = ca("stranger-ca");
+    let client_ca_pem = client_ca.pem();
+    let gw = mutual_gateway(backend.addr, &server_ca, |d| {
         // The CA in the separate `-cacert` Secret.
         std::fs::create_dir_all(d.join("mtls-cert-cacert")).unwrap();
         std::fs::write(d.join("mtls-cert-cacert/ca.crt"), &client_ca_pem).unwrap();
@@ -742,19 +756,8 @@ async fn mutual_tls_refuses_client_certificates_the_secrets_crl_revokes() {
     let backend = backend("productpage").await;
     let server_ca = ca("edge-ca");
     let client_ca = ca("client-ca");
-    let (cert, key, _) = leaf(&server_ca, &["mtls.example.com"]);
-    let cfg = gateway_config(
-        vec![tls_server(
-            443,
-            &["mtls.example.com"],
-            ServerTlsMode::Mutual,
-            "mtls-cert",
-        )],
-        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
-    );
     let (client_ca_pem, revoking) = (client_ca.pem(), crl(&client_ca, &[7], 2099));
-    let gw = start_gateway(&cfg, &[], |d| {
-        write_credential(d, "mtls-cert", &cert, &key);
+    let gw = mutual_gateway(backend.addr, &server_ca, |d| {
         std::fs::write(d.join("mtls-cert/ca.crt"), &client_ca_pem).unwrap();
         std::fs::write(d.join("mtls-cert/ca.crl"), &revoking).unwrap();
     })

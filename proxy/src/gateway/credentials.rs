@@ -230,32 +230,27 @@ fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
-    let invalid = |message: String| CredentialError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    };
-    let certs = CertificateDer::pem_slice_iter(&read(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid("no certificate in the file".into()));
-    }
-    Ok(certs)
+    pem_all(path, "certificates", "no certificate in the file")
 }
 
 /// The revocation lists of a `ca.crl` file: at least one.
 fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, CredentialError> {
+    pem_all(path, "revocation lists", "no X509 CRL in the file")
+}
+
+/// Every PEM item of one kind in the file at `path`; at least one.
+fn pem_all<T: PemObject>(path: &Path, kind: &str, none: &str) -> Result<Vec<T>, CredentialError> {
     let invalid = |message: String| CredentialError::Invalid {
         path: path.to_path_buf(),
         message,
     };
-    let crls = CertificateRevocationListDer::pem_slice_iter(&read(path)?)
+    let items = T::pem_slice_iter(&read(path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("not PEM revocation lists: {e}")))?;
-    if crls.is_empty() {
-        return Err(invalid("no X509 CRL in the file".into()));
+        .map_err(|e| invalid(format!("not PEM {kind}: {e}")))?;
+    if items.is_empty() {
+        return Err(invalid(none.into()));
     }
-    Ok(crls)
+    Ok(items)
 }
 
 /// One credential's certificate chain with its private key, checked to fit each other.

@@ -212,42 +212,45 @@ fn certs(
     field: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, OriginationError> {
-    let bad = |message: String| OriginationError::Pem {
-        field,
-        path: path.to_path_buf(),
-        message,
-    };
-    let pem = read(field, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, pem::Error>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(bad("no CERTIFICATE block".into()));
-    }
-    Ok(certs)
+    pem_all(field, path, "no CERTIFICATE block")
 }
 
 /// The CRLs of a `caCrl` file: at least one, each parsed.
 fn crls(path: &Path) -> Result<Vec<webpki::CertRevocationList<'static>>, OriginationError> {
-    let bad = |message: String| OriginationError::Pem {
-        field: "tls.caCrl",
-        path: path.to_path_buf(),
-        message,
-    };
-    let pem = read("tls.caCrl", path)?;
-    let ders = CertificateRevocationListDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, pem::Error>>()
-        .map_err(|e| bad(e.to_string()))?;
-    if ders.is_empty() {
-        return Err(bad("no X509 CRL block".into()));
-    }
+    let field = "tls.caCrl";
+    let ders: Vec<CertificateRevocationListDer<'static>> =
+        pem_all(field, path, "no X509 CRL block")?;
     ders.iter()
         .map(|der| {
             webpki::OwnedCertRevocationList::from_der(der)
                 .map(webpki::CertRevocationList::from)
-                .map_err(|e| bad(format!("not a CRL: {e}")))
+                .map_err(|e| pem_error(field, path, format!("not a CRL: {e}")))
         })
         .collect()
+}
+
+/// Every PEM item of one kind in the file at `path` (`field`'s); at least one.
+fn pem_all<T: PemObject>(
+    field: &'static str,
+    path: &Path,
+    none: &str,
+) -> Result<Vec<T>, OriginationError> {
+    let pem = read(field, path)?;
+    let items = T::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, pem::Error>>()
+        .map_err(|e| pem_error(field, path, e.to_string()))?;
+    if items.is_empty() {
+        return Err(pem_error(field, path, none.into()));
+    }
+    Ok(items)
+}
+
+fn pem_error(field: &'static str, path: &Path, message: String) -> OriginationError {
+    OriginationError::Pem {
+        field,
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, OriginationError> {
@@ -256,11 +259,9 @@ fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, 
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in certs("tls.caCertificates", path)? {
-                roots.add(cert).map_err(|e| OriginationError::Pem {
-                    field: "tls.caCertificates",
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| pem_error("tls.caCertificates", path, e.to_string()))?;
             }
             roots
         }
@@ -279,20 +280,15 @@ fn load(settings: &Settings, stamps: Vec<Option<SystemTime>>) -> Result<Loaded, 
         insecure_skip_verify: settings.insecure_skip_verify,
         provider: provider.clone(),
     });
-    let client_auth =
-        match &settings.client {
-            None => None,
-            Some((cert, key)) => {
-                let chain = certs("tls.clientCertificate", cert)?;
-                let key_der = PrivateKeyDer::from_pem_slice(&read("tls.privateKey", key)?)
-                    .map_err(|e| OriginationError::Pem {
-                        field: "tls.privateKey",
-                        path: key.clone(),
-                        message: e.to_string(),
-                    })?;
-                Some((chain, key_der))
-            }
-        };
+    let client_auth = match &settings.client {
+        None => None,
+        Some((cert, key)) => {
+            let chain = certs("tls.clientCertificate", cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read("tls.privateKey", key)?)
+                .map_err(|e| pem_error("tls.privateKey", key, e.to_string()))?;
+            Some((chain, key_der))
+        }
+    };
     let config = |alpn: Alpn| -> Result<(Alpn, TlsConnector), OriginationError> {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
