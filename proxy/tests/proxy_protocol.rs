@@ -6,7 +6,11 @@ mod support;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use mizzen_proxy_config::*;
@@ -36,14 +40,22 @@ async fn read_header(s: &mut TcpStream) -> Vec<u8> {
 
 /// A server that notes the header each connection opens with, then serves HTTP (answering
 /// 200) or, with `echo`, echoes bytes.
-async fn header_server(echo: bool) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+struct HeaderServer {
+    addr: SocketAddr,
+    headers: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// HTTP connections that have closed.
+    closed: Arc<AtomicUsize>,
+}
+
+async fn header_server(echo: bool) -> HeaderServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let headers = Arc::new(Mutex::new(Vec::new()));
-    let seen = headers.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (seen, done) = (headers.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
+            let (seen, done) = (seen.clone(), done.clone());
             tokio::spawn(async move {
                 let header = read_header(&mut s).await;
                 seen.lock().unwrap().push(header);
@@ -60,10 +72,15 @@ async fn header_server(echo: bool) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
+                done.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, headers)
+    HeaderServer {
+        addr,
+        headers,
+        closed,
+    }
 }
 
 fn with_proxy_protocol(
@@ -75,6 +92,10 @@ fn with_proxy_protocol(
     svc.ports[0].protocol = protocol;
     svc.policy = Some(TrafficPolicy {
         proxy_protocol: Some(version),
+        connection_pool: Some(ConnectionPool {
+            idle_timeout_ms: Some(300),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     config(vec![svc])
@@ -95,9 +116,10 @@ async fn get_on_own_connection(proxy: SocketAddr) -> (u16, SocketAddr) {
 
 #[tokio::test]
 async fn http_connections_open_with_the_callers_v1_header_one_pool_per_caller() {
-    let (backend, headers) = header_server(false).await;
+    let server = header_server(false).await;
+    let headers = &server.headers;
     let proxy = start(&with_proxy_protocol(
-        backend,
+        server.addr,
         ProxyProtocol::V1,
         Protocol::Http,
     ))
@@ -122,13 +144,25 @@ async fn http_connections_open_with_the_callers_v1_header_one_pool_per_caller() 
         "{line:?}: the caller's port"
     );
     assert_ne!(seen[0], seen[1]);
+    // Callers come and go; their connections upstream are not kept past the idle timeout
+    // (swept at the next request, whoever makes it).
+    assert_eq!(server.closed.load(Ordering::SeqCst), 0);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(get_on_own_connection(proxy.outbound).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        server.closed.load(Ordering::SeqCst),
+        2,
+        "the idle callers' connections closed"
+    );
 }
 
 #[tokio::test]
 async fn tcp_connections_open_with_the_callers_v2_header() {
-    let (backend, headers) = header_server(true).await;
+    let server = header_server(true).await;
+    let headers = &server.headers;
     let proxy = start(&with_proxy_protocol(
-        backend,
+        server.addr,
         ProxyProtocol::V2,
         Protocol::Tcp,
     ))

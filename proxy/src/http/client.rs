@@ -104,13 +104,12 @@ impl Dial {
 /// More idle HTTP/1.1 connections than this to one endpoint are closed rather than kept.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// How often an endpoint's closed and idle-expired HTTP/1.1 connections are swept out.
+/// How often a pool's closed and idle-expired connections, of every endpoint, are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The HTTP/1.1 connections to one endpoint, busy or idle, and when they were last swept.
+/// The HTTP/1.1 connections to one endpoint, busy or idle.
 struct H1Conns {
     all: Vec<Pooled>,
-    swept: Instant,
 }
 
 /// A pool's connections are told apart by endpoint and by whether they are TLS. (Which TLS
@@ -147,7 +146,33 @@ impl std::hash::Hash for Key {
     }
 }
 
-type ByEndpoint<T> = Mutex<HashMap<Key, T, foldhash::fast::RandomState>>;
+type ByEndpoint<T> = Mutex<Keyed<T>>;
+
+/// Connections by key, and when all of them were last swept. Keys come and go: endpoints
+/// change, and with PROXY headers every caller's connection has its own.
+struct Keyed<T> {
+    conns: HashMap<Key, T, foldhash::fast::RandomState>,
+    swept: Instant,
+}
+
+impl<T> Keyed<T> {
+    fn new() -> Mutex<Self> {
+        Mutex::new(Self {
+            conns: HashMap::default(),
+            swept: Instant::now(),
+        })
+    }
+
+    /// At most every [`SWEEP_EVERY`]: `keep` prunes each key's connections, and keys left
+    /// with none are forgotten. Not on every checkout: with many connections a sweep per
+    /// request cost more than the rest of the send.
+    fn sweep(&mut self, now: Instant, mut keep: impl FnMut(&mut T) -> bool) {
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.swept = now;
+            self.conns.retain(|_, conns| keep(conns));
+        }
+    }
+}
 
 /// Mesh mTLS for a connection: this proxy's TLS, the service it is for (SNI) and the server
 /// identities it accepts (secure naming).
@@ -178,23 +203,29 @@ pub struct Pool {
     h2: ByEndpoint<Vec<H2Conn>>,
 }
 
-/// An HTTP/2 connection in the pool, with its streams open when they are capped.
+/// An HTTP/2 connection in the pool, with its streams open when they are counted.
 struct H2Conn {
     tx: http2::SendRequest<Body>,
     peer: Peer,
     age: Age,
     streams: Arc<AtomicU32>,
+    /// Whether `streams` is kept (see [`Pool::stream_cap`]).
+    counted: bool,
     last_used: Instant,
 }
 
 impl H2Conn {
-    /// Capped connections are closed when they have carried nothing for the idle timeout
-    /// (a burst may have opened more than the steady load needs). An uncapped connection's
-    /// streams are not counted, so it is kept.
-    fn idle_expired(&self, settings: &PoolSettings, now: Instant) -> bool {
-        settings.max_streams.is_some()
-            && self.streams.load(Ordering::Acquire) == 0
-            && now.duration_since(self.last_used) > settings.idle_timeout
+    /// Whether it is closed, past its age, or idle past the idle timeout. Only connections
+    /// whose streams are counted can be known idle: a burst under `maxConcurrentStreams` may
+    /// have opened more than the steady load needs, and a caller's own connections (PROXY
+    /// headers) outlive the caller. The one uncounted connection of an endpoint is kept.
+    fn done(&self, settings: &PoolSettings, now: Instant) -> bool {
+        let idle = || {
+            self.counted
+                && self.streams.load(Ordering::Acquire) == 0
+                && now.duration_since(self.last_used) > settings.idle_timeout
+        };
+        self.tx.is_closed() || settings.too_old(self.age.born, now) || idle()
     }
 }
 
@@ -271,8 +302,8 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Self {
         Self {
             settings,
-            h1: Mutex::new(HashMap::default()),
-            h2: Mutex::new(HashMap::default()),
+            h1: Keyed::new(),
+            h2: Keyed::new(),
         }
     }
 
@@ -401,20 +432,18 @@ impl Pool {
     /// [`SWEEP_EVERY`]).
     fn checkout_h1(&self, key: &Key) -> Option<(http1::SendRequest<Body>, Peer, Age)> {
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = map.get_mut(key)?;
         let now = Instant::now();
         let idle_timeout = self.settings.idle_timeout;
         let expired = |c: &Pooled| {
             now.duration_since(c.last_used) > idle_timeout || self.settings.too_old(c.age.born, now)
         };
-        // Closed and expired connections are swept out now and then, not on every checkout:
-        // with many connections a sweep per request cost more than the rest of the send.
-        if now.duration_since(conns.swept) >= SWEEP_EVERY {
-            conns.swept = now;
+        map.sweep(now, |conns| {
             conns
                 .all
                 .retain(|c| !(c.tx.is_closed() || c.tx.is_ready() && expired(c)));
-        }
+            !conns.all.is_empty()
+        });
+        let conns = map.conns.get_mut(key)?;
         // The most recently used ready connection; an expired one met on the way is closed.
         while let Some(i) = conns.all.iter().rposition(|c| c.tx.is_ready()) {
             let c = conns.all.swap_remove(i);
@@ -434,19 +463,20 @@ impl Pool {
         key: &Key,
     ) -> Option<(http2::SendRequest<Body>, Peer, Option<StreamSlot>)> {
         let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = map.get_mut(key)?;
         let now = Instant::now();
+        map.sweep(now, |conns| {
+            conns.retain(|c| !c.done(&self.settings, now));
+            !conns.is_empty()
+        });
+        let conns = map.conns.get_mut(key)?;
         let mut i = 0;
         while i < conns.len() {
             let c = &mut conns[i];
-            if c.tx.is_closed()
-                || self.settings.too_old(c.age.born, now)
-                || c.idle_expired(&self.settings, now)
-            {
+            if c.done(&self.settings, now) {
                 conns.swap_remove(i);
                 continue;
             }
-            let slot = match self.settings.max_streams {
+            let slot = match self.stream_cap(key) {
                 None => None,
                 Some(max) => match StreamSlot::take(&c.streams, max) {
                     Some(slot) => Some(slot),
@@ -471,6 +501,14 @@ impl Pool {
         None
     }
 
+    /// How many streams one HTTP/2 connection of `key` takes at a time, when they are
+    /// counted: `maxConcurrentStreams`, or without limit for a caller's own connections
+    /// (PROXY headers), counted so that they close once idle.
+    fn stream_cap(&self, key: &Key) -> Option<u32> {
+        let per_caller = key.proxy_header.is_some().then_some(u32::MAX);
+        self.settings.max_streams.or(per_caller)
+    }
+
     /// Back in the pool right after sending: busy until the response ends, then ready.
     fn checkin_h1(&self, key: &Key, tx: http1::SendRequest<Body>, peer: Peer, age: Age) {
         let now = Instant::now();
@@ -485,12 +523,12 @@ impl Pool {
         }
         let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
         // Looked up before inserting: the key is cloned only for an endpoint's first connection.
-        let conns = match map.get_mut(key) {
+        let conns = match map.conns.get_mut(key) {
             Some(conns) => conns,
-            None => map.entry(key.clone()).or_insert_with(|| H1Conns {
-                all: Vec::new(),
-                swept: now,
-            }),
+            None => map
+                .conns
+                .entry(key.clone())
+                .or_insert_with(|| H1Conns { all: Vec::new() }),
         };
         if conns.all.len() < MAX_IDLE_PER_ENDPOINT {
             conns.all.push(Pooled {
@@ -539,9 +577,8 @@ impl Pool {
         });
         // This connection carries the request being sent: share it only if it may carry more.
         let streams = Arc::new(AtomicU32::new(0));
-        let slot = self
-            .settings
-            .max_streams
+        let cap = self.stream_cap(target.key);
+        let slot = cap
             .map(|max| StreamSlot::take(&streams, max.max(1)).expect("a new connection has room"));
         if self.settings.max_requests.is_none_or(|max| max > 1) {
             let conn = H2Conn {
@@ -549,10 +586,11 @@ impl Pool {
                 peer: peer.clone(),
                 age: Age { served: 1, born },
                 streams,
+                counted: cap.is_some(),
                 last_used: born,
             };
             let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            let conns = map.entry(target.key.clone()).or_default();
+            let conns = map.conns.entry(target.key.clone()).or_default();
             if self.settings.max_streams.is_none() {
                 // Uncapped, one connection takes every stream: it replaces the one it found
                 // closed or retired.
