@@ -142,7 +142,10 @@ impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.endpoint.as_str().hash(state);
         self.tls.hash(state);
-        self.proxy_header.hash(state);
+        // Keys without a header (all but `proxyProtocol` destinations') hash as before.
+        if let Some(header) = &self.proxy_header {
+            header.hash(state);
+        }
     }
 }
 
