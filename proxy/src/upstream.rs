@@ -439,15 +439,11 @@ impl Upstreams {
         let mut up = self.build(
             key,
             vec![ep],
-            Settings {
-                policy: TrafficPolicy::default(),
-                protocol: Protocol::Unknown,
-                labels: ServiceLabels::of(&addr.ip().to_string(), ""),
-                here: Locality::default(),
-                node: None,
-                distribution: None,
-                sans: Vec::new(),
-            },
+            Settings::plain(
+                TrafficPolicy::default(),
+                Protocol::Unknown,
+                ServiceLabels::of(&addr.ip().to_string(), ""),
+            ),
             (0, 0),
             None,
         );
@@ -678,6 +674,22 @@ struct Settings {
     sans: Vec<String>,
 }
 
+impl Settings {
+    /// An upstream with nothing but its policy, protocol and labels: no locality, no
+    /// traffic distribution, no ServiceEntry names (a passthrough destination's).
+    fn plain(policy: TrafficPolicy, protocol: Protocol, labels: ServiceLabels) -> Self {
+        Self {
+            policy,
+            protocol,
+            labels,
+            here: Locality::default(),
+            node: None,
+            distribution: None,
+            sans: Vec::new(),
+        }
+    }
+}
+
 /// Where this proxy runs: its locality (when set here, rather than learnt from the node
 /// agent) and its labels (`failoverPriority`).
 #[derive(Clone, Debug, Default)]
@@ -899,18 +911,14 @@ mod tests {
                     port: 80,
                 },
                 vec![endpoint(None)],
-                Settings {
-                    policy: TrafficPolicy {
+                Settings::plain(
+                    TrafficPolicy {
                         connection_pool: Some(pool),
                         ..Default::default()
                     },
-                    protocol: Protocol::Http,
-                    labels: ServiceLabels::of("a", "default"),
-                    here: Locality::default(),
-                    node: None,
-                    distribution: None,
-                    sans: Vec::new(),
-                },
+                    Protocol::Http,
+                    ServiceLabels::of("a", "default"),
+                ),
                 (0, 0),
                 None,
             )
