@@ -8,6 +8,8 @@
 #   bench/callgrind.sh                  # 2000 requests, 4 connections
 #   N=5000 CONNS=16 bench/callgrind.sh
 #   SIDE=in bench/callgrind.sh          # the inbound proxy instead
+#   SIDE=gateway bench/callgrind.sh     # the ingress gateway of bench/gateway.sh instead (TLS
+#                                       # from the client, plaintext to the backend)
 #   TOOL=strace bench/callgrind.sh      # system calls per request (strace -c -f) instead; the
 #                                       # warm-up and start are counted too
 #   MTLS=1 bench/callgrind.sh           # the proxy-to-proxy hop over mutual TLS (issue 6), with
@@ -52,51 +54,62 @@ EOF
 nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
 PIDS+=($!)
 
-mizzen_config "$WORK/out/config.json" "$P_IN" "$MTLS"
-tls_out=() tls_in=()
-if [ "$MTLS" = 1 ]; then
-  mesh_certs "$WORK/certs"
-  echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default","inbound":{"peerAuthentication":[{"name":"bench/default","mode":"STRICT"}]}}' >"$WORK/in/config.json"
-  tls_out=(--tls-cert "$WORK/certs/client.pem" --tls-key "$WORK/certs/client.key" --tls-roots "$WORK/certs/root.pem")
-  tls_in=(--tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key" --tls-roots "$WORK/certs/root.pem")
-else
-  echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/in/config.json"
-fi
-
-common=(sidecar --no-capture --no-access-log --concurrency 1 --drain-duration 0)
-export RUST_LOG=warn
-# valgrind runs the binary itself (through `env` it would follow no exec).
-out=("$MIZZEN" "${common[@]}" ${tls_out[@]+"${tls_out[@]}"} --config "$WORK/out/config.json"
-  --outbound "127.0.0.1:$P_OUT=bench.default.svc.cluster.local:80"
-  --admin 127.0.0.1:$((BASE_PORT + 10)) --health 127.0.0.1:$((BASE_PORT + 11)) --prometheus 127.0.0.1:$((BASE_PORT + 12)))
-in=("$MIZZEN" "${common[@]}" ${tls_in[@]+"${tls_in[@]}"} --config "$WORK/in/config.json"
-  --inbound "127.0.0.1:$P_IN=127.0.0.1:$P_BACKEND"
-  --admin 127.0.0.1:$((BASE_PORT + 20)) --health 127.0.0.1:$((BASE_PORT + 21)) --prometheus 127.0.0.1:$((BASE_PORT + 22)))
 TOOL="${TOOL:-callgrind}"
 if [ "$TOOL" = strace ]; then
   cg=(strace -c -f -o "$WORK/strace.txt")
 else
   cg=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" --dump-instr=no)
 fi
-if [ "$SIDE" = in ]; then
-  "${out[@]}" >"$WORK/out.log" 2>&1 &
+common=(--no-access-log --concurrency 1 --drain-duration 0)
+export RUST_LOG=warn
+if [ "$SIDE" = gateway ]; then
+  gateway_cert "$WORK/credentials/bench-cert"
+  gateway_config "$WORK/gateway.json" "$P_BACKEND"
+  # valgrind runs the binary itself (through `env` it would follow no exec).
+  "${cg[@]}" "$MIZZEN" gateway "${GATEWAY_ARGS[@]}" --config "$WORK/gateway.json" \
+    --credentials-dir "$WORK/credentials" --port-map "443=127.0.0.1:$P_OUT" \
+    --admin 127.0.0.1:$((BASE_PORT + 10)) --health 127.0.0.1:$((BASE_PORT + 11)) \
+    --prometheus 127.0.0.1:$((BASE_PORT + 12)) >"$WORK/out.log" 2>&1 &
   PIDS+=($!)
-  "${cg[@]}" "${in[@]}" >"$WORK/in.log" 2>&1 &
-  PIDS+=($!)
+  URL="https://127.0.0.1:$P_OUT/" CURL=(curl -sk) OHA=(oha --no-tui --insecure)
 else
-  "${cg[@]}" "${out[@]}" >"$WORK/out.log" 2>&1 &
-  PIDS+=($!)
-  "${in[@]}" >"$WORK/in.log" 2>&1 &
-  PIDS+=($!)
+  mizzen_config "$WORK/out/config.json" "$P_IN" "$MTLS"
+  tls_out=() tls_in=()
+  if [ "$MTLS" = 1 ]; then
+    mesh_certs "$WORK/certs"
+    echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default","inbound":{"peerAuthentication":[{"name":"bench/default","mode":"STRICT"}]}}' >"$WORK/in/config.json"
+    tls_out=(--tls-cert "$WORK/certs/client.pem" --tls-key "$WORK/certs/client.key" --tls-roots "$WORK/certs/root.pem")
+    tls_in=(--tls-cert "$WORK/certs/server.pem" --tls-key "$WORK/certs/server.key" --tls-roots "$WORK/certs/root.pem")
+  else
+    echo '{"format":"mizzen.io/proxy-config/v1","namespace":"default"}' >"$WORK/in/config.json"
+  fi
+
+  out=("$MIZZEN" sidecar --no-capture "${common[@]}" ${tls_out[@]+"${tls_out[@]}"} --config "$WORK/out/config.json"
+    --outbound "127.0.0.1:$P_OUT=bench.default.svc.cluster.local:80"
+    --admin 127.0.0.1:$((BASE_PORT + 10)) --health 127.0.0.1:$((BASE_PORT + 11)) --prometheus 127.0.0.1:$((BASE_PORT + 12)))
+  in=("$MIZZEN" sidecar --no-capture "${common[@]}" ${tls_in[@]+"${tls_in[@]}"} --config "$WORK/in/config.json"
+    --inbound "127.0.0.1:$P_IN=127.0.0.1:$P_BACKEND"
+    --admin 127.0.0.1:$((BASE_PORT + 20)) --health 127.0.0.1:$((BASE_PORT + 21)) --prometheus 127.0.0.1:$((BASE_PORT + 22)))
+  if [ "$SIDE" = in ]; then
+    "${out[@]}" >"$WORK/out.log" 2>&1 &
+    PIDS+=($!)
+    "${cg[@]}" "${in[@]}" >"$WORK/in.log" 2>&1 &
+    PIDS+=($!)
+  else
+    "${cg[@]}" "${out[@]}" >"$WORK/out.log" 2>&1 &
+    PIDS+=($!)
+    "${in[@]}" >"$WORK/in.log" 2>&1 &
+    PIDS+=($!)
+  fi
+  URL="http://127.0.0.1:$P_OUT/" CURL=(curl -s) OHA=(oha --no-tui)
 fi
 for _ in $(seq 600); do
-  curl -s -o /dev/null "http://127.0.0.1:$P_OUT/" && break
+  "${CURL[@]}" -o /dev/null "$URL" && break
   sleep 0.1
 done
-
-oha --no-tui -n "$WARMUP" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >/dev/null
+"${OHA[@]}" -n "$WARMUP" -c "$CONNS" "$URL" >/dev/null
 if [ "$TOOL" = strace ]; then
-  oha --no-tui -n "$N" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >"$WORK/oha.txt"
+  "${OHA[@]}" -n "$N" -c "$CONNS" "$URL" >"$WORK/oha.txt"
   # strace writes its table when the traced proxy exits.
   if [ "$SIDE" = in ]; then tracer=${PIDS[2]}; else tracer=${PIDS[1]}; fi
   kill "$(pgrep -P "$tracer")"
@@ -108,7 +121,7 @@ if [ "$TOOL" = strace ]; then
   exit 0
 fi
 callgrind_control -z >/dev/null
-oha --no-tui -n "$N" -c "$CONNS" "http://127.0.0.1:$P_OUT/" >"$WORK/oha.txt"
+"${OHA[@]}" -n "$N" -c "$CONNS" "$URL" >"$WORK/oha.txt"
 callgrind_control -d >/dev/null
 sleep 1
 dump=$(ls -t "$WORK"/cg.out.* 2>/dev/null | head -1 || true)

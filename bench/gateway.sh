@@ -39,13 +39,9 @@ machine_header
 echo "settings: rounds=$ROUNDS duration=$DURATION rate=$RATE loadgen-cpu=$LOADGEN_CPU server-cpu=$SERVER_CPU"
 
 # --- the certificate both gateways serve --------------------------------------------------------
-C="$WORK/credentials/bench-cert"
-mkdir -p "$C" "$WORK/www" "$WORK/nginx-tmp" "$WORK/mizzen"
-openssl ecparam -name prime256v1 -genkey -noout -out "$C/key.sec1" 2>/dev/null
-openssl pkcs8 -topk8 -nocrypt -in "$C/key.sec1" -out "$C/tls.key"
-openssl req -x509 -new -key "$C/tls.key" -subj "/CN=bench.example.com" -days 2 \
-  -addext "subjectAltName=DNS:bench.example.com" -out "$C/tls.crt" 2>/dev/null
-cat "$C/tls.crt" "$C/tls.key" >"$WORK/haproxy.pem" # HAProxy's crt: certificate then key
+mkdir -p "$WORK/www" "$WORK/nginx-tmp" "$WORK/mizzen"
+gateway_cert "$WORK/credentials/bench-cert"
+cat "$WORK/credentials/bench-cert/tls.crt" "$WORK/credentials/bench-cert/tls.key" >"$WORK/haproxy.pem" # HAProxy's crt: certificate then key
 
 # --- backend: nginx serving 1 KiB ---------------------------------------------------------------
 head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/index.html"
@@ -53,25 +49,9 @@ nginx_conf backend "server { listen 127.0.0.1:$P_BACKEND; root $WORK/www; }"
 start backend nginx -c "$WORK/backend.conf"
 
 # --- Mizzen: the gateway section as the operator renders it -------------------------------------
-python3 - "$WORK/mizzen/config.json" "$P_BACKEND" <<'EOF'
-import json, sys
-path, backend = sys.argv[1], int(sys.argv[2])
-host = "bench.default.svc.cluster.local"
-service = {"host": host, "aliases": ["bench"], "namespace": "default",
-           "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-           "endpoints": [{"address": "127.0.0.1", "ports": {"http": backend}}]}
-server = {"gateway": "default/bench-gateway", "selector": {"istio": "ingressgateway"},
-          "port": 443, "name": "https", "protocol": "HTTPS", "hosts": ["*"],
-          "tls": {"mode": "SIMPLE", "credentialName": "bench-cert"},
-          "virtualHosts": [{"virtualService": "default/bench", "hosts": ["*"], "routes": [
-              {"name": "default/bench/0", "action": {"route": [
-                  {"destination": {"host": host, "port": 80}, "weight": 100}]}}]}]}
-json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "istio-system",
-           "services": [service], "gateway": {"servers": [server]}}, open(path, "w"))
-EOF
-start mz env RUST_LOG=warn "$MIZZEN" gateway --config "$WORK/mizzen/config.json" \
-  --label istio=ingressgateway --credentials-dir "$WORK/credentials" \
-  --port-map "443=127.0.0.1:$P_MZ" --no-access-log --concurrency 1 --drain-duration 0 \
+gateway_config "$WORK/mizzen/config.json" "$P_BACKEND"
+start mz env RUST_LOG=warn "$MIZZEN" gateway "${GATEWAY_ARGS[@]}" --config "$WORK/mizzen/config.json" \
+  --credentials-dir "$WORK/credentials" --port-map "443=127.0.0.1:$P_MZ" \
   --admin 127.0.0.1:$((BASE_PORT + 110)) --health 127.0.0.1:$((BASE_PORT + 111)) --prometheus 127.0.0.1:$((BASE_PORT + 112))
 
 # --- HAProxy ------------------------------------------------------------------------------------

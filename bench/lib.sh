@@ -205,3 +205,35 @@ services.sort(key=lambda s: s["host"])
 json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "default", "services": services}, open(path, "w"))
 EOF
 }
+
+# The ingress gateway's benchmark setup, shared by bench/gateway.sh and bench/callgrind.sh: one
+# self-signed ECDSA P-256 certificate (a Kubernetes TLS Secret's files), and the gateway section
+# as the operator renders it: an HTTPS/SIMPLE server on 443 with a VirtualService to the backend.
+GATEWAY_ARGS=(--label istio=ingressgateway --no-access-log --concurrency 1 --drain-duration 0)
+
+gateway_cert() { # dir: writes tls.crt and tls.key
+  mkdir -p "$1"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$1/key.sec1" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$1/key.sec1" -out "$1/tls.key"
+  openssl req -x509 -new -key "$1/tls.key" -subj "/CN=bench.example.com" -days 2 \
+    -addext "subjectAltName=DNS:bench.example.com" -out "$1/tls.crt" 2>/dev/null
+}
+
+gateway_config() { # path backend-port
+python3 - "$1" "$2" <<'EOF'
+import json, sys
+path, backend = sys.argv[1], int(sys.argv[2])
+host = "bench.default.svc.cluster.local"
+service = {"host": host, "aliases": ["bench"], "namespace": "default",
+           "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+           "endpoints": [{"address": "127.0.0.1", "ports": {"http": backend}}]}
+server = {"gateway": "default/bench-gateway", "selector": {"istio": "ingressgateway"},
+          "port": 443, "name": "https", "protocol": "HTTPS", "hosts": ["*"],
+          "tls": {"mode": "SIMPLE", "credentialName": "bench-cert"},
+          "virtualHosts": [{"virtualService": "default/bench", "hosts": ["*"], "routes": [
+              {"name": "default/bench/0", "action": {"route": [
+                  {"destination": {"host": host, "port": 80}, "weight": 100}]}}]}]}
+json.dump({"format": "mizzen.io/proxy-config/v1", "namespace": "istio-system",
+           "services": [service], "gateway": {"servers": [server]}}, open(path, "w"))
+EOF
+}

@@ -13,9 +13,23 @@ use mizzen_proxy::{
 };
 use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
-/// mimalloc: a request's many short-lived allocations cost a fraction of glibc malloc's.
+/// mimalloc, as the process's `malloc`: a request's many short-lived allocations cost a fraction
+/// of glibc malloc's. mimalloc is linked with its `override` feature and serves `malloc`,
+/// `free` and `realloc` for everything, Rust and C alike; Rust reaches it through the system
+/// allocator, which asks `malloc` for every layout up to 16-byte alignment. Not through
+/// `mimalloc::MiMalloc`: that hands every allocation to `mi_malloc_aligned`, whose aligned
+/// path over-allocates from a larger size class whenever a block size is not a power of two
+/// and no free block of the size is at hand, 117 instructions an allocation on average where
+/// `malloc` takes 59 (callgrind: 43.5k instructions a request on the outbound side against
+/// 42.6k, 59.2k against 57.7k at the gateway). [`allocator_version`] keeps mimalloc linked.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: std::alloc::System = std::alloc::System;
+
+/// mimalloc's version. Calling it is what links mimalloc (and so its `malloc`) into the binary:
+/// nothing else names it.
+fn allocator_version() -> u32 {
+    mimalloc::MiMalloc.version()
+}
 
 #[derive(Parser)]
 #[command(name = "mizzen-proxy", version, about = "Mizzen's sidecar proxy")]
@@ -229,6 +243,7 @@ fn main() -> anyhow::Result<()> {
     // (the image sets `MIMALLOC_ALLOW_THP=0`, which makes mimalloc refuse them before its first
     // allocation). A sidecar runs next to every pod: its memory is worth more than the TLB
     // misses huge pages save.
+    tracing::debug!(mimalloc = allocator_version(), "allocator");
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "could not disable transparent huge pages");
