@@ -101,7 +101,11 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 impl App {
     pub async fn bind(config: Config, log_level: Option<LogLevel>) -> Result<App, StartError> {
         let telemetry = Telemetry::new(config.access_log, &config.workload);
-        let store = ConfigStore::load(&config.config_path, telemetry.metrics.clone())?;
+        let store = ConfigStore::load(
+            &config.config_path,
+            telemetry.metrics.clone(),
+            config.workload.labels.clone(),
+        )?;
         // With a node agent, endpoints come from it (the config's for hosts it does not know)
         // and the workload certificate too.
         let agent_endpoints = config

@@ -420,7 +420,7 @@ async fn endpoints_follow_the_agent_with_subsets_and_config_fallback() {
     let config_path = dir.path().join("config.json");
     std::fs::write(&config_path, config("203.0.113.7")).unwrap();
     let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
-    let store = ConfigStore::load(&config_path, metrics).unwrap();
+    let store = ConfigStore::load(&config_path, metrics, Default::default()).unwrap();
     let endpoints = Arc::new(AgentEndpoints::new(store.clone()));
 
     // Before the agent says anything, the config answers for every host.

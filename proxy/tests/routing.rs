@@ -871,3 +871,45 @@ async fn capped_http2_connections_open_more_for_more_streams() {
         "the idle ones closed"
     );
 }
+
+/// A DestinationRule with a `workloadSelector` (rendered as a service's `workloadRules`) applies
+/// to this proxy only when it selects the proxy's labels (`app: servicea`): then its subsets
+/// replace the namespace's, else the namespace's stay.
+#[tokio::test]
+async fn a_destination_rule_for_selected_workloads_applies_only_to_the_proxies_it_selects() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let mut svc = serviceb(
+        vec![endpoint(v1.addr, "v1"), endpoint(v2.addr, "v2")],
+        vec![route(
+            "default/serviceb/0",
+            HttpAction::Route(vec![weighted(Some("v1"), 100)]),
+        )],
+    );
+    // For the selected workloads, `v1` names the v2 endpoints.
+    let rule = |app: &str| WorkloadRule {
+        name: "default/serviceb-for-servicea".into(),
+        selector: [("app".to_string(), app.to_string())].into(),
+        subsets: vec![Subset {
+            name: "v1".into(),
+            labels: [("version".to_string(), "v2".to_string())].into(),
+            policy: None,
+        }],
+        policy: None,
+    };
+    svc.workload_rules = vec![rule("servicea")];
+    let proxy = start(&config(vec![svc.clone()])).await;
+    let counts = tally(&client(), proxy.outbound, 20, 4).await;
+    assert_eq!(counts.get("v2"), Some(&20), "{counts:?}");
+
+    // A rule for other workloads leaves this proxy the namespace's subsets.
+    svc.workload_rules = vec![rule("reports")];
+    proxy.write_config(config(vec![svc]).to_json().as_bytes());
+    let c = client();
+    assert!(
+        wait_for(async || get(&c, proxy.outbound, "/").await.header("x-backend") == "v1").await,
+        "the namespace's subsets never came back"
+    );
+    let counts = tally(&c, proxy.outbound, 20, 4).await;
+    assert_eq!(counts.get("v1"), Some(&20), "{counts:?}");
+}

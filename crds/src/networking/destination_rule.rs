@@ -651,10 +651,6 @@ impl Validate for DestinationRuleSpec {
                         "has no matchLabels: Istio would apply the rule to every workload in the namespace",
                     );
                 }
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen does not apply a DestinationRule to selected workloads only; with workloadSelector it applies to no workload",
-                );
             });
             if self.export_to.iter().any(|e| e == "*") {
                 c.field("exportTo", |c| {
@@ -1975,13 +1971,7 @@ subsets:
         let p = problems("host: a\nexportTo: ['*', 'team-a']");
         assert_eq!(codes(&p), [("spec.exportTo", Code::ConflictingFields)]);
         let p = problems("host: a\nexportTo: ['*']\nworkloadSelector:\n  matchLabels:\n    app: x");
-        assert_eq!(
-            codes(&p),
-            [
-                ("spec.workloadSelector", Code::NotSupported),
-                ("spec.exportTo", Code::ConflictingFields)
-            ]
-        );
+        assert_eq!(codes(&p), [("spec.exportTo", Code::ConflictingFields)]);
     }
 
     #[test]
@@ -2164,13 +2154,10 @@ subsets:
 "#,
         );
         use Severity::Warn;
-        let expected: Vec<(String, Severity, Code)> = [
-            (
-                "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs",
-                Code::Deprecated,
-            ),
-            ("spec.workloadSelector", Code::NotSupported),
-        ]
+        let expected: Vec<(String, Severity, Code)> = [(
+            "spec.subsets[0].trafficPolicy.loadBalancer.warmupDurationSecs",
+            Code::Deprecated,
+        )]
         .into_iter()
         .map(|(path, code)| (path.to_string(), Warn, code))
         .collect();
@@ -2184,7 +2171,6 @@ subsets:
             found.map_or("", |p| p.message.as_str())
         };
         assert!(message("warmupDurationSecs").ends_with("use warmup.duration"));
-        assert!(message("workloadSelector").contains("applies to no workload"));
 
         // The same policy without those fields (and with the defaults they would restore) is
         // clean.

@@ -54,6 +54,8 @@ impl Source<'_> {
 
 struct DrEntry<'a> {
     host: String,
+    /// `namespace/name`.
+    name: String,
     spec: &'a DestinationRuleSpec,
 }
 
@@ -70,6 +72,23 @@ pub struct VsEntry<'a> {
 pub struct FoundRule {
     pub policy: Option<pc::TrafficPolicy>,
     pub subsets: Vec<Subset>,
+}
+
+impl FoundRule {
+    /// The subsets as the proxy gets them, each policy merged over the rule's.
+    pub fn config_subsets(&self) -> Vec<pc::Subset> {
+        self.subsets
+            .iter()
+            .map(|s| pc::Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                policy: s
+                    .traffic_policy
+                    .as_ref()
+                    .map(|p| policy::merge(self.policy.as_ref(), &policy::traffic_policy(p))),
+            })
+            .collect()
+    }
 }
 
 pub struct Catalog<'a> {
@@ -127,9 +146,10 @@ impl<'a> Catalog<'a> {
                             .push(Source::Entry(s, &se.spec));
                     }
                 }
-                MeshResource::DestinationRule(dr) if dr.spec.workload_selector.is_none() => {
+                MeshResource::DestinationRule(dr) => {
                     c.drs.entry(ns.to_string()).or_default().push(DrEntry {
                         host: fqdn(&dr.spec.host, ns),
+                        name: format!("{ns}/{}", s.object.name),
                         spec: &dr.spec,
                     });
                 }
@@ -258,7 +278,8 @@ impl<'a> Catalog<'a> {
                 continue;
             };
             let candidates = list.iter().enumerate().filter(|(_, d)| {
-                host_matches(&d.host, host)
+                d.spec.workload_selector.is_none()
+                    && host_matches(&d.host, host)
                     && (ns == client || exported(&d.spec.export_to, ns, client))
             });
             let Some(best) = candidates
@@ -294,19 +315,60 @@ impl<'a> Catalog<'a> {
         found
     }
 
-    /// The subsets a client would find for `host` (for reference checks).
-    pub fn subsets(&self, client: &str, host: &str, service_ns: &str) -> Vec<&'a str> {
-        let Some((ns, ids)) = self.rule_key(client, host, service_ns) else {
+    /// The DestinationRules with a `workloadSelector` in `client`'s namespace for `host` (they
+    /// apply nowhere else), as positions in its list: the most specific host first (an exact
+    /// host, then the longest wildcard), the oldest first among equals. A proxy takes the first
+    /// that selects it; the namespace-wide lookup ([`Self::rule_key`]) skips them.
+    pub fn workload_rule_ids(&self, client: &str, host: &str) -> Vec<usize> {
+        let Some(list) = self.drs.get(client) else {
             return Vec::new();
         };
+        let mut ids: Vec<usize> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.spec.workload_selector.is_some() && host_matches(&d.host, host))
+            .map(|(i, _)| i)
+            .collect();
+        // Stable: the oldest first within one host.
+        ids.sort_by_key(|i| {
+            let h = &list[*i].host;
+            (h.contains('*'), std::cmp::Reverse(h.len()))
+        });
+        ids
+    }
+
+    /// The rules `workload_rule_ids` found in `client`'s namespace, each on its own (Istio does
+    /// not merge rules of different selectors, nor these with the namespace's).
+    pub fn workload_rules(&self, client: &str, ids: &[usize]) -> Vec<pc::WorkloadRule> {
         ids.iter()
-            .flat_map(|i| {
-                self.drs[&ns][*i]
-                    .spec
-                    .subsets
-                    .iter()
-                    .map(|s| s.name.as_str())
+            .map(|i| {
+                let d = &self.drs[client][*i];
+                let rule = self.rule(client, &[*i]);
+                pc::WorkloadRule {
+                    name: d.name.clone(),
+                    selector: d
+                        .spec
+                        .workload_selector
+                        .as_ref()
+                        .map(|s| s.match_labels.clone())
+                        .unwrap_or_default(),
+                    subsets: rule.config_subsets(),
+                    policy: rule.policy,
+                }
             })
+            .collect()
+    }
+
+    /// The subsets a client would find for `host` (for reference checks): the namespace-wide
+    /// rule's, and those of the rules for selected workloads.
+    pub fn subsets(&self, client: &str, host: &str, service_ns: &str) -> Vec<&'a str> {
+        let shared = self.rule_key(client, host, service_ns);
+        let selected = self.workload_rule_ids(client, host);
+        shared
+            .iter()
+            .flat_map(|(ns, ids)| ids.iter().map(move |i| &self.drs[ns][*i]))
+            .chain(selected.iter().map(|i| &self.drs[client][*i]))
+            .flat_map(|d| d.spec.subsets.iter().map(|s| s.name.as_str()))
             .collect()
     }
 

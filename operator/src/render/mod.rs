@@ -700,6 +700,9 @@ struct View {
     source: usize,
     own_namespace: bool,
     rule: Option<(String, Vec<usize>)>,
+    /// The client namespace's rules for selected workloads (positions in its list; empty when
+    /// it has none, so that clients without them still share one view).
+    workload_rules: Option<(String, Vec<usize>)>,
     virtual_services: Vec<usize>,
 }
 
@@ -710,6 +713,9 @@ fn view(catalog: &Catalog<'_>, client: &str, host: &str) -> Option<View> {
         source,
         own_namespace: svc_ns == client,
         rule: catalog.rule_key(client, host, svc_ns),
+        workload_rules: Some(catalog.workload_rule_ids(client, host))
+            .filter(|ids| !ids.is_empty())
+            .map(|ids| (client.to_string(), ids)),
         virtual_services: catalog.virtual_services(client, host),
     })
 }
@@ -783,19 +789,11 @@ fn build_service(catalog: &Catalog<'_>, host: &str, view: &View) -> pc::Service 
 
     if let Some((ns, ids)) = &view.rule {
         let rule = catalog.rule(ns, ids);
-        svc.subsets = rule
-            .subsets
-            .iter()
-            .map(|s| pc::Subset {
-                name: s.name.clone(),
-                labels: s.labels.clone(),
-                policy: s
-                    .traffic_policy
-                    .as_ref()
-                    .map(|p| policy::merge(rule.policy.as_ref(), &policy::traffic_policy(p))),
-            })
-            .collect();
+        svc.subsets = rule.config_subsets();
         svc.policy = rule.policy;
+    }
+    if let Some((client, ids)) = &view.workload_rules {
+        svc.workload_rules = catalog.workload_rules(client, ids);
     }
 
     for v in view.virtual_services.iter().map(|i| &catalog.vss[*i]) {

@@ -96,6 +96,15 @@ impl ProxyConfig {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// The config as the workload with `labels` applies it: DestinationRules with a
+    /// `workloadSelector` resolved for it (see [`Service::for_workload`]).
+    pub fn for_workload(mut self, labels: &std::collections::BTreeMap<String, String>) -> Self {
+        for service in &mut self.services {
+            service.for_workload(labels);
+        }
+        self
+    }
+
     /// Canonical JSON: what the operator writes and hashes.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("config always serialises")

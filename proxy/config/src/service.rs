@@ -55,6 +55,12 @@ pub struct Service {
     /// besides each endpoint's own (a DestinationRule's `subjectAltNames` replace both).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// DestinationRules of the client's namespace with a `workloadSelector`, in Istio's order
+    /// (the most specific host, then the oldest): a proxy whose labels the first of them
+    /// selects takes its subsets and policy in place of `subsets` and `policy`
+    /// ([`crate::ProxyConfig::for_workload`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workload_rules: Vec<WorkloadRule>,
 }
 
 /// How a Kubernetes Service asks for its traffic to stay close (the values Istio honours).
@@ -154,6 +160,39 @@ pub enum Resolution {
     Dns,
     /// Forward to the original destination address of the connection.
     Passthrough,
+}
+
+/// A DestinationRule that applies only to the workloads its selector selects.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadRule {
+    /// `namespace/name` of the DestinationRule.
+    pub name: String,
+    /// The labels a workload must carry (all of them).
+    pub selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<TrafficPolicy>,
+}
+
+impl WorkloadRule {
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl Service {
+    /// The service as a workload with `labels` sees it: the first of its workload rules that
+    /// selects the workload replaces the namespace's rule (Istio does not merge the two); the
+    /// others are dropped.
+    pub fn for_workload(&mut self, labels: &BTreeMap<String, String>) {
+        let rules = std::mem::take(&mut self.workload_rules);
+        if let Some(rule) = rules.into_iter().find(|r| r.selects(labels)) {
+            self.subsets = rule.subsets;
+            self.policy = rule.policy;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -103,6 +103,47 @@ fn port_policy_overrides_only_what_it_sets() {
 }
 
 #[test]
+fn a_workload_rule_that_selects_the_workload_replaces_the_namespace_rule() {
+    let policy = |lb| {
+        Some(TrafficPolicy {
+            load_balancer: Some(lb),
+            ..TrafficPolicy::default()
+        })
+    };
+    let rule = |name: &str, app: &str, lb| WorkloadRule {
+        name: name.into(),
+        selector: [("app".to_string(), app.to_string())].into(),
+        subsets: vec![Subset {
+            name: format!("{app}-only"),
+            ..Subset::default()
+        }],
+        policy: policy(lb),
+    };
+    let mut cfg = sample();
+    cfg.services[0].policy = policy(LoadBalancer::LeastRequest);
+    cfg.services[0].workload_rules = vec![
+        rule("default/for-a", "a", LoadBalancer::Random),
+        rule("default/for-a-too", "a", LoadBalancer::RoundRobin),
+        rule("default/for-b", "b", LoadBalancer::RoundRobin),
+    ];
+    let round_trip = ProxyConfig::from_json(cfg.to_json().as_bytes()).unwrap();
+    assert_eq!(round_trip, cfg);
+    assert!(cfg.to_json().contains("\"workloadRules\""));
+
+    let labels = |app: &str| [("app".to_string(), app.to_string())].into();
+    // The first rule that selects the workload wins, whole: its subsets too.
+    let a = cfg.clone().for_workload(&labels("a"));
+    assert_eq!(a.services[0].policy, policy(LoadBalancer::Random));
+    assert_eq!(a.services[0].subsets[0].name, "a-only");
+    assert!(a.services[0].workload_rules.is_empty());
+    // A workload none selects keeps the namespace's rule.
+    let c = cfg.clone().for_workload(&labels("c"));
+    assert_eq!(c.services[0].policy, policy(LoadBalancer::LeastRequest));
+    assert_eq!(c.services[0].subsets, sample().services[0].subsets);
+    assert!(c.services[0].workload_rules.is_empty());
+}
+
+#[test]
 fn selectors_select_by_labels() {
     let labels = [("app".to_string(), "b".to_string())].into();
     assert!(selects(&None, &labels));

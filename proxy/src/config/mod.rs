@@ -5,6 +5,7 @@
 mod watch;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -48,14 +49,22 @@ pub enum LoadError {
 }
 
 impl Snapshot {
-    /// Decodes (see [`payload::decode`]), parses and compiles the bytes of the config file.
-    pub fn from_bytes(path: &Path, bytes: &[u8], version: u64) -> Result<Self, LoadError> {
+    /// Decodes (see [`payload::decode`]), parses and compiles the bytes of the config file, for
+    /// the workload with `labels` (which DestinationRules with a `workloadSelector` apply).
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        version: u64,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Self, LoadError> {
         let parse = |source: ConfigError| LoadError::Parse {
             path: path.to_path_buf(),
             source,
         };
         let json = payload::decode(bytes).map_err(|e| parse(e.into()))?;
-        let config = ProxyConfig::from_json(json.as_bytes()).map_err(parse)?;
+        let config = ProxyConfig::from_json(json.as_bytes())
+            .map_err(parse)?
+            .for_workload(labels);
         let routes = RouteTable::from_config(config).map_err(|e| LoadError::Compile {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -85,6 +94,8 @@ impl Snapshot {
 /// The current snapshot and how to replace it.
 pub struct ConfigStore {
     path: PathBuf,
+    /// The workload's labels, which select the DestinationRules with a `workloadSelector`.
+    labels: BTreeMap<String, String>,
     current: ArcSwap<Snapshot>,
     versions: AtomicU64,
     /// The bytes last refused, so a bad file is reported and counted once, not every poll.
@@ -93,15 +104,21 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// Loads the file; the proxy does not start without a good config.
-    pub fn load(path: &Path, metrics: Metrics) -> Result<Arc<Self>, LoadError> {
+    /// Loads the file, for the workload with `labels`; the proxy does not start without a good
+    /// config.
+    pub fn load(
+        path: &Path,
+        metrics: Metrics,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Arc<Self>, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let snap = Snapshot::from_bytes(path, &bytes, 1)?;
+        let snap = Snapshot::from_bytes(path, &bytes, 1, &labels)?;
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
+            labels,
             current: ArcSwap::from_pointee(snap),
             versions: AtomicU64::new(1),
             rejected: std::sync::Mutex::new(None),
@@ -140,7 +157,7 @@ impl ConfigStore {
             return Ok(false);
         }
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        match Snapshot::from_bytes(&self.path, &bytes, version) {
+        match Snapshot::from_bytes(&self.path, &bytes, version, &self.labels) {
             Ok(snap) => {
                 self.current.store(Arc::new(snap));
                 self.metrics.config_reload(true);
@@ -174,7 +191,7 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, ProxyConfig::new("a").to_json()).unwrap();
         let (registry, m) = metrics();
-        let store = ConfigStore::load(&path, m).unwrap();
+        let store = ConfigStore::load(&path, m, BTreeMap::new()).unwrap();
         let first = store.current();
         assert_eq!(first.config().namespace, "a");
         // Unchanged file: nothing to do.
@@ -222,12 +239,53 @@ mod tests {
     }
 
     #[test]
+    fn destination_rules_for_selected_workloads_apply_to_this_workload_on_every_load() {
+        use mizzen_proxy_config::{LoadBalancer, Service, TrafficPolicy, WorkloadRule};
+        let lb = |lb| {
+            Some(TrafficPolicy {
+                load_balancer: Some(lb),
+                ..TrafficPolicy::default()
+            })
+        };
+        let config = |selected| {
+            let mut c = ProxyConfig::new("default");
+            c.services.push(Service {
+                host: "reviews.default.svc.cluster.local".into(),
+                policy: lb(LoadBalancer::LeastRequest),
+                workload_rules: vec![WorkloadRule {
+                    name: "default/reviews-for-productpage".into(),
+                    selector: [("app".to_string(), "productpage".to_string())].into(),
+                    policy: lb(selected),
+                    ..WorkloadRule::default()
+                }],
+                ..Service::default()
+            });
+            c.to_json()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config(LoadBalancer::RoundRobin)).unwrap();
+        let policy = |store: &ConfigStore| store.current().config().services[0].policy.clone();
+        let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
+
+        let productpage = ConfigStore::load(&path, metrics().1, labels("productpage")).unwrap();
+        let other = ConfigStore::load(&path, metrics().1, labels("ratings")).unwrap();
+        assert_eq!(policy(&productpage), lb(LoadBalancer::RoundRobin));
+        assert_eq!(policy(&other), lb(LoadBalancer::LeastRequest));
+        // A new file is resolved for the workload too.
+        std::fs::write(&path, config(LoadBalancer::Random)).unwrap();
+        assert!(productpage.reload().unwrap() && other.reload().unwrap());
+        assert_eq!(policy(&productpage), lb(LoadBalancer::Random));
+        assert_eq!(policy(&other), lb(LoadBalancer::LeastRequest));
+    }
+
+    #[test]
     fn gzip_config_files_load_and_garbage_gzip_keeps_the_last_good_config() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, gzip(&ProxyConfig::new("a"))).unwrap();
         let (registry, m) = metrics();
-        let store = ConfigStore::load(&path, m).unwrap();
+        let store = ConfigStore::load(&path, m, BTreeMap::new()).unwrap();
         assert_eq!(store.current().config().namespace, "a");
         // The dump shows JSON, not the compressed bytes.
         assert!(
@@ -287,7 +345,9 @@ mod tests {
         let path = dir.path().join("config.json");
         let good = gzip(&ProxyConfig::new("a"));
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let err = ConfigStore::load(&path, metrics().1).err().unwrap();
+        let err = ConfigStore::load(&path, metrics().1, BTreeMap::new())
+            .err()
+            .unwrap();
         assert!(
             matches!(
                 &err,
@@ -305,12 +365,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         assert!(matches!(
-            ConfigStore::load(&path, metrics().1),
+            ConfigStore::load(&path, metrics().1, BTreeMap::new()),
             Err(LoadError::Read { .. })
         ));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(
-            ConfigStore::load(&path, metrics().1),
+            ConfigStore::load(&path, metrics().1, BTreeMap::new()),
             Err(LoadError::Parse { .. })
         ));
     }

@@ -572,6 +572,7 @@ mod tests {
             std::path::Path::new("config.json"),
             config.to_json().as_bytes(),
             version,
+            &std::collections::BTreeMap::new(),
         )
         .unwrap()
     }
