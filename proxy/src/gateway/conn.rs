@@ -27,6 +27,7 @@ use crate::{
     listener,
     proxy_protocol::Downstream,
     sni::{self, Hello},
+    stream::ServerTlsStream,
     tcp,
 };
 
@@ -162,7 +163,8 @@ async fn tls(
                     };
                     let by = mesh.store.id().uri();
                     let client = xfcc::of_connection(Some(&by), accepted.stream.get_ref().1);
-                    return terminated(accepted.stream, peer, client, site, http, shared).await;
+                    let stream = ServerTlsStream::new(accepted.stream);
+                    return terminated(stream, peer, client, site, http, shared).await;
                 }
                 None => {
                     let server = &site.id;
@@ -181,7 +183,15 @@ async fn tls(
         Ok(Ok(stream)) => {
             // A MUTUAL server's client certificate; none under SIMPLE.
             let client = xfcc::of_connection(None, stream.get_ref().1);
-            terminated(stream, peer, client, site, http, shared).await
+            terminated(
+                ServerTlsStream::new(stream),
+                peer,
+                client,
+                site,
+                http,
+                shared,
+            )
+            .await
         }
         Ok(Err(e)) => tracing::debug!(error = %e, server = %site.id, "TLS handshake failed"),
         Err(_) => tracing::debug!(server = %site.id, "TLS handshake timed out"),

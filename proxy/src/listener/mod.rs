@@ -235,7 +235,8 @@ async fn inbound_mtls(
     let (_, conn) = accepted.stream.get_ref();
     meta.client_cert = crate::http::xfcc::of_connection(Some(&tls.store.id().uri()), conn);
     let http = accepted.alpn != mtls::Alpn::Tcp;
-    handle(accepted.stream, Arc::new(meta), http, false, shared).await;
+    let stream = crate::stream::ServerTlsStream::new(accepted.stream);
+    handle(stream, Arc::new(meta), http, false, shared).await;
 }
 
 /// Hands a connection to the HTTP server or the TCP forwarder of its direction.
