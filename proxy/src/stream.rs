@@ -32,7 +32,9 @@ fn nothing_to_read(tcp: &TcpStream, tls: &rustls::CommonState, cx: &mut Context<
 }
 
 /// The server side of a TLS connection (a mesh connection inbound, one the gateway
-/// terminates), read as [`Stream::Mtls`] is.
+/// terminates), read as [`Stream::Mtls`] is. A type of its own rather than a variant of
+/// [`Stream`]: a fourth variant cost every plaintext read and write of the upstream side
+/// (callgrind, plaintext outbound, same hour: 42,890 instructions a request against 42,064).
 pub struct ServerTlsStream(server::TlsStream<TcpStream>);
 
 impl ServerTlsStream {
