@@ -243,7 +243,9 @@ fn main() -> anyhow::Result<()> {
     // (the image sets `MIMALLOC_ALLOW_THP=0`, which makes mimalloc refuse them before its first
     // allocation). A sidecar runs next to every pod: its memory is worth more than the TLB
     // misses huge pages save.
-    tracing::debug!(mimalloc = allocator_version(), "allocator");
+    // Called whatever the log level, so that no build can compile the reference away.
+    let allocator = allocator_version();
+    tracing::debug!(mimalloc = allocator, "allocator");
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "could not disable transparent huge pages");
