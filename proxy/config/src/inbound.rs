@@ -22,11 +22,15 @@ pub struct InboundConfig {
 /// Whether a policy applies to a workload: `None` selects every workload of the namespace.
 pub type Selector = Option<BTreeMap<String, String>>;
 
-/// True when `selector` selects a workload with `labels`.
+/// True when `selector` selects a workload with `labels` (no selector selects every one).
 pub fn selects(selector: &Selector, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .as_ref()
-        .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    selector.as_ref().is_none_or(|s| has_labels(labels, s))
+}
+
+/// True when `labels` carry every label of `wanted` with the same value: what every selector
+/// of the config (policies', gateway servers', DestinationRules') asks of a workload.
+pub fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

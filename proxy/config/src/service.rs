@@ -178,7 +178,7 @@ pub struct WorkloadRule {
 
 impl WorkloadRule {
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        crate::has_labels(labels, &self.selector)
     }
 }
 

@@ -28,7 +28,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub use plan::{Plan, ports, selects};
+pub use plan::{Plan, ports};
 
 use crate::{config::Snapshot, env::GatewaySettings};
 

@@ -15,12 +15,6 @@ use mizzen_proxy_config::{
 };
 use mizzen_route::{CompileError, Decision, RouteTable, normalize_host};
 
-/// Whether a Gateway `selector` picks a workload with `labels`: every selector label is
-/// present with the same value (an empty selector picks every gateway).
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 /// The servers of `config` that a gateway with `labels` serves.
 pub fn served<'a>(
     config: &'a ProxyConfig,
@@ -30,7 +24,8 @@ pub fn served<'a>(
         .gateway
         .iter()
         .flat_map(|g| &g.servers)
-        .filter(move |s| selects(&s.selector, labels))
+        // An empty selector picks every gateway.
+        .filter(move |s| mizzen_proxy_config::has_labels(labels, &s.selector))
 }
 
 /// The ports a gateway with `labels` listens on.
@@ -386,9 +381,10 @@ mod tests {
     #[test]
     fn selectors_are_subsets_of_the_pod_labels() {
         let pod = labels(&[("istio", "ingressgateway"), ("app", "gw")]);
-        assert!(selects(&labels(&[("istio", "ingressgateway")]), &pod));
-        assert!(selects(&BTreeMap::new(), &pod));
-        assert!(!selects(&labels(&[("istio", "egressgateway")]), &pod));
+        let selects = |selector| mizzen_proxy_config::has_labels(&pod, &selector);
+        assert!(selects(labels(&[("istio", "ingressgateway")])));
+        assert!(selects(BTreeMap::new()));
+        assert!(!selects(labels(&[("istio", "egressgateway")])));
         let mut other = server(8080, &["*"], vec![]);
         other.selector = labels(&[("istio", "other")]);
         let c = config(vec![server(80, &["*"], vec![]), other]);
