@@ -377,12 +377,7 @@ impl Pool {
                     Ok(resp) => return Ok((resp.map(body::boxed), peer)),
                     Err(e) => match unsent(e) {
                         Ok(back) if !fresh => req = back,
-                        Ok(_) => {
-                            return Err(UpstreamError::reset(
-                                "connection closed before the request was sent",
-                            )
-                            .into());
-                        }
+                        Ok(_) => return Err(closed_unsent()),
                         Err(e) => return Err(e),
                     },
                 }
@@ -408,26 +403,27 @@ impl Pool {
                 // Boxed as in `send_h1`: the rare path kept out of every request's future.
                 None => (Box::pin(self.connect_h2(target)).await?, true),
             };
-            let body = |resp: Response<Incoming>, slot: Option<StreamSlot>| match slot {
-                Some(_slot) => resp.map(|body| body::boxed(Streaming { body, _slot })),
-                None => resp.map(body::boxed),
-            };
             match tx.try_send_request(req).await {
-                Ok(resp) => Ok((body(resp, slot), peer)),
-                Err(e) => match unsent(e) {
-                    Ok(req) if !fresh => {
-                        drop(slot);
-                        let (mut tx, peer, slot) = Box::pin(self.connect_h2(target)).await?;
-                        Ok((body(tx.send_request(req).await?, slot), peer))
-                    }
-                    Ok(_) => Err(UpstreamError::reset(
-                        "connection closed before the request was sent",
-                    )
-                    .into()),
-                    Err(e) => Err(e),
-                },
+                Ok(resp) => Ok((h2_response(resp, slot), peer)),
+                Err(e) if fresh => Err(unsent(e).map_or_else(|e| e, |_| closed_unsent())),
+                // Boxed as connecting: the request given back is held only on this rare path.
+                Err(e) => {
+                    drop(slot);
+                    Box::pin(self.resend_h2(target, e)).await
+                }
             }
         }
+    }
+
+    /// A request a pooled HTTP/2 connection gave back unsent, on a new connection.
+    async fn resend_h2(
+        &self,
+        target: Target<'_>,
+        e: TrySendError<Request<Body>>,
+    ) -> Result<(Response<Body>, Peer), BoxError> {
+        let req = unsent(e)?;
+        let (mut tx, peer, slot) = self.connect_h2(target).await?;
+        Ok((h2_response(tx.send_request(req).await?, slot), peer))
     }
 
     /// A ready connection to `endpoint`, not idle too long. An expired one met on the way is
@@ -662,6 +658,19 @@ pub async fn open(
 struct Target<'a> {
     key: &'a Key,
     hop: Option<Hop<'a>>,
+}
+
+/// An HTTP/2 response, its body holding the stream's slot (if counted) until it is done.
+fn h2_response(resp: Response<Incoming>, slot: Option<StreamSlot>) -> Response<Body> {
+    match slot {
+        Some(_slot) => resp.map(|body| body::boxed(Streaming { body, _slot })),
+        None => resp.map(body::boxed),
+    }
+}
+
+/// A request a new connection closed on before any of it was written.
+fn closed_unsent() -> BoxError {
+    UpstreamError::reset("connection closed before the request was sent").into()
 }
 
 /// The request back when it was never written, else the error.

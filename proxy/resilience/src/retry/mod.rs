@@ -32,6 +32,7 @@ pub mod replay;
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -43,6 +44,7 @@ use std::{
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
+use tokio::time::Sleep;
 use tower::{Layer, Service, ServiceExt};
 
 pub use self::{
@@ -182,7 +184,7 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+    type Future = ResponseFuture<S, B, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -197,9 +199,8 @@ where
             policy: self.policy.clone(),
             backoff: self.backoff,
             budget: self.budget.clone(),
-            replay_limit: self.replay_limit,
         };
-        Box::pin(tries.run(ready, req))
+        tries.start(ready, req, self.replay_limit)
     }
 }
 
@@ -208,31 +209,81 @@ struct Tries {
     policy: Arc<RetryPolicy>,
     backoff: Backoff,
     budget: RetryBudget,
-    replay_limit: usize,
+}
+
+/// What a retry sends again: the service (the one `poll_ready` drove for the first try), the
+/// request's head and the copy of its body.
+struct Again<S, B> {
+    ready: S,
+    parts: http::request::Parts,
+    template: ReplayBody<B>,
+}
+
+pin_project_lite::pin_project! {
+    /// The response of [`Retry`]. The first try is polled in place; only a request that is
+    /// tried again (rare) gets a boxed future for its retries. Every byte of a request's
+    /// future is copied when the stack's future is built and boxed, so the common path holds
+    /// no retry loop, and the first try once, not also as the loop's pending await.
+    pub struct ResponseFuture<S, B, RB>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        first: TryOnce<S::Future>,
+        tries: Option<Tries>,
+        again: Option<Again<S, B>>,
+        retrying: Option<BoxFuture<'static, TryResult<RB>>>,
+    }
+}
+
+impl<S, B, RB> Future for ResponseFuture<S, B, RB>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: LocalReply + Send + 'static,
+{
+    type Output = TryResult<RB>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TryResult<RB>> {
+        let this = self.project();
+        if let Some(retrying) = this.retrying {
+            return retrying.as_mut().poll(cx);
+        }
+        let result = std::task::ready!(this.first.poll(cx));
+        let tries = this.tries.take().expect("polled after it answered");
+        // Most first tries answer what is not retried: no loop to set up.
+        if !tries.retriable(&result) || tries.policy.attempts == 0 {
+            return Poll::Ready(finish(result, false));
+        }
+        let retrying = this
+            .retrying
+            .insert(Box::pin(tries.retry(this.again.take(), result)));
+        retrying.as_mut().poll(cx)
+    }
 }
 
 impl Tries {
-    /// Prepares the request and starts its first try here, so the future holds the try's
-    /// future and the head kept for retries, not the request as well: every byte of a
-    /// request's future is copied when it is boxed.
-    fn run<S, B, RB>(
+    /// Prepares the request and starts its first try, keeping the head and body a retry
+    /// would send again.
+    fn start<S, B, RB>(
         self,
         mut ready: S,
         req: Request<B>,
-    ) -> impl Future<Output = Result<Response<RB>, BoxError>> + Send + 'static
+        replay_limit: usize,
+    ) -> ResponseFuture<S, B, RB>
     where
-        S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Error: Into<BoxError>,
-        RB: LocalReply + Send + 'static,
+        B: Body,
     {
         let (parts, body) = req.into_parts();
         let limit = if self.policy.attempts == 0 {
             0
         } else {
-            self.replay_limit
+            replay_limit
         };
         let template = ReplayBody::new(body, limit);
         // The template is never read itself: each try gets a reader from the start. A body
@@ -243,78 +294,134 @@ impl Tries {
         };
         // The head is copied for the first try only when a later try could need it: with
         // retries off or a body that cannot be sent again, the request goes as it came.
-        let (first_head, parts) = if self.policy.attempts > 0 && template.is_some() {
-            let mut parts = parts;
-            if self.policy.remote_localities {
-                parts.extensions.insert(TriedLevels::default());
+        let (first_head, kept) = match template {
+            Some(template) if self.policy.attempts > 0 => {
+                let mut parts = parts;
+                if self.policy.remote_localities {
+                    parts.extensions.insert(TriedLevels::default());
+                }
+                (try_head(&parts, 1), Some((parts, template)))
             }
-            (try_head(&parts, 1), Some(parts))
-        } else {
-            (parts, None)
+            _ => (parts, None),
         };
-        // The first try goes to the service `poll_ready` drove.
-        let per_try = self.policy.per_try_timeout;
-        let first = try_once(
+        let first = TryOnce::new(
             ready.call(Request::from_parts(first_head, first_body)),
-            per_try,
+            self.policy.per_try_timeout,
         );
-        async move {
-            let mut result = first.await;
-            let mut retries = 0;
-            loop {
-                let retriable = match &result {
-                    Ok(response) => self.policy.retries_response(response),
-                    Err(error) => self
-                        .policy
-                        .retries_error(UpstreamError::classify(error.as_ref())),
-                };
-                if !retriable {
-                    return finish(result, false);
-                }
-                if retries >= self.policy.attempts {
-                    // With retries off nothing ran out.
-                    return finish(result, self.policy.attempts > 0);
-                }
-                // Need a head and body to send again and room in the budget.
-                let (Some(parts), Some(replay)) = (
-                    parts.as_ref(),
-                    template.as_ref().and_then(ReplayBody::try_clone),
-                ) else {
-                    return finish(result, false);
-                };
-                let Some(_permit) = self.budget.try_acquire() else {
-                    return finish(result, false);
-                };
-                retries += 1;
-                // Let go of the failed answer (and its connection) before waiting.
-                drop(result);
-                tokio::time::sleep(self.backoff.delay(retries)).await;
-                let readiness: Result<_, BoxError> =
-                    ready.ready().await.map(|_| ()).map_err(Into::into);
-                result = match readiness {
-                    Ok(()) => {
-                        let req = Request::from_parts(try_head(parts, retries + 1), replay);
-                        try_once(ready.call(req), per_try).await
-                    }
-                    Err(e) => Err(e),
-                };
+        ResponseFuture {
+            first,
+            tries: Some(self),
+            again: kept.map(|(parts, template)| Again {
+                ready,
+                parts,
+                template,
+            }),
+            retrying: None,
+        }
+    }
+
+    /// Whether `result` is one the policy retries.
+    fn retriable<RB>(&self, result: &TryResult<RB>) -> bool {
+        match result {
+            Ok(response) => self.policy.retries_response(response),
+            Err(error) => self
+                .policy
+                .retries_error(UpstreamError::classify(error.as_ref())),
+        }
+    }
+
+    /// The retries after a first try answered `result`: while the outcome is retriable, the
+    /// policy allows another try, the body can be sent again and the budget has room.
+    async fn retry<S, B, RB>(
+        self,
+        again: Option<Again<S, B>>,
+        mut result: TryResult<RB>,
+    ) -> TryResult<RB>
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+        B: Body,
+        RB: LocalReply,
+    {
+        let mut retries = 0;
+        let Some(Again {
+            mut ready,
+            parts,
+            template,
+        }) = again
+        else {
+            // Nothing to send again (a body too large to keep).
+            return finish(result, false);
+        };
+        loop {
+            if !self.retriable(&result) {
+                return finish(result, false);
             }
+            if retries >= self.policy.attempts {
+                return finish(result, true);
+            }
+            // Need a body to send again and room in the budget.
+            let Some(replay) = template.try_clone() else {
+                return finish(result, false);
+            };
+            let Some(_permit) = self.budget.try_acquire() else {
+                return finish(result, false);
+            };
+            retries += 1;
+            // Let go of the failed answer (and its connection) before waiting.
+            drop(result);
+            tokio::time::sleep(self.backoff.delay(retries)).await;
+            let readiness: Result<_, BoxError> =
+                ready.ready().await.map(|_| ()).map_err(Into::into);
+            result = match readiness {
+                Ok(()) => {
+                    let req = Request::from_parts(try_head(&parts, retries + 1), replay);
+                    TryOnce::new(ready.call(req), self.policy.per_try_timeout).await
+                }
+                Err(e) => Err(e),
+            };
         }
     }
 }
 
-/// One try (its call made), bounded by the per-try timeout.
-async fn try_once<F, RB, E>(call: F, per_try: Option<Duration>) -> TryResult<RB>
+pin_project_lite::pin_project! {
+    /// One try (its call made), bounded by the per-try timeout (boxed: most routes set none,
+    /// and a request's future is copied whole when it is built).
+    struct TryOnce<F> {
+        #[pin]
+        call: F,
+        limit: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> TryOnce<F> {
+    fn new(call: F, per_try: Option<Duration>) -> Self {
+        Self {
+            call,
+            limit: per_try.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl<F, RB, E> Future for TryOnce<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
     E: Into<BoxError>,
 {
-    match per_try {
-        None => call.await.map_err(Into::into),
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err(UpstreamError::new(UpstreamErrorKind::Timeout).into()),
-        },
+    type Output = TryResult<RB>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TryResult<RB>> {
+        let this = self.project();
+        // The answer first, as `tokio::time::timeout`: one that is ready wins over the limit.
+        if let Poll::Ready(result) = this.call.poll(cx) {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.limit.as_mut().map(|limit| limit.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(UpstreamError::new(UpstreamErrorKind::Timeout).into()))
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 
