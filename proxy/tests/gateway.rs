@@ -1266,6 +1266,52 @@ async fn client_names_optional_client_certificates_and_protocol_bounds() {
     }
 }
 
+/// MUTUAL with `verifyCertificateHash` and `verifyCertificateSpki`: of three clients of the
+/// same CA, the one whose certificate is pinned and the one whose key is pinned (also with a
+/// certificate reissued for that key) are served; the third is refused in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_pinned_client_certificates() {
+    use mizzen_identity::details::{cert_sha256, spki_sha256};
+    let backend = backend("productpage").await;
+    let server_ca = ca("edge-ca");
+    let client_ca = ca("client-ca");
+    let (cert, key, _) = leaf(&server_ca, &["a.example.com"]);
+    let (a_cert, a_key, a_der) = leaf(&client_ca, &["a.client"]);
+    let (b_cert, b_key, b_der) = leaf(&client_ca, &["b.client"]);
+    let (c_cert, c_key, _) = leaf(&client_ca, &["c.client"]);
+    let b_again = rcgen::KeyPair::from_pem(&b_key).unwrap();
+    let (b2_cert, b2_key, b2_der) = leaf_of(b_again, &client_ca, &["b-renewed.client"]);
+    assert_ne!(b_der, b2_der);
+
+    let mut pinned = tls_server(443, &["a.example.com"], ServerTlsMode::Mutual, "edge");
+    let tls = pinned.tls.as_mut().unwrap();
+    tls.client_cert_sha256 = vec![Sha256(cert_sha256(&a_der))];
+    tls.client_spki_sha256 = vec![Sha256(spki_sha256(&b_der).unwrap())];
+    let cfg = gateway_config(
+        vec![pinned],
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
+    );
+    let client_ca_pem = client_ca.pem();
+    let gw = start_gateway(&cfg, &[], |d| {
+        write_credential(d, "edge", &cert, &key);
+        std::fs::write(d.join("edge/ca.crt"), &client_ca_pem).unwrap();
+    })
+    .await;
+    let at = gw.addr(443);
+    for (name, c, k) in [
+        ("pinned certificate", &a_cert, &a_key),
+        ("pinned key", &b_cert, &b_key),
+        ("pinned key, reissued", &b2_cert, &b2_key),
+    ] {
+        let client = connector(&server_ca, Some((c, k)), &[]);
+        let got = https_get(&client, at, "a.example.com").await;
+        assert_eq!(got.map(|(status, _, _)| status).ok(), Some(200), "{name}");
+    }
+    let unpinned = connector(&server_ca, Some((&c_cert, &c_key)), &[]);
+    assert!(https_get(&unpinned, at, "a.example.com").await.is_err());
+    assert_eq!(backend.hits(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_address_and_scheme_go_upstream() {
     let echo = header_echo().await;

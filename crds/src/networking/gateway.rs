@@ -494,27 +494,7 @@ impl ServerTlsSettings {
                     )
                 });
             }
-            for (present, name) in [
-                (
-                    !self.verify_certificate_spki.is_empty(),
-                    "verifyCertificateSpki",
-                ),
-                (
-                    !self.verify_certificate_hash.is_empty(),
-                    "verifyCertificateHash",
-                ),
-            ] {
-                if present {
-                    c.field(name, |c| {
-                        c.error(
-                            Code::NotSupported,
-                            format!(
-                                "Mizzen's gateway does not pin client certificates, so it would accept certificates other than the pinned ones; {name} cannot be honoured"
-                            ),
-                        )
-                    });
-                }
-            }
+            self.check_pins(mode, c);
         }
         self.check_cipher_suites(mode, c);
         for (version, name) in [
@@ -540,6 +520,42 @@ impl ServerTlsSettings {
     /// is refused while TLS 1.2 is allowed: applying it would leave TLS 1.2 clients without a
     /// suite, and ignoring it would offer suites the list excludes. A list of unknown names
     /// only is ignored, as Istio drops such names before Envoy sees them.
+    /// `verifyCertificateSpki` and `verifyCertificateHash`: each entry a SHA-256 in the form
+    /// Istio documents; honoured where the gateway verifies clients with a CA of its own.
+    fn check_pins(&self, mode: ServerTlsMode, c: &mut Checker) {
+        let lists: [(&[String], &str, PinParser); 2] = [
+            (
+                &self.verify_certificate_spki,
+                "verifyCertificateSpki",
+                spki_pin,
+            ),
+            (
+                &self.verify_certificate_hash,
+                "verifyCertificateHash",
+                cert_pin,
+            ),
+        ];
+        for (pins, name, parse) in lists {
+            if pins.is_empty() {
+                continue;
+            }
+            c.field(name, |c| {
+                if mode == ServerTlsMode::IstioMutual {
+                    c.error(
+                        Code::NotSupported,
+                        format!("Mizzen's gateway pins client certificates under MUTUAL and OPTIONAL_MUTUAL only; under ISTIO_MUTUAL it would accept any workload of the mesh, so {name} cannot be honoured"),
+                    );
+                    return;
+                }
+                for (i, pin) in pins.iter().enumerate() {
+                    if let Err(why) = parse(pin) {
+                        c.index(i, |c| c.error(Code::InvalidValue, why));
+                    }
+                }
+            });
+        }
+    }
+
     fn check_cipher_suites(&self, mode: ServerTlsMode, c: &mut Checker) {
         if self.cipher_suites.is_empty() {
             return;
@@ -820,6 +836,40 @@ impl Validate for ServerTlsSettings {
     }
 }
 
+/// Reads one client-certificate pin into its SHA-256 digest, or says what is wrong with it.
+pub type PinParser = fn(&str) -> Result<[u8; 32], String>;
+
+/// A `verifyCertificateSpki` entry: the base64 (standard alphabet, padded) SHA-256 of a
+/// certificate's SubjectPublicKeyInfo, as Envoy takes it.
+pub fn spki_pin(pin: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(pin.trim())
+        .map_err(|e| format!("{pin:?} is not base64 ({e}); give the base64 SHA-256 of the certificate's SubjectPublicKeyInfo"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "{pin:?} decodes to {} bytes; a SHA-256 is 32 bytes (44 base64 characters)",
+            bytes.len()
+        )
+    })
+}
+
+/// A `verifyCertificateHash` entry: the hex SHA-256 of a DER certificate, plain or with colons
+/// between the bytes (`DF:6F:...`), in either case.
+pub fn cert_pin(pin: &str) -> Result<[u8; 32], String> {
+    let digits: Vec<u8> = pin.trim().bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return Err(format!(
+            "{pin:?} has {} hex digits; a SHA-256 has 64 (colons between bytes are allowed)",
+            digits.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    base16ct::mixed::decode(&digits, &mut out)
+        .map_err(|_| format!("{pin:?} is not hexadecimal"))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,8 +926,8 @@ servers:
     caCertificates: /etc/certs/ca.pem
     caCrl: /etc/certs/crl.pem
     subjectAltNames: [spiffe://cluster.local/ns/a/sa/b]
-    verifyCertificateSpki: [AAAA]
-    verifyCertificateHash: ["ab:cd"]
+    verifyCertificateSpki: ["b+7MjBbFVR2f6z61934tp3O/aL2e+cUpJ86yyG5WiSs="]
+    verifyCertificateHash: ["06:29:84:32:E8:06:6B:29:E2:22:3B:CC:23:AA:95:04:B5:6A:E5:08:FA:BF:34:35:50:88:69:B9:C3:19:0E:22"]
 - port: {number: 15443, name: tls-auto, protocol: TLS}
   hosts: ["*.local"]
   tls: {mode: AUTO_PASSTHROUGH}
@@ -951,8 +1001,6 @@ servers:
             ("servers[3].tls.privateKey", Error),
             ("servers[3].tls.caCertificates", Error),
             ("servers[3].tls.caCrl", Error),
-            ("servers[3].tls.verifyCertificateSpki", Error),
-            ("servers[3].tls.verifyCertificateHash", Error),
             ("servers[4].tls.mode", Warn),
             ("servers[6].tls.tlsCertificates", Error),
             ("servers[8].bind", Warn),
@@ -961,6 +1009,67 @@ servers:
         ]
         .map(|(path, severity)| (format!("spec.{path}"), severity, Code::NotSupported));
         assert_eq!(verdicts(problems(FULL)), expected);
+    }
+
+    /// Client certificate pins in the forms Istio documents: base64 SPKI hashes, hex
+    /// certificate hashes with or without colons; anything else names the entry at fault.
+    #[test]
+    fn client_certificate_pins_are_checked_entry_by_entry() {
+        let server = |tls: &str| {
+            format!(
+                "servers: [{{port: {{number: 443, name: https, protocol: HTTPS}}, hosts: ['*'], tls: {{{tls}}}}}]"
+            )
+        };
+        let spki = "b+7MjBbFVR2f6z61934tp3O/aL2e+cUpJ86yyG5WiSs=";
+        let hash = "06:29:84:32:E8:06:6B:29:E2:22:3B:CC:23:AA:95:04:B5:6A:E5:08:FA:BF:34:35:50:88:69:B9:C3:19:0E:22";
+        let plain = hash.replace(':', "").to_lowercase();
+        for mode in ["MUTUAL", "OPTIONAL_MUTUAL"] {
+            let tls = format!(
+                "mode: {mode}, credentialName: c, verifyCertificateSpki: ['{spki}'], verifyCertificateHash: ['{hash}', '{plain}']"
+            );
+            assert_eq!(problems(&server(&tls)), vec![], "{mode}");
+        }
+        assert_eq!(spki_pin(spki).unwrap()[0], 0x6f);
+        assert_eq!(cert_pin(hash), cert_pin(&plain));
+        assert_eq!(cert_pin(hash).unwrap()[..2], [0x06, 0x29]);
+
+        let bad = format!(
+            "mode: MUTUAL, credentialName: c, verifyCertificateSpki: ['{spki}', 'AAAA', 'not base64!'], verifyCertificateHash: ['ab:cd', '{}']",
+            "zz".repeat(32)
+        );
+        let p = problems(&server(&bad));
+        let tls = "spec.servers[0].tls";
+        assert_eq!(
+            verdicts(p.clone()),
+            [
+                "verifyCertificateSpki[1]",
+                "verifyCertificateSpki[2]",
+                "verifyCertificateHash[0]",
+                "verifyCertificateHash[1]",
+            ]
+            .map(|field| (
+                format!("{tls}.{field}"),
+                Severity::Error,
+                Code::InvalidValue
+            ))
+        );
+        assert!(p[0].message.contains("3 bytes"), "{}", p[0].message);
+        assert!(p[1].message.contains("not base64"), "{}", p[1].message);
+        assert!(p[2].message.contains("4 hex digits"), "{}", p[2].message);
+        assert!(p[3].message.contains("not hexadecimal"), "{}", p[3].message);
+
+        // ISTIO_MUTUAL verifies clients by the mesh's CA alone.
+        let p = problems(&server(&format!(
+            "mode: ISTIO_MUTUAL, verifyCertificateHash: ['{hash}']"
+        )));
+        assert_eq!(
+            verdicts(p),
+            [(
+                format!("{tls}.verifyCertificateHash"),
+                Severity::Error,
+                Code::NotSupported
+            )]
+        );
     }
 
     #[test]
@@ -973,7 +1082,7 @@ servers:
         use Severity::{Error, Warn};
         // Certificates from files alone: the server could not terminate TLS.
         let p = problems(&server(
-            "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem, verifyCertificateHash: ['ab:cd'], minProtocolVersion: TLSV1_0, maxProtocolVersion: TLSV1_1",
+            "mode: MUTUAL, serverCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, caCrl: /crl.pem, verifyCertificateHash: ['06:29:84:32:E8:06:6B:29:E2:22:3B:CC:23:AA:95:04:B5:6A:E5:08:FA:BF:34:35:50:88:69:B9:C3:19:0E:22'], minProtocolVersion: TLSV1_0, maxProtocolVersion: TLSV1_1",
         ));
         let tls = "spec.servers[0].tls";
         let expected = [
@@ -981,7 +1090,6 @@ servers:
             ("privateKey", Error),
             ("caCertificates", Error),
             ("caCrl", Error),
-            ("verifyCertificateHash", Error),
             ("minProtocolVersion", Warn),
             ("maxProtocolVersion", Warn),
         ]
@@ -991,18 +1099,11 @@ servers:
 
         // Beside Secrets, a CA file is only ignored; both Secrets are served.
         let p = problems(&server(
-            "mode: OPTIONAL_MUTUAL, credentialNames: [rsa, ecdsa], caCertificates: /ca.pem, verifyCertificateSpki: [AAAA]",
+            "mode: OPTIONAL_MUTUAL, credentialNames: [rsa, ecdsa], caCertificates: /ca.pem",
         ));
         assert_eq!(
             verdicts(p),
-            [
-                (format!("{tls}.caCertificates"), Warn, Code::NotSupported),
-                (
-                    format!("{tls}.verifyCertificateSpki"),
-                    Error,
-                    Code::NotSupported
-                ),
-            ]
+            [(format!("{tls}.caCertificates"), Warn, Code::NotSupported)]
         );
 
         // Server-side settings that nothing uses without termination or client certificates.

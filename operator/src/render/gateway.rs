@@ -439,6 +439,23 @@ fn cipher_suites(t: &gw::ServerTlsSettings) -> Vec<pc::CipherSuite> {
     }
 }
 
+/// A server's client-certificate pins as digests, where it verifies clients with its own CA
+/// (validation refuses pins elsewhere, and malformed ones).
+fn client_pins(
+    tls: &gw::ServerTlsSettings,
+    pins: &[String],
+    parse: gw::PinParser,
+) -> Vec<pc::Sha256> {
+    let mode = tls.mode.unwrap_or_default();
+    if !matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual) {
+        return Vec::new();
+    }
+    pins.iter()
+        .filter_map(|p| parse(p).ok())
+        .map(pc::Sha256)
+        .collect()
+}
+
 /// A server of a Gateway as the proxy serves it (no routes yet); `None` for a server the
 /// proxy cannot listen for (a Unix socket `bind`).
 fn entry(stored: &Stored, spec: &gw::GatewaySpec, s: &gw::Server) -> Option<Entry> {
@@ -464,6 +481,8 @@ fn entry(stored: &Stored, spec: &gw::GatewaySpec, s: &gw::Server) -> Option<Entr
                     credential_name,
                     credential_names,
                     subject_alt_names: t.subject_alt_names.clone(),
+                    client_cert_sha256: client_pins(t, &t.verify_certificate_hash, gw::cert_pin),
+                    client_spki_sha256: client_pins(t, &t.verify_certificate_spki, gw::spki_pin),
                     min_protocol_version: tls_version(t.min_protocol_version),
                     max_protocol_version: tls_version(t.max_protocol_version),
                     cipher_suites: cipher_suites(t),
@@ -654,6 +673,32 @@ mod tests {
             ]
         );
         assert!(cipher_suites(&tls("{mode: ISTIO_MUTUAL, cipherSuites: [ALL]}")).is_empty());
+    }
+
+    /// Pins reach the config as digests, the certificate hash in any of Istio's spellings;
+    /// only servers that verify clients with their own CA carry them.
+    #[test]
+    fn client_certificate_pins_render_as_digests_for_mutual_servers() {
+        let tls = |yaml: &str| -> gw::ServerTlsSettings { serde_saphyr::from_str(yaml).unwrap() };
+        let hash = "06:29:84:32:E8:06:6B:29:E2:22:3B:CC:23:AA:95:04:B5:6A:E5:08:FA:BF:34:35:50:88:69:B9:C3:19:0E:22";
+        let spki = "b+7MjBbFVR2f6z61934tp3O/aL2e+cUpJ86yyG5WiSs=";
+        let t = tls(&format!(
+            "{{mode: MUTUAL, credentialName: s, verifyCertificateHash: ['{hash}', '{}'], verifyCertificateSpki: ['{spki}']}}",
+            hash.replace(':', "").to_lowercase()
+        ));
+        let certs = client_pins(&t, &t.verify_certificate_hash, gw::cert_pin);
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0], certs[1]);
+        assert_eq!(
+            serde_json::to_value(certs[0]).unwrap(),
+            "06298432e8066b29e2223bcc23aa9504b56ae508fabf3435508869b9c3190e22"
+        );
+        let spkis = client_pins(&t, &t.verify_certificate_spki, gw::spki_pin);
+        assert_eq!(spkis[0].0[0], 0x6f);
+        let simple = tls(&format!(
+            "{{mode: SIMPLE, credentialName: s, verifyCertificateHash: ['{hash}']}}"
+        ));
+        assert!(client_pins(&simple, &simple.verify_certificate_hash, gw::cert_pin).is_empty());
     }
 
     #[test]

@@ -101,6 +101,15 @@ pub struct ServerTls {
     /// `MUTUAL`: client certificates must carry one of these SANs (empty: any, if trusted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// `MUTUAL` / `OPTIONAL_MUTUAL` (`verifyCertificateHash`, `verifyCertificateSpki`): when
+    /// either list is set, a client certificate is accepted only if it is one of
+    /// `client_cert_sha256` (SHA-256 of its DER form) or its public key is one of
+    /// `client_spki_sha256` (SHA-256 of its SubjectPublicKeyInfo); on top of its chain and
+    /// `subject_alt_names`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_cert_sha256: Vec<Sha256>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_spki_sha256: Vec<Sha256>,
     /// `TLSV1_2` or `TLSV1_3`; `None`: rustls' default (1.2 and 1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_protocol_version: Option<TlsVersion>,
@@ -120,6 +129,35 @@ impl ServerTls {
             .chain(&self.credential_names)
             .map(String::as_str)
             .filter(|n| !n.is_empty())
+    }
+}
+
+/// A SHA-256 digest, written as 64 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256(pub [u8; 32]);
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&base16ct::lower::encode_string(&self.0))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base16ct::lower::encode_string(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        let mut digest = [0u8; 32];
+        match base16ct::lower::decode(&hex, &mut digest) {
+            Ok(bytes) if bytes.len() == 32 => Ok(Self(digest)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{hex:?} is not a SHA-256 (64 lower-case hex digits)"
+            ))),
+        }
     }
 }
 

@@ -229,3 +229,20 @@ fn server_tls_carries_credentials_and_cipher_suites_by_openssl_name() {
         );
     }
 }
+
+#[test]
+fn client_certificate_pins_are_sha256_digests_in_lower_case_hex() {
+    let hex = "06298432e8066b29e2223bcc23aa9504b56ae508fabf3435508869b9c3190e22";
+    let json = serde_json::json!({"mode": "MUTUAL", "clientCertSha256": [hex]});
+    let tls: ServerTls = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(tls.client_cert_sha256[0].0[..3], [0x06, 0x29, 0x84]);
+    assert_eq!(serde_json::to_value(&tls).unwrap(), json);
+    // Anything but 64 lower-case hex digits is not a valid config, and says which value.
+    for bad in [&hex[..62], "zz", &hex.to_uppercase()] {
+        let err = serde_json::from_value::<ServerTls>(
+            serde_json::json!({"mode": "MUTUAL", "clientSpkiSha256": [bad]}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(bad), "{err}");
+    }
+}

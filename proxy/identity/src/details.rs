@@ -27,7 +27,7 @@ impl CertDetails {
     pub fn of(cert: &CertificateDer<'_>) -> Result<Self, SvidError> {
         let parsed = parse(cert)?;
         let mut details = Self {
-            hash: hex(ring::digest::digest(&ring::digest::SHA256, cert).as_ref()),
+            hash: hex(&cert_sha256(cert)),
             subject: rfc2253(parsed.subject()),
             ..Self::default()
         };
@@ -43,6 +43,24 @@ impl CertDetails {
         }
         Ok(details)
     }
+}
+
+/// SHA-256 of the DER certificate (what Envoy's `verify_certificate_hash` pins).
+pub fn cert_sha256(cert: &CertificateDer<'_>) -> [u8; 32] {
+    sha256(cert)
+}
+
+/// SHA-256 of the certificate's SubjectPublicKeyInfo (what `verify_certificate_spki` pins: it
+/// stays the same when a certificate is reissued for the same key).
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], SvidError> {
+    Ok(sha256(parse(cert)?.tbs_certificate.subject_pki.raw))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -24,7 +24,7 @@ use std::{
     time::SystemTime,
 };
 
-use mizzen_proxy_config::{CipherSuite, ServerTls, ServerTlsMode, TlsVersion};
+use mizzen_proxy_config::{CipherSuite, ServerTls, ServerTlsMode, Sha256, TlsVersion};
 use rustls::{
     DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
@@ -125,6 +125,8 @@ struct Key {
     credentials: Vec<Files>,
     mode: ServerTlsMode,
     subject_alt_names: Vec<String>,
+    /// `verifyCertificateHash` and `verifyCertificateSpki`.
+    pins: Pins,
     versions: (Option<TlsVersion>, Option<TlsVersion>),
     cipher_suites: Vec<CipherSuite>,
     alpn: Vec<Vec<u8>>,
@@ -184,6 +186,10 @@ impl Credentials {
             credentials: names.iter().map(|n| Files::new(&self.dir, n)).collect(),
             mode: tls.mode,
             subject_alt_names: tls.subject_alt_names.clone(),
+            pins: Pins {
+                certs: tls.client_cert_sha256.clone(),
+                spkis: tls.client_spki_sha256.clone(),
+            },
             versions: (tls.min_protocol_version, tls.max_protocol_version),
             cipher_suites: tls.cipher_suites.clone(),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
@@ -324,14 +330,16 @@ fn build(key: &Key, base: &CryptoProvider) -> Result<ServerConfig, CredentialErr
             let verifier = verifier
                 .build()
                 .map_err(|e| CredentialError::Config(e.to_string()))?;
-            let verifier: Arc<dyn ClientCertVerifier> = if key.subject_alt_names.is_empty() {
-                verifier
-            } else {
-                Arc::new(SanVerifier {
-                    inner: verifier,
-                    names: key.subject_alt_names.clone(),
-                })
-            };
+            let verifier: Arc<dyn ClientCertVerifier> =
+                if key.subject_alt_names.is_empty() && key.pins.is_empty() {
+                    verifier
+                } else {
+                    Arc::new(ClientCheck {
+                        inner: verifier,
+                        names: key.subject_alt_names.clone(),
+                        pins: key.pins.clone(),
+                    })
+                };
             builder.with_client_cert_verifier(verifier)
         }
         _ => builder.with_no_client_auth(),
@@ -341,16 +349,49 @@ fn build(key: &Key, base: &CryptoProvider) -> Result<ServerConfig, CredentialErr
     Ok(config)
 }
 
-/// `subjectAltNames` of a `MUTUAL` server: the client certificate, once verified, must carry
-/// one of the names (a DNS name or IP, or a URI such as a SPIFFE id).
-#[derive(Debug)]
-struct SanVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    names: Vec<String>,
+/// The client-certificate pins of a server (`verifyCertificateHash`, `verifyCertificateSpki`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Pins {
+    certs: Vec<Sha256>,
+    spkis: Vec<Sha256>,
 }
 
-impl SanVerifier {
+impl Pins {
+    fn is_empty(&self) -> bool {
+        self.certs.is_empty() && self.spkis.is_empty()
+    }
+
+    /// Whether `cert` is a pinned certificate or has a pinned public key (either list, as
+    /// Envoy: a match in one is enough).
+    fn admit(&self, cert: &CertificateDer<'_>) -> bool {
+        use mizzen_identity::details::{cert_sha256, spki_sha256};
+        if self.is_empty() {
+            return true;
+        }
+        if !self.certs.is_empty() && self.certs.contains(&Sha256(cert_sha256(cert))) {
+            return true;
+        }
+        !self.spkis.is_empty()
+            && spki_sha256(cert).is_ok_and(|spki| self.spkis.contains(&Sha256(spki)))
+    }
+}
+
+/// What a `MUTUAL` server asks of a client certificate beyond a chain to its CA: one of the
+/// `subjectAltNames` (a DNS name or IP, or a URI such as a SPIFFE id), and to be pinned when
+/// pins are set. Checked in the handshake, which fails as a wrong name or an unknown issuer
+/// would.
+#[derive(Debug)]
+struct ClientCheck {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+    pins: Pins,
+}
+
+impl ClientCheck {
     fn carries_a_name(&self, cert: &CertificateDer<'_>) -> bool {
+        if self.names.is_empty() {
+            return true;
+        }
         let uri = mizzen_identity::svid::spiffe_id(cert)
             .ok()
             .map(|id| id.uri());
@@ -368,7 +409,7 @@ impl SanVerifier {
     }
 }
 
-impl ClientCertVerifier for SanVerifier {
+impl ClientCertVerifier for ClientCheck {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -390,13 +431,17 @@ impl ClientCertVerifier for SanVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.carries_a_name(end_entity) {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::InvalidCertificate(
+        if !self.carries_a_name(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName,
-            ))
+            ));
         }
+        if !self.pins.admit(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -511,6 +556,7 @@ mod tests {
             credentials: names.iter().map(|n| Files::new(dir.path(), n)).collect(),
             mode: ServerTlsMode::Mutual,
             subject_alt_names: vec![],
+            pins: Pins::default(),
             versions: (None, None),
             cipher_suites: vec![],
             alpn: vec![],
@@ -550,6 +596,7 @@ mod tests {
             credentials: vec![Files::new(dir.path(), "web")],
             mode: ServerTlsMode::Simple,
             subject_alt_names: vec![],
+            pins: Pins::default(),
             versions: (None, None),
             cipher_suites: vec![],
             alpn: vec![],
