@@ -1205,6 +1205,26 @@ async fn the_gateway_subcommand_reads_its_labels_file_and_serves() {
     );
 }
 
+/// A gateway with `servers` in front of `backend`, their Secret `edge` holding `pair` and
+/// `client_ca`'s certificate as `ca.crt`.
+async fn edge_gateway(
+    servers: Vec<Server>,
+    backend: SocketAddr,
+    pair: (&str, &str),
+    client_ca: &Ca,
+) -> Gateway {
+    let cfg = gateway_config(
+        servers,
+        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend)],
+    );
+    let client_ca_pem = client_ca.pem();
+    start_gateway(&cfg, &[], |d| {
+        write_credential(d, "edge", pair.0, pair.1);
+        std::fs::write(d.join("edge/ca.crt"), &client_ca_pem).unwrap();
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_names_optional_client_certificates_and_protocol_bounds() {
     let backend = backend("productpage").await;
@@ -1223,15 +1243,12 @@ async fn client_names_optional_client_certificates_and_protocol_bounds() {
         ServerTlsMode::OptionalMutual,
         "edge",
     );
-    let cfg = gateway_config(
+    let gw = edge_gateway(
         vec![named, optional],
-        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
-    );
-    let client_ca_pem = client_ca.pem();
-    let gw = start_gateway(&cfg, &[], |d| {
-        write_credential(d, "edge", &cert, &key);
-        std::fs::write(d.join("edge/ca.crt"), &client_ca_pem).unwrap();
-    })
+        backend.addr,
+        (&cert, &key),
+        &client_ca,
+    )
     .await;
 
     let (c_cert, c_key, _) = leaf(&client_ca, &["someone.example.com"]);
@@ -1287,16 +1304,7 @@ async fn mutual_tls_admits_only_pinned_client_certificates() {
     let tls = pinned.tls.as_mut().unwrap();
     tls.client_cert_sha256 = vec![Sha256(cert_sha256(&a_der))];
     tls.client_spki_sha256 = vec![Sha256(spki_sha256(&b_der).unwrap())];
-    let cfg = gateway_config(
-        vec![pinned],
-        vec![service(PRODUCTPAGE, 9080, Protocol::Http, backend.addr)],
-    );
-    let client_ca_pem = client_ca.pem();
-    let gw = start_gateway(&cfg, &[], |d| {
-        write_credential(d, "edge", &cert, &key);
-        std::fs::write(d.join("edge/ca.crt"), &client_ca_pem).unwrap();
-    })
-    .await;
+    let gw = edge_gateway(vec![pinned], backend.addr, (&cert, &key), &client_ca).await;
     let at = gw.addr(443);
     for (name, c, k) in [
         ("pinned certificate", &a_cert, &a_key),
