@@ -872,6 +872,53 @@ async fn capped_http2_connections_open_more_for_more_streams() {
     );
 }
 
+/// A Sidecar for selected workloads decides what this proxy (`app: servicea`) sees: while it
+/// selects the proxy, serviceb is reachable; once it selects other workloads the namespace's
+/// default scope applies, which does not show serviceb, and the explicit listener for it
+/// answers 502 (NR) as for any host the proxy does not know.
+#[tokio::test]
+async fn a_sidecar_for_selected_workloads_scopes_only_the_proxies_it_selects() {
+    let v1 = backend("v1").await;
+    let svc = serviceb(
+        vec![endpoint(v1.addr, "v1")],
+        vec![route(
+            "default/serviceb/0",
+            HttpAction::Route(vec![weighted(None, 100)]),
+        )],
+    );
+    let scoped = |app: &str| {
+        let mut c = config(vec![svc.clone()]);
+        c.sidecar_scopes = vec![
+            SidecarScope {
+                name: "default/for-one-app".into(),
+                selector: Some([("app".to_string(), app.to_string())].into()),
+                hosts: vec![svc.host.clone()],
+                outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
+            },
+            SidecarScope {
+                outbound_traffic_policy: OutboundTrafficPolicy::RegistryOnly,
+                ..SidecarScope::default()
+            },
+        ];
+        c
+    };
+    let proxy = start(&scoped("servicea")).await;
+    let c = client();
+    let r = get(&c, proxy.outbound, "/").await;
+    assert_eq!((r.status, r.header("x-backend")), (200, "v1"));
+
+    proxy.write_config(scoped("reports").to_json().as_bytes());
+    assert!(
+        wait_for(async || get(&c, proxy.outbound, "/").await.status == 502).await,
+        "serviceb stayed visible to a proxy its Sidecar no longer selects"
+    );
+    let hits = v1.hits();
+    for _ in 0..5 {
+        assert_eq!(get(&c, proxy.outbound, "/").await.status, 502);
+    }
+    assert_eq!(v1.hits(), hits);
+}
+
 /// A DestinationRule with a `workloadSelector` (rendered as a service's `workloadRules`) applies
 /// to this proxy only when it selects the proxy's labels (`app: servicea`): then its subsets
 /// replace the namespace's, else the namespace's stay.

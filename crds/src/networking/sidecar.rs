@@ -150,13 +150,7 @@ impl Validate for SidecarSpec {
         c.opt(
             "workloadSelector",
             self.workload_selector.as_ref(),
-            |c, s| {
-                s.validate(c);
-                c.warn(
-                    Code::NotSupported,
-                    "Mizzen applies only namespace-wide Sidecars (without a workloadSelector); this Sidecar applies to no workload",
-                );
-            },
+            |c, s| s.validate(c),
         );
         self.validate_ingress(c);
         if !self.ingress.is_empty() {
@@ -680,7 +674,7 @@ spec:
         assert_eq!(back, sc);
         let p = validate_spec(s);
         assert!(p.iter().all(|p| p.code == Code::NotSupported), "{p:#?}");
-        assert_eq!(p.len(), 8, "{p:#?}");
+        assert_eq!(p.len(), 7, "{p:#?}");
     }
 
     #[test]
@@ -717,7 +711,6 @@ inboundConnectionPool:
         assert_eq!(
             verdicts,
             [
-                warn("spec.workloadSelector"),
                 warn("spec.ingress"),
                 warn("spec.egress[0].port"),
                 warn("spec.egress[1].port"),
@@ -728,21 +721,19 @@ inboundConnectionPool:
                 warn("spec.inboundConnectionPool"),
             ]
         );
-        assert!(
-            p[0].message.contains("applies to no workload"),
-            "{}",
-            p[0].message
-        );
-        assert!(p[2].message.contains("every port"), "{}", p[2].message);
+        assert!(p[1].message.contains("every port"), "{}", p[1].message);
 
-        // A namespace-wide Sidecar that only scopes egress hosts and the outbound policy is
-        // what Mizzen implements, and is clean.
-        assert_eq!(
-            validate_spec(&spec(
-                "egress:\n- hosts: [./*, istio-system/*]\n  captureMode: DEFAULT\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY"
-            )),
-            vec![]
-        );
+        // A Sidecar that only scopes egress hosts and the outbound policy, namespace-wide or
+        // for selected workloads, is what Mizzen implements, and is clean.
+        for selector in ["", "workloadSelector:\n  labels:\n    app: ratings\n"] {
+            assert_eq!(
+                validate_spec(&spec(&format!(
+                    "{selector}egress:\n- hosts: [./*, istio-system/*]\n  captureMode: DEFAULT\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY"
+                ))),
+                vec![],
+                "{selector}"
+            );
+        }
     }
 
     #[test]

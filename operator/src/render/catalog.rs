@@ -105,6 +105,8 @@ pub struct Catalog<'a> {
     pub bound: Vec<VsEntry<'a>>,
     delegates: BTreeMap<(String, String), &'a VirtualServiceSpec>,
     sidecars: BTreeMap<String, &'a SidecarSpec>,
+    /// Sidecars with a `workloadSelector`, per namespace, oldest first.
+    selected_sidecars: BTreeMap<String, Vec<(&'a Stored, &'a SidecarSpec)>>,
     workload_entries: Vec<(&'a Stored, &'a WorkloadEntrySpec)>,
 }
 
@@ -125,6 +127,7 @@ impl<'a> Catalog<'a> {
             bound: Vec::new(),
             delegates: BTreeMap::new(),
             sidecars: BTreeMap::new(),
+            selected_sidecars: BTreeMap::new(),
             workload_entries: Vec::new(),
         };
         for svc in index.services() {
@@ -193,6 +196,11 @@ impl<'a> Catalog<'a> {
                 MeshResource::Sidecar(sc) if sc.spec.workload_selector.is_none() => {
                     c.sidecars.entry(ns.to_string()).or_insert(&sc.spec);
                 }
+                MeshResource::Sidecar(sc) => c
+                    .selected_sidecars
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push((s, &sc.spec)),
                 MeshResource::WorkloadEntry(we) => c.workload_entries.push((s, &we.spec)),
                 _ => {}
             }
@@ -209,14 +217,19 @@ impl<'a> Catalog<'a> {
         })
     }
 
-    /// Whether the Sidecar egress hosts of `client` (if any) include `host` of namespace `ns`.
-    fn egress_allows(&self, client: &str, host: &str, ns: &str) -> bool {
-        let Some((sidecar, _)) = self.sidecar(client) else {
+    /// The Sidecars with a `workloadSelector` among `client`'s, oldest first.
+    fn selected(&self, client: &str) -> &[(&'a Stored, &'a SidecarSpec)] {
+        self.selected_sidecars
+            .get(client)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `sidecar`'s egress hosts (none: everything) include `host` of namespace `ns`
+    /// for a workload of `client`.
+    fn egress_allows(sidecar: Option<&SidecarSpec>, client: &str, host: &str, ns: &str) -> bool {
+        let Some(sidecar) = sidecar.filter(|s| !s.egress.is_empty()) else {
             return true;
         };
-        if sidecar.egress.is_empty() {
-            return true;
-        }
         sidecar.egress.iter().flat_map(|l| &l.hosts).any(|h| {
             let Some((want_ns, dns)) = h.split_once('/') else {
                 return false;
@@ -231,18 +244,68 @@ impl<'a> Catalog<'a> {
         })
     }
 
+    /// Whether some Sidecar of `client` (its default, or one for selected workloads) lets
+    /// its workloads see `host` of namespace `ns`: the config carries what any of them sees.
+    fn some_scope_allows(&self, client: &str, host: &str, ns: &str) -> bool {
+        Self::egress_allows(self.sidecar(client).map(|(s, _)| s), client, host, ns)
+            || self
+                .selected(client)
+                .iter()
+                .any(|(_, s)| Self::egress_allows(Some(s), client, host, ns))
+    }
+
     /// The outbound traffic policy for `client`'s proxies.
     pub fn outbound_policy(&self, client: &str) -> pc::OutboundTrafficPolicy {
-        match self
-            .sidecar(client)
-            .and_then(|(s, _)| s.outbound_traffic_policy.as_ref())
-        {
+        Self::policy_of(self.sidecar(client).map(|(s, _)| s))
+    }
+
+    /// The outbound traffic policy `sidecar` sets (none: the mesh's, ALLOW_ANY).
+    fn policy_of(sidecar: Option<&SidecarSpec>) -> pc::OutboundTrafficPolicy {
+        match sidecar.and_then(|s| s.outbound_traffic_policy.as_ref()) {
             None => pc::OutboundTrafficPolicy::AllowAny,
             Some(p) => match p.mode.unwrap_or_default() {
                 OutboundTrafficMode::AllowAny => pc::OutboundTrafficPolicy::AllowAny,
                 OutboundTrafficMode::RegistryOnly => pc::OutboundTrafficPolicy::RegistryOnly,
             },
         }
+    }
+
+    /// With Sidecars for selected workloads in `client`: each of them (oldest first), then
+    /// the default, with the hosts of `hosts` (what the config carries) each one sees. Empty
+    /// without such Sidecars: the config's services and mesh policy are then the default's.
+    pub fn sidecar_scopes(&self, client: &str, hosts: &[&str]) -> Vec<pc::SidecarScope> {
+        let selected = self.selected(client);
+        if selected.is_empty() {
+            return Vec::new();
+        }
+        let seen_by = |sidecar: Option<&SidecarSpec>| -> Vec<String> {
+            hosts
+                .iter()
+                .filter(|h| {
+                    self.visible(client, h).is_some_and(|(_, src)| {
+                        Self::egress_allows(sidecar, client, h, src.namespace())
+                    })
+                })
+                .map(|h| h.to_string())
+                .collect()
+        };
+        let mut scopes: Vec<pc::SidecarScope> = selected
+            .iter()
+            .map(|(stored, spec)| pc::SidecarScope {
+                name: format!("{}/{}", stored.namespace(), stored.object.name),
+                selector: spec.workload_selector.as_ref().map(|w| w.labels.clone()),
+                hosts: seen_by(Some(spec)),
+                outbound_traffic_policy: Self::policy_of(Some(spec)),
+            })
+            .collect();
+        let default = self.sidecar(client).map(|(s, _)| s);
+        scopes.push(pc::SidecarScope {
+            name: String::new(),
+            selector: None,
+            hosts: seen_by(default),
+            outbound_traffic_policy: Self::policy_of(default),
+        });
+        scopes
     }
 
     /// The source of `host` that `client` sees, if any, with its position among the host's
@@ -253,7 +316,9 @@ impl<'a> Catalog<'a> {
             .iter()
             .copied()
             .enumerate()
-            .find(|(_, s)| s.visible_to(client) && self.egress_allows(client, host, s.namespace()))
+            .find(|(_, s)| {
+                s.visible_to(client) && self.some_scope_allows(client, host, s.namespace())
+            })
     }
 
     pub fn source(&self, host: &str, i: usize) -> Source<'a> {

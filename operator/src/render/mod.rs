@@ -506,6 +506,13 @@ fn assemble(
     if let Some(g) = gateway {
         tail.push_str(",\"gateway\":");
         tail.push_str(&serde_json::to_string(g).expect("gateway serialises"));
+    } else {
+        let hosts: Vec<&str> = services.keys().map(String::as_str).collect();
+        let scopes = catalog.sidecar_scopes(ns, &hosts);
+        if !scopes.is_empty() {
+            tail.push_str(",\"sidecarScopes\":");
+            tail.push_str(&serde_json::to_string(&scopes).expect("scopes serialise"));
+        }
     }
     tail.push('}');
     // The hash covers the head and tail without the brackets of `services`, as it always has,

@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     /// Ingress gateway configs only (ConfigMap [`GATEWAY_CONFIG_MAP_NAME`]): the Gateway servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
+    /// Sidecar resources with a `workloadSelector` in this namespace, oldest first, then the
+    /// namespace's default scope; empty when it has none (see [`SidecarScope`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecar_scopes: Vec<SidecarScope>,
 }
 
 /// Why a config could not be read.
@@ -76,6 +80,7 @@ impl ProxyConfig {
             services: Vec::new(),
             inbound: InboundConfig::default(),
             gateway: None,
+            sidecar_scopes: Vec::new(),
         }
     }
 
@@ -97,8 +102,22 @@ impl ProxyConfig {
     }
 
     /// The config as the workload with `labels` applies it: DestinationRules with a
-    /// `workloadSelector` resolved for it (see [`Service::for_workload`]).
+    /// `workloadSelector` resolved for it (see [`Service::for_workload`]), and with Sidecar
+    /// scopes, only the services of the first scope that selects it (else the default
+    /// scope's) and that scope's outbound traffic policy, as Istio applies one Sidecar to a
+    /// workload and never merges two.
     pub fn for_workload(mut self, labels: &std::collections::BTreeMap<String, String>) -> Self {
+        let scopes = std::mem::take(&mut self.sidecar_scopes);
+        let scope = scopes
+            .iter()
+            .find(|s| s.selector.as_ref().is_some_and(|w| has_labels(labels, w)))
+            .or_else(|| scopes.iter().find(|s| s.selector.is_none()));
+        if let Some(scope) = scope {
+            let seen: std::collections::BTreeSet<&str> =
+                scope.hosts.iter().map(String::as_str).collect();
+            self.services.retain(|s| seen.contains(s.host.as_str()));
+            self.mesh.outbound_traffic_policy = scope.outbound_traffic_policy;
+        }
         for service in &mut self.services {
             service.for_workload(labels);
         }

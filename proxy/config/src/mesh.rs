@@ -1,5 +1,7 @@
 //! Mesh-wide settings, resolved by the operator.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{PeerAuthMode, Retry};
@@ -39,4 +41,26 @@ pub enum OutboundTrafficPolicy {
     AllowAny,
     /// Unknown hosts get 502 with response flag NR.
     RegistryOnly,
+}
+
+/// What one Sidecar resource lets the workloads it applies to see, in a namespace where some
+/// Sidecar has a `workloadSelector` (configs of other namespaces carry none). The config then
+/// holds the services any of them sees; each proxy keeps those of its own scope (see
+/// [`crate::ProxyConfig::for_workload`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarScope {
+    /// `namespace/name` of the Sidecar; empty for a default scope without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The labels of the workloads it applies to; `None`: the namespace's default (its
+    /// namespace-wide Sidecar, else the root namespace's, else none), for the workloads no
+    /// selecting Sidecar applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// The hosts of the services its workloads see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// What happens to a host they do not see.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
 }

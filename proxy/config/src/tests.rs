@@ -246,3 +246,70 @@ fn client_certificate_pins_are_sha256_digests_in_lower_case_hex() {
         assert!(err.to_string().contains(bad), "{err}");
     }
 }
+
+/// With Sidecar scopes, a proxy keeps the services and the outbound policy of the first scope
+/// selecting it, else of the default scope; the scopes themselves are not kept.
+#[test]
+fn a_sidecar_scope_selects_the_services_a_workload_sees() {
+    let mut cfg = ProxyConfig::new("default");
+    for host in ["a.default.svc.cluster.local", "b.other.svc.cluster.local"] {
+        cfg.services.push(Service {
+            host: host.into(),
+            ..Service::default()
+        });
+    }
+    let scope = |name: &str, app: Option<&str>, hosts: &[&str], policy| SidecarScope {
+        name: name.into(),
+        selector: app.map(|a| [("app".to_string(), a.to_string())].into()),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        outbound_traffic_policy: policy,
+    };
+    cfg.sidecar_scopes = vec![
+        scope(
+            "default/wide",
+            Some("ratings"),
+            &["a.default.svc.cluster.local", "b.other.svc.cluster.local"],
+            OutboundTrafficPolicy::AllowAny,
+        ),
+        scope(
+            "default/later",
+            Some("ratings"),
+            &[],
+            OutboundTrafficPolicy::AllowAny,
+        ),
+        scope(
+            "",
+            None,
+            &["a.default.svc.cluster.local"],
+            OutboundTrafficPolicy::RegistryOnly,
+        ),
+    ];
+    let json = cfg.to_json();
+    assert_eq!(ProxyConfig::from_json(json.as_bytes()).unwrap(), cfg);
+    let labels = |app: &str| [("app".to_string(), app.to_string())].into();
+    let hosts = |c: &ProxyConfig| {
+        c.services
+            .iter()
+            .map(|s| s.host.clone())
+            .collect::<Vec<_>>()
+    };
+
+    let ratings = cfg.clone().for_workload(&labels("ratings"));
+    assert_eq!(hosts(&ratings).len(), 2);
+    assert_eq!(
+        ratings.mesh.outbound_traffic_policy,
+        OutboundTrafficPolicy::AllowAny
+    );
+    assert!(ratings.sidecar_scopes.is_empty());
+    let other = cfg.clone().for_workload(&labels("reviews"));
+    assert_eq!(hosts(&other), ["a.default.svc.cluster.local"]);
+    assert_eq!(
+        other.mesh.outbound_traffic_policy,
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    // No scopes: the config as written.
+    let mut plain = cfg.clone();
+    plain.sidecar_scopes.clear();
+    assert_eq!(plain.clone().for_workload(&labels("reviews")), plain);
+    assert!(!plain.to_json().contains("sidecarScopes"));
+}
