@@ -244,16 +244,6 @@ impl<'a> Catalog<'a> {
         })
     }
 
-    /// Whether some Sidecar of `client` (its default, or one for selected workloads) lets
-    /// its workloads see `host` of namespace `ns`: the config carries what any of them sees.
-    fn some_scope_allows(&self, client: &str, host: &str, ns: &str) -> bool {
-        Self::egress_allows(self.sidecar(client).map(|(s, _)| s), client, host, ns)
-            || self
-                .selected(client)
-                .iter()
-                .any(|(_, s)| Self::egress_allows(Some(s), client, host, ns))
-    }
-
     /// The outbound traffic policy for `client`'s proxies.
     pub fn outbound_policy(&self, client: &str) -> pc::OutboundTrafficPolicy {
         Self::policy_of(self.sidecar(client).map(|(s, _)| s))
@@ -309,16 +299,28 @@ impl<'a> Catalog<'a> {
     }
 
     /// The source of `host` that `client` sees, if any, with its position among the host's
-    /// candidates.
+    /// candidates: the one its default Sidecar shows, else the one a Sidecar for selected
+    /// workloads shows (the config carries what any of them sees).
     pub fn visible(&self, client: &str, host: &str) -> Option<(usize, Source<'a>)> {
-        self.hosts
-            .get(host)?
-            .iter()
-            .copied()
-            .enumerate()
-            .find(|(_, s)| {
-                s.visible_to(client) && self.some_scope_allows(client, host, s.namespace())
-            })
+        let sources = self.hosts.get(host)?;
+        let first = |shows: &dyn Fn(&str) -> bool| {
+            sources
+                .iter()
+                .copied()
+                .enumerate()
+                .find(|(_, s)| s.visible_to(client) && shows(s.namespace()))
+        };
+        let default = self.sidecar(client).map(|(s, _)| s);
+        let selected = self.selected(client);
+        first(&|ns| Self::egress_allows(default, client, host, ns)).or_else(|| {
+            (!selected.is_empty()).then(|| {
+                first(&|ns| {
+                    selected
+                        .iter()
+                        .any(|(_, s)| Self::egress_allows(Some(s), client, host, ns))
+                })
+            })?
+        })
     }
 
     pub fn source(&self, host: &str, i: usize) -> Source<'a> {
