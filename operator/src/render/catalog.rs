@@ -311,15 +311,15 @@ impl<'a> Catalog<'a> {
                 .find(|(_, s)| s.visible_to(client) && shows(s.namespace()))
         };
         let default = self.sidecar(client).map(|(s, _)| s);
+        let by_default = first(&|ns| Self::egress_allows(default, client, host, ns));
         let selected = self.selected(client);
-        first(&|ns| Self::egress_allows(default, client, host, ns)).or_else(|| {
-            (!selected.is_empty()).then(|| {
-                first(&|ns| {
-                    selected
-                        .iter()
-                        .any(|(_, s)| Self::egress_allows(Some(s), client, host, ns))
-                })
-            })?
+        if by_default.is_some() || selected.is_empty() {
+            return by_default;
+        }
+        first(&|ns| {
+            selected
+                .iter()
+                .any(|(_, s)| Self::egress_allows(Some(s), client, host, ns))
         })
     }
 
