@@ -27,7 +27,7 @@ impl CertDetails {
     pub fn of(cert: &CertificateDer<'_>) -> Result<Self, SvidError> {
         let parsed = parse(cert)?;
         let mut details = Self {
-            hash: hex(&cert_sha256(cert)),
+            hash: base16ct::lower::encode_string(&cert_sha256(cert)),
             subject: rfc2253(parsed.subject()),
             ..Self::default()
         };
@@ -61,14 +61,6 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0; 32];
     out.copy_from_slice(digest.as_ref());
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// RFC 2253: the relative names last to first, `,` between them, `+` between the attributes of
