@@ -14,6 +14,8 @@
 #                                       # warm-up and start are counted too
 #   MTLS=1 bench/callgrind.sh           # the proxy-to-proxy hop over mutual TLS (issue 6), with
 #                                       # the certificates of `MTLS=1 bench/proxy.sh`
+#   CACHE_SIM=1 bench/callgrind.sh      # also simulate the caches (instruction-cache and data
+#                                       # misses per request; slower)
 #
 # Prints instructions per request and leaves the profile (for `callgrind_annotate
 # --inclusive=yes`) in $OUT (default /tmp/mizzen-callgrind.out). Needs valgrind, oha, nginx.
@@ -59,6 +61,7 @@ if [ "$TOOL" = strace ]; then
   cg=(strace -c -f -o "$WORK/strace.txt")
 else
   cg=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" --dump-instr=no)
+  [ "${CACHE_SIM:-0}" = 1 ] && cg+=(--cache-sim=yes)
 fi
 common=(--no-access-log --concurrency 1 --drain-duration 0)
 export RUST_LOG=warn
@@ -130,3 +133,7 @@ cp "$dump" "$OUT"
 ok=$(grep -E '^\s*\[200\]' "$WORK/oha.txt" | awk '{print $2}')
 ir=$(awk '/^summary:/ {print $2}' "$OUT")
 echo "side=$SIDE requests=$N ok=${ok:-?} conns=$CONNS instructions=$ir per_request=$((ir / N))"
+if [ "${CACHE_SIM:-0}" = 1 ]; then
+  # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+  awk -v n="$N" '/^summary:/ {printf "per_request: I1 misses %d, D1 misses %d, LL misses %d\n", $5 / n, ($6 + $7) / n, ($8 + $9 + $10) / n}' "$OUT"
+fi

@@ -109,19 +109,20 @@ for conns in (16, 64):
         cells = [span(added(p, conns, q)) for q in ("p50", "p90", "p99")]
         print(f"| {p} | {' | '.join(cells)} | {sum(load(p, conns, 'errors'))} |")
 print("\n## Cost at 1000 rps, 16 connections")
-print("| gateway | CPU ms / 1000 req | idle RSS MiB | peak RSS MiB |")
-print("|---|---|---|---|")
+print("| gateway | CPU ms / 1000 req | of it user | idle RSS MiB | peak RSS MiB |")
+print("|---|---|---|---|---|")
 summary = {}
 for p in pairs:
     cpu = load(p, 16, "cpu_ms_per_1000")
+    user = load(p, 16, "user_ms_per_1000")
     idle = [r["rss_kib"] / 1024 for r in rows if r["kind"] == "idle" and r["pair"] == p]
     peak = [x / 1024 for x in load(p, 16, "hwm_kib")]
-    summary[p] = dict(p50=med(added(p, 16, "p50")), p90=med(added(p, 16, "p90")), cpu=med(cpu), peak=med(peak))
-    print(f"| {p} | {span(cpu)} | {span(idle)} | {span(peak)} |")
+    summary[p] = dict(p50=med(added(p, 16, "p50")), p90=med(added(p, 16, "p90")), cpu=med(cpu), user=med(user), peak=med(peak))
+    print(f"| {p} | {span(cpu)} | {span(user)} | {span(idle)} | {span(peak)} |")
 print("\n## Mizzen as a ratio of HAProxy (lower is better)")
 print("| figure | mizzen / haproxy |")
 print("|---|---|")
 m, h = summary["mizzen"], summary["haproxy"]
-for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("peak", "peak RSS")):
+for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("user", "of it user"), ("peak", "peak RSS")):
     print(f"| {label} | {m[k] / h[k]:.2f} |" if h[k] else f"| {label} | n/a |")
 EOF

@@ -102,12 +102,20 @@ pids_of() { # pid -> pid and its children
   echo "$1"
   pgrep -P "$1" || true
 }
-cpu_ticks() { # pids...
-  local t=0
+# CPU time of the processes: "<ns on CPU> <user ticks> <system ticks>". The nanoseconds come
+# from the scheduler (every thread's schedstat) and are what the figures use: clock ticks are
+# 10 ms, a few per cent of a measurement. The ticks give the user/system split.
+cpu_times() { # pids...
+  local ns=0 user=0 sys=0 p t f
   for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    [ -r "/proc/$p/stat" ] || continue
+    for t in /proc/"$p"/task/*/schedstat; do
+      read -r f _ <"$t" 2>/dev/null && ns=$((ns + f))
+    done
+    read -r -a f <"/proc/$p/stat"
+    user=$((user + f[13])) sys=$((sys + f[14]))
   done
-  echo "$t"
+  echo "$ns $user $sys"
 }
 rss_kib() { # field pids...
   local f=$1 t=0
@@ -121,24 +129,26 @@ rss_kib() { # field pids...
 measure() { # pair connections rate round
   local pair=$1 conns=$2 rate=$3 round=$4 pids=()
   for p in ${PROXIES[$pair]}; do mapfile -t -O "${#pids[@]}" pids < <(pids_of "$p"); done
-  local before=0
-  ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
+  local before="0 0 0"
+  ((${#pids[@]})) && before=$(cpu_times "${pids[@]}")
   # Peak RSS per measurement, not since start: reset each process's high-water mark (Linux 4.0+;
   # needs the processes to be ours). Without it a 1000 rps figure would carry the peak of an
   # earlier 64-connection or highest-rate run.
   for p in "${pids[@]}"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done
   taskset -c "$LOADGEN_CPU" oha --no-tui "${OHA_JSON[@]}" ${OHA_EXTRA[@]+"${OHA_EXTRA[@]}"} -z "$DURATION" -q "$rate" -c "$conns" \
     --latency-correction "${URL[$pair]:-http://127.0.0.1:${TARGET[$pair]}/}" >"$WORK/oha.json"
-  local after=0 hwm=0 rss=0
+  local after="0 0 0" hwm=0 rss=0
   if ((${#pids[@]})); then
-    after=$(cpu_ticks "${pids[@]}")
+    after=$(cpu_times "${pids[@]}")
     hwm=$(rss_kib VmHWM "${pids[@]}")
     rss=$(rss_kib VmRSS "${pids[@]}")
   fi
-  python3 - "$WORK/oha.json" "$pair" "$conns" "$rate" "$round" "$((after - before))" "$(getconf CLK_TCK)" "$hwm" "$rss" "$PER_PAIR" >>"$RESULTS" <<'EOF'
+  python3 - "$WORK/oha.json" "$pair" "$conns" "$rate" "$round" "$before" "$after" "$hwm" "$rss" "$PER_PAIR" >>"$RESULTS" <<'EOF'
 import json, sys
-f, pair, conns, rate, rnd, ticks, hz, hwm, rss, per = sys.argv[1:]
+f, pair, conns, rate, rnd, before, after, hwm, rss, per = sys.argv[1:]
 per = int(per)
+ns, user, system = (a - b for a, b in zip(map(int, after.split()), map(int, before.split())))
+user_share = user / (user + system) if user + system else 0.0
 d = json.load(open(f))
 s = d["summary"]
 ok = sum(int(v) for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
@@ -150,7 +160,8 @@ total = max(ok + errors, 1)
 print(json.dumps({"kind": "load", "pair": pair, "conns": int(conns), "rate": int(rate), "round": rnd,
     "p50": lp["p50"] * 1000, "p90": lp["p90"] * 1000, "p99": lp["p99"] * 1000,
     "errors": errors, "requests": total, "rps": s.get("requestsPerSec", 0),
-    "cpu_ms_per_1000": int(ticks) * 1000 / int(hz) / total * 1000 / per,
+    "cpu_ms_per_1000": ns / 1e6 / total * 1000 / per,
+    "user_ms_per_1000": ns * user_share / 1e6 / total * 1000 / per,
     "hwm_kib": int(hwm) / per, "rss_kib": int(rss) / per}))
 EOF
 }

@@ -211,18 +211,19 @@ for conns in (16, 4, 64):
             cells.append(span(added))
         print(f"| {p} | {' | '.join(cells)} | {sum(load(p, conns, 'errors'))} |")
 print("\n## Cost per proxy at 1000 rps, 16 connections")
-print("| pair | CPU ms / 1000 req | idle RSS MiB | peak RSS MiB |")
-print("|---|---|---|---|")
+print("| pair | CPU ms / 1000 req | of it user | idle RSS MiB | peak RSS MiB |")
+print("|---|---|---|---|---|")
 summary = {}
 for p in pairs:
     cpu = load(p, 16, "cpu_ms_per_1000")
+    user = load(p, 16, "user_ms_per_1000")
     idle = [r["rss_kib"] / r["proxies"] / 1024 for r in rows if r["kind"] == "idle" and r["pair"] == p]
     peak = [x / 1024 for x in load(p, 16, "hwm_kib")]
     maxr = [r["rate"] for r in rows if r["kind"] == "max" and r["pair"] == p]
     added = [a - b for a, b in zip(load(p, 16, "p50"), load("direct", 16, "p50"))]
     added90 = [a - b for a, b in zip(load(p, 16, "p90"), load("direct", 16, "p90"))]
-    summary[p] = dict(p50=med(added), p90=med(added90), cpu=med(cpu), peak=med(peak), max=med(maxr))
-    print(f"| {p} | {span(cpu)} | {span(idle)} | {span(peak)} |")
+    summary[p] = dict(p50=med(added), p90=med(added90), cpu=med(cpu), user=med(user), peak=med(peak), max=med(maxr))
+    print(f"| {p} | {span(cpu)} | {span(user)} | {span(idle)} | {span(peak)} |")
 print("\n## Highest rate with zero errors and p90 < 5 ms (16 connections)")
 print("| pair | rps (median, min-max) | peak RSS MiB at the highest rates |")
 print("|---|---|---|")
@@ -239,7 +240,7 @@ for suffix in ("", "-mtls"):
     print(f"| figure | / haproxy{suffix} | / nginx{suffix} |")
     print("|---|---|---|")
     m = summary["mizzen" + suffix]
-    for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("peak", "peak RSS"), ("max", "max rate")):
+    for k, label in (("p50", "added p50"), ("p90", "added p90"), ("cpu", "CPU per 1000 req"), ("user", "of it user"), ("peak", "peak RSS"), ("max", "max rate")):
         r = lambda o: f"{m[k] / summary[o + suffix][k]:.2f}" if summary[o + suffix][k] else "n/a"
         print(f"| {label} | {r('haproxy')} | {r('nginx')} |")
 EOF
