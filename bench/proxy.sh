@@ -11,7 +11,8 @@
 # medians with min-max over rounds:
 #   - added p50/p90/p99 latency over direct at 1000 rps, 16 connections (open loop,
 #     --latency-correction), and at 4 and 64 connections;
-#   - CPU milliseconds per 1000 requests per proxy (utime+stime from /proc);
+#   - CPU milliseconds per 1000 requests per proxy (time on CPU from /proc/PID/task/*/schedstat,
+#     and its user share from utime/stime);
 #   - RSS per proxy idle (Mizzen with a config of 100 services) and peak RSS during each
 #     measurement (the high-water mark is reset before it);
 #   - the highest rate held with zero errors and p90 under 5 ms.
