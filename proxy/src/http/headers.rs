@@ -134,9 +134,9 @@ impl RequestAuthority {
             return Some(Self::Uri(a.clone()));
         }
         // The parser has already refused control characters; what is left to check is that
-        // it is text, which `from_utf8` does a block at a time.
+        // it is text.
         let host = parts.headers.get(header::HOST)?;
-        std::str::from_utf8(host.as_bytes()).ok()?;
+        host_text(host)?;
         Some(Self::Host(host.clone()))
     }
 
@@ -144,9 +144,17 @@ impl RequestAuthority {
         match self {
             Self::Uri(a) => a.as_str(),
             // Checked to be text when made.
-            Self::Host(v) => std::str::from_utf8(v.as_bytes()).unwrap_or_default(),
+            Self::Host(v) => host_text(v).unwrap_or_default(),
         }
     }
+}
+
+/// A `Host` value as text: ASCII (all but a few) by the header's own check, a byte at a time
+/// and several times cheaper than `from_utf8` on a short value; other UTF-8 by `from_utf8`.
+fn host_text(v: &HeaderValue) -> Option<&str> {
+    v.to_str()
+        .ok()
+        .or_else(|| std::str::from_utf8(v.as_bytes()).ok())
 }
 
 #[cfg(test)]
