@@ -112,8 +112,11 @@ cpu_times() { # pids...
     for t in /proc/"$p"/task/*/schedstat; do
       read -r f _ <"$t" 2>/dev/null && ns=$((ns + f))
     done
-    read -r -a f <"/proc/$p/stat"
-    user=$((user + f[13])) sys=$((sys + f[14]))
+    # The fields after the command name, which is in parentheses and may hold spaces:
+    # utime and stime are the 12th and 13th of them.
+    f=$(<"/proc/$p/stat")
+    read -r -a f <<<"${f##*) }"
+    user=$((user + f[11])) sys=$((sys + f[12]))
   done
   echo "$ns $user $sys"
 }
