@@ -440,7 +440,9 @@ fn cipher_suites(t: &gw::ServerTlsSettings) -> Vec<pc::CipherSuite> {
 }
 
 /// A server's client-certificate pins as digests, where it verifies clients with its own CA
-/// (validation refuses pins elsewhere, and malformed ones).
+/// (validation refuses pins elsewhere, and malformed ones). A pin that does not parse, which
+/// validation keeps from being rendered, would still pin, to a digest no certificate has: a
+/// list that lost its entries would admit every client its CA signed.
 fn client_pins(
     tls: &gw::ServerTlsSettings,
     pins: &[String],
@@ -451,8 +453,7 @@ fn client_pins(
         return Vec::new();
     }
     pins.iter()
-        .filter_map(|p| parse(p).ok())
-        .map(pc::Sha256)
+        .map(|p| pc::Sha256(parse(p).unwrap_or([0; 32])))
         .collect()
 }
 
@@ -699,6 +700,12 @@ mod tests {
             "{{mode: SIMPLE, credentialName: s, verifyCertificateHash: ['{hash}']}}"
         ));
         assert!(client_pins(&simple, &simple.verify_certificate_hash, gw::cert_pin).is_empty());
+        // Fails closed: a malformed pin still pins (to nothing), it does not unpin the server.
+        let bad = tls("{mode: MUTUAL, credentialName: s, verifyCertificateHash: ['zz']}");
+        assert_eq!(
+            client_pins(&bad, &bad.verify_certificate_hash, gw::cert_pin),
+            [pc::Sha256([0; 32])]
+        );
     }
 
     #[test]
